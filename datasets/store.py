@@ -1,0 +1,205 @@
+"""The slice store: prepared 2-D slices as memory-mappable arrays plus a manifest and a fingerprint.
+
+On disk (one folder per dataset × recipe × source)::
+
+    images.npy     float32 [N, C, H, W]  normalised intensities
+    brain.npy      float32 [N, 1, H, W]  brain mask in [0, 1] (all ones where a dataset has none)
+    lesion.npy     uint8   [N, 1, H, W]  lesion mask {0, 1}
+    manifest.csv   one row per slice: subject, slice, split, label, pathology, boxes, source
+    meta.json      recipe id, source fingerprint, shapes, fingerprint
+
+The folder is built under a temporary name and renamed into place when complete (``atomic_dir``),
+so a half-written store is never opened. The fingerprint (sha256 of arrays + manifest + recipe)
+is recorded in every result row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from benchmark.contract import SliceBatch
+from benchmark.errors import DataError
+from benchmark.io import atomic_dir
+
+MANIFEST_COLUMNS = ["subject", "slice", "split", "label", "pathology", "boxes", "source"]
+STORE_FORMAT = 1
+
+
+@dataclass
+class PreparedSlice:
+    """One slice as a recipe emits it, before it is stacked into the store."""
+
+    image: np.ndarray  # [C, H, W] float32
+    brain: np.ndarray  # [H, W] float in [0, 1]
+    lesion: np.ndarray | None  # [H, W] {0,1} or None (healthy / no annotation)
+    subject: str
+    slice: int
+    split: str  # train | val | test
+    label: int  # 0 healthy, 1 anomalous (pixel lesion or global finding)
+    pathology: str = "healthy"
+    boxes: list[list[int]] = field(default_factory=list)  # [[x0, y0, x1, y1], ...] in store pixels
+    source: str = ""
+
+
+def _sha256_arrays(*arrays: np.ndarray, extra: bytes = b"") -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(str(a.dtype).encode() + str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).data)
+    h.update(extra)
+    return h.hexdigest()
+
+
+def write_store(path: str | Path, slices: Iterable[PreparedSlice], meta: dict[str, Any]) -> "SliceStore":
+    """Stack ``slices`` into a store at ``path`` atomically and return it opened."""
+    items = list(slices)
+    if not items:
+        raise DataError(path, "no slices to write (every subject was empty or skipped)")
+    shape = items[0].image.shape
+    for it in items:
+        if it.image.shape != shape:
+            raise DataError(it.source or it.subject, f"slice shape {it.image.shape} differs from {shape}")
+        if not np.isfinite(it.image).all():
+            raise DataError(it.source or it.subject, "slice contains NaN or Inf after preprocessing")
+    images = np.stack([it.image.astype(np.float32) for it in items])
+    brain = np.stack([it.brain.astype(np.float32) for it in items])[:, None]
+    lesion = np.stack([
+        (np.zeros(shape[1:], np.uint8) if it.lesion is None else (it.lesion > 0).astype(np.uint8)) for it in items
+    ])[:, None]
+    manifest = pd.DataFrame([
+        {"subject": it.subject, "slice": int(it.slice), "split": it.split, "label": int(it.label),
+         "pathology": it.pathology, "boxes": json.dumps(it.boxes), "source": it.source}
+        for it in items
+    ], columns=MANIFEST_COLUMNS)
+    csv = manifest.to_csv(index=False)
+    recipe_id = str(meta.get("recipe", ""))
+    fingerprint = _sha256_arrays(images, brain, lesion, extra=csv.encode() + recipe_id.encode())
+    full_meta = {**meta, "format": STORE_FORMAT, "n": len(items), "shape": list(shape), "fingerprint": fingerprint}
+    with atomic_dir(path) as tmp:
+        np.save(tmp / "images.npy", images)
+        np.save(tmp / "brain.npy", brain)
+        np.save(tmp / "lesion.npy", lesion)
+        (tmp / "manifest.csv").write_text(csv)
+        # meta.json is written last: its presence marks a complete store.
+        (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True))
+    return SliceStore(path)
+
+
+class SliceStore:
+    """An opened store; arrays are memory maps, so opening is cheap whatever the size."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta_file = self.path / "meta.json"
+        if not meta_file.exists():
+            raise DataError(self.path, "not a complete slice store (meta.json missing); prepare it again")
+        try:
+            self.meta: dict[str, Any] = json.loads(meta_file.read_text())
+            self.images = np.load(self.path / "images.npy", mmap_mode="r")
+            self.brain = np.load(self.path / "brain.npy", mmap_mode="r")
+            self.lesion = np.load(self.path / "lesion.npy", mmap_mode="r")
+            self.manifest = pd.read_csv(self.path / "manifest.csv", keep_default_na=False,
+                                        dtype={"subject": str, "split": str, "pathology": str, "source": str})
+        except (OSError, ValueError) as err:
+            raise DataError(self.path, f"slice store unreadable ({err}); delete it and prepare again") from err
+        n = self.meta.get("n")
+        if not (len(self.images) == len(self.brain) == len(self.lesion) == len(self.manifest) == n):
+            raise DataError(self.path, "slice store arrays and manifest disagree in length; prepare it again")
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["fingerprint"]
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def split(self, name: str, *, label: int | None = None, pathology: str | None = None) -> "SliceSet":
+        m = self.manifest
+        keep = m["split"] == name
+        if label is not None:
+            keep &= m["label"] == label
+        if pathology is not None:
+            keep &= m["pathology"] == pathology
+        return SliceSet(self, np.flatnonzero(keep.to_numpy()), name=name)
+
+    def all(self) -> "SliceSet":
+        return SliceSet(self, np.arange(len(self)), name="all")
+
+    def counts(self) -> pd.DataFrame:
+        """Slices and subjects per split × pathology (``phbench data info``)."""
+        g = self.manifest.groupby(["split", "pathology"])
+        return pd.DataFrame({"slices": g.size(), "subjects": g["subject"].nunique()}).reset_index()
+
+
+class SliceSet:
+    """A subset of a store's rows; the unit passed to ``Method.fit`` and to protocols.
+
+    ``materialize(device)`` copies the rows to a device once (data stay on the GPU for the whole run);
+    ``batches`` then only indexes into those tensors.
+    """
+
+    def __init__(self, store: SliceStore, rows: Sequence[int] | np.ndarray, name: str = ""):
+        self.store = store
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.name = name
+        self._cache: dict[str, tuple[torch.Tensor, ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def manifest(self) -> pd.DataFrame:
+        return self.store.manifest.iloc[self.rows].reset_index(drop=True)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.store.fingerprint
+
+    def subset(self, positions: Sequence[int] | np.ndarray, name: str | None = None) -> "SliceSet":
+        return SliceSet(self.store, self.rows[np.asarray(positions, dtype=np.int64)], name or self.name)
+
+    def take(self, n: int) -> "SliceSet":
+        """The first ``n`` slices spread evenly over the set (smoke profiles)."""
+        if n >= len(self):
+            return self
+        return self.subset(np.linspace(0, len(self) - 1, n).round().astype(np.int64))
+
+    def materialize(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+        key = str(device)
+        if key not in self._cache:
+            r = self.rows
+            tensors = (
+                torch.from_numpy(np.ascontiguousarray(self.store.images[r])),
+                torch.from_numpy(np.ascontiguousarray(self.store.brain[r])),
+                torch.from_numpy(np.ascontiguousarray(self.store.lesion[r]).astype(np.float32)),
+                torch.from_numpy(self.store.manifest["label"].to_numpy()[r].astype(np.int64)),
+                torch.from_numpy(r.copy()),
+            )
+            self._cache[key] = tuple(t.to(device) for t in tensors)
+        return self._cache[key]
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
+                device: torch.device | str = "cpu", drop_last: bool = False) -> Iterator[SliceBatch]:
+        image, brain, lesion, label, index = self.materialize(device)
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        order = order.to(image.device)
+        stop = n - (n % batch_size) if (drop_last and n >= batch_size) else n
+        for start in range(0, stop, batch_size):
+            sel = order[start:start + batch_size]
+            yield SliceBatch(image[sel], brain[sel], lesion[sel], label[sel], index[sel])
+
+    def batch(self, positions: Sequence[int] | None = None, device: torch.device | str = "cpu") -> SliceBatch:
+        """Selected slices (default: all) as one batch."""
+        image, brain, lesion, label, index = self.materialize(device)
+        sel = torch.arange(len(self)) if positions is None else torch.as_tensor(positions)
+        sel = sel.to(image.device)
+        return SliceBatch(image[sel], brain[sel], lesion[sel], label[sel], index[sel])

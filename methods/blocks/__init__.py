@@ -1,0 +1,1 @@
+"""Shared network blocks, losses and anomaly-map pieces used by more than one method."""

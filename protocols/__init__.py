@@ -1,0 +1,1 @@
+"""Evaluation protocols, metrics, statistics and table rendering."""
