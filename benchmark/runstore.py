@@ -82,8 +82,9 @@ class RunStore:
             frame[ROW_COLUMNS + [c for c in frame.columns if c not in ROW_COLUMNS]].to_csv(tmp, index=False)
         return d / "rows.csv"
 
-    def read_rows(self, spec: RunSpec) -> pd.DataFrame:
-        return pd.read_csv(self.run_dir(spec) / "rows.csv", keep_default_na=False, na_values=[""])
+    def read_rows(self, spec_or_key: RunSpec | str) -> pd.DataFrame:
+        key = spec_or_key if isinstance(spec_or_key, str) else spec_or_key.key
+        return pd.read_csv(self.root / key / "rows.csv", keep_default_na=False, na_values=[""])
 
     def all_rows(self) -> pd.DataFrame:
         """Every finished run's rows (a run without rows.csv is unfinished and ignored)."""

@@ -114,6 +114,9 @@ class Trainer:
             for s, sd in zip(schedulers, state.get("schedulers", [])):
                 s.load_state_dict(sd)
             gen.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])  # dropout, noise and sampling use the global generator
+            if self.device.type == "cuda" and "cuda_rng" in state:
+                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
             start_epoch = int(state["epoch"])
             ctx.global_step = int(state["global_step"])
             report.best_val = float(state["best_val"])
@@ -187,6 +190,8 @@ class Trainer:
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
             "schedulers": [s.state_dict() for s in schedulers],
             "generator": gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
             "epoch": epoch,
             "global_step": global_step,
             "best_val": report.best_val,

@@ -1,0 +1,150 @@
+"""``phbench`` command line (also ``python -m benchmark``).
+
+    phbench list                                   methods, datasets, tables
+    phbench table table1 [--profile default]       train/score/render a table (skips finished runs)
+    phbench check [--profile smoke]                re-run table1 and compare with results/<profile>/table1.csv
+    phbench data info <dataset> --root DIR         counts per split/label + a preview PNG
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+from benchmark.errors import PhbenchError
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "results"
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from benchmark.registry import all_datasets, all_methods, all_tables
+    from protocols.tables import paper_table_ids
+
+    rows = [(n, c.info.paper, ", ".join(c.info.variants) or "–") for n, c in all_methods().items()]
+    print(tabulate(rows, headers=["method", "paper", "variants"], tablefmt="github"))
+    print()
+    print(tabulate([(n, c.title or "") for n, c in all_datasets().items()], headers=["dataset", "release"],
+                   tablefmt="github"))
+    print()
+    tables = all_tables()
+    trows = [(t, s.title, "runnable" if s.runnable else s.extra.get("status", "planned")) for t, s in tables.items()]
+    trows += [(t, "paper table (results/paper_tables.csv)", "reference numbers only") for t in paper_table_ids()
+              if t not in tables]
+    print(tabulate(trows, headers=["table", "title", "status"], tablefmt="github"))
+    return 0
+
+
+def _cmd_table(args: argparse.Namespace) -> int:
+    from benchmark.runner import run_table
+
+    res = run_table(args.table_id, profile=args.profile, store=args.store, out=args.out, methods=args.methods,
+                    device=args.device, seeds=args.seeds, progress=not args.quiet)
+    if res.outputs.get("md"):
+        print(Path(res.outputs["md"]).read_text())
+        print("written: " + ", ".join(str(p) for p in res.outputs.values()))
+    print(f"runs: {len(res.ran)} trained, {len(res.skipped)} reused from {Path(args.store) / args.profile}")
+    for f in res.failures:
+        print(f"FAILED {f}", file=sys.stderr)
+    return 1 if res.failures else 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from benchmark.runner import run_table
+    from protocols.check import check
+
+    stored_path = Path(args.stored) if args.stored else RESULTS / args.profile / f"{args.table_id}.csv"
+    res = run_table(args.table_id, profile=args.profile, store=args.store, out=args.out, device=args.device,
+                    progress=False)
+    if res.failures:
+        for f in res.failures:
+            print(f"FAILED {f}", file=sys.stderr)
+        return 1
+    if args.update:
+        from benchmark.io import atomic_path
+
+        with atomic_path(stored_path) as tmp:
+            res.rows.to_csv(tmp, index=False)
+        print(f"stored {len(res.rows)} rows in {stored_path}")
+        return 0
+    if not stored_path.exists():
+        print(f"{stored_path}: no stored results to compare with; run with --update to create them", file=sys.stderr)
+        return 2
+    stored = pd.read_csv(stored_path, keep_default_na=False, na_values=[""])
+    problems = check(res.rows, stored, tolerance=args.tolerance)
+    for p in problems:
+        print(f"REGRESSION {p}", file=sys.stderr)
+    print(f"check {args.table_id} [{args.profile}]: {len(res.rows)} cells, {len(problems)} regressions")
+    return 1 if problems else 0
+
+
+def _cmd_data_info(args: argparse.Namespace) -> int:
+    from datasets.info import data_info
+
+    print(data_info(args.dataset, Path(args.root) if args.root else None, Path(args.preview) if args.preview else None))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="phbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="methods, datasets and tables").set_defaults(func=_cmd_list)
+
+    def run_opts(sp: argparse.ArgumentParser, default_profile: str) -> None:
+        sp.add_argument("--profile", default=default_profile, choices=["smoke", "default", "paper"])
+        sp.add_argument("--store", default=str(REPO / "runs"), help="run store folder (default: runs/)")
+        sp.add_argument("--out", default=str(REPO / "out" / "tables"), help="rendered tables folder")
+        sp.add_argument("--device", default=None, help="cuda, cpu, cuda:1 (default: CUDA when present)")
+
+    t = sub.add_parser("table", help="run and render a table")
+    t.add_argument("table_id")
+    run_opts(t, "default")
+    t.add_argument("--methods", nargs="+", default=None, help="only these methods")
+    t.add_argument("--seeds", nargs="+", type=int, default=None, help="override the profile's seeds")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=_cmd_table)
+
+    c = sub.add_parser("check", help="compare fresh results with results/<profile>/<table>.csv")
+    c.add_argument("table_id", nargs="?", default="table1")
+    run_opts(c, "smoke")
+    c.add_argument("--stored", default=None, help="stored CSV (default results/<profile>/<table>.csv)")
+    c.add_argument("--tolerance", type=float, default=0.05, help="absolute tolerance per cell")
+    c.add_argument("--update", action="store_true", help="store the fresh results instead of comparing")
+    c.set_defaults(func=_cmd_check)
+
+    d = sub.add_parser("data", help="dataset tools")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    di = dsub.add_parser("info", help="counts per split/label and a preview PNG")
+    di.add_argument("dataset")
+    di.add_argument("--root", default=None, help="the release's root folder")
+    di.add_argument("--preview", default=None, help="PNG path (default: out/preview-<dataset>.png)")
+    di.set_defaults(func=_cmd_data_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not args.verbose:
+        warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+    try:
+        return int(args.func(args) or 0)
+    except (PhbenchError, KeyError, NotImplementedError, FileNotFoundError) as err:
+        if args.verbose:
+            raise
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"phbench: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""Shared fixtures: a toy slice store that needs no generator, and the ../shared/data location."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datasets.store import PreparedSlice, SliceStore, write_store
+
+SHARED_DATA = Path(os.environ.get("PHBENCH_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} absent (set PHBENCH_SHARED_DATA to run these tests)")
+    return SHARED_DATA
+
+
+def toy_slices(n_train: int = 16, n_val: int = 4, n_test: int = 12, size: int = 128, seed: int = 0):
+    """Disc-shaped 'brains' with smooth texture; test slices get bright blobs with masks (every other slice)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size
+    out = []
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        for i in range(n):
+            cy, cx, r = 0.5 + rng.normal(0, 0.02), 0.5 + rng.normal(0, 0.02), 0.38 + rng.normal(0, 0.02)
+            brain = (((yy - cy) ** 2 + (xx - cx) ** 2) < r**2).astype(np.float32)
+            tex = 0.4 + 0.1 * np.sin(12 * xx + rng.uniform(0, 6)) * np.cos(9 * yy + rng.uniform(0, 6))
+            img = (tex + rng.normal(0, 0.01, tex.shape)) * brain
+            lesion = None
+            if split == "test" and i % 2 == 0:
+                ly, lx, lr = cy + rng.uniform(-0.15, 0.15), cx + rng.uniform(-0.15, 0.15), rng.uniform(0.04, 0.09)
+                lesion = ((((yy - ly) ** 2 + (xx - lx) ** 2) < lr**2) * brain).astype(np.uint8)
+                img = np.where(lesion > 0, 0.95, img)
+            out.append(PreparedSlice(img[None].astype(np.float32), brain, lesion, subject=f"{split}{i // 2}", slice=i,
+                                     split=split, label=int(lesion is not None),
+                                     pathology="tumour" if lesion is not None else "healthy"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def toy_store(tmp_path_factory) -> SliceStore:
+    return write_store(tmp_path_factory.mktemp("toy") / "store", toy_slices(), {"recipe": "toy@v1", "dataset": "toy"})

@@ -1,0 +1,36 @@
+import pandas as pd
+
+from benchmark.runstore import ROW_COLUMNS, RunSpec, RunStore
+
+
+def spec(**kw):
+    base = dict(method="ae", variant="", config={"lr": 1e-3}, dataset_fingerprint="abc", protocol="table1@v1", seed=0)
+    base.update(kw)
+    return RunSpec(**base)
+
+
+def test_run_key_is_stable_and_sensitive_to_every_input():
+    k = spec().key
+    assert k == spec().key and len(k) == 16
+    for change in (dict(method="ra"), dict(variant="x"), dict(config={"lr": 2e-3}), dict(dataset_fingerprint="abd"),
+                   dict(protocol="p2"), dict(seed=1), dict(code_version="9.9")):
+        assert spec(**change).key != k, change
+
+
+def test_results_are_written_atomically_and_never_lost(tmp_path):
+    store = RunStore(tmp_path)
+    a, b = spec(seed=0), spec(seed=1)
+    assert not store.is_finished(a)
+    store.write_result(a, [{"metric": "auroc", "value": 0.7}], {"note": "first"})
+    store.write_result(b, [{"metric": "auroc", "value": 0.8}], {})
+    (tmp_path / "deadbeefdeadbeef").mkdir()  # an interrupted run: no rows.csv
+    rows = store.all_rows()
+    assert store.is_finished(a) and len(rows) == 2
+    assert list(rows.columns[: len(ROW_COLUMNS)]) == ROW_COLUMNS
+    assert sorted(rows["value"]) == [0.7, 0.8]
+    assert set(rows["run_key"]) == {a.key, b.key}
+    assert not list(tmp_path.glob("*/.*.tmp"))
+
+
+def test_empty_store_gives_empty_frame(tmp_path):
+    assert isinstance(RunStore(tmp_path).all_rows(), pd.DataFrame)
