@@ -1,0 +1,153 @@
+"""fastMRI brain (multi-coil ``reconstruction_rss``) with the fastMRI+ clinical annotations.
+
+fastMRI+ labellers saw every slice **flipped up/down**, so ``brain.csv`` boxes live in that flipped
+frame; this adapter flips the reconstruction the same way, and the boxes need no transform.
+``study_level=Yes`` rows are volume-level (global) findings without a box. A volume listed in
+``brain_file_list.csv`` without rows was reviewed and found normal.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from benchmark.errors import DataError
+from benchmark.registry import register_dataset
+from datasets.adapters._common import LazyChannels, natural_key, require_dir, to_axial_stack
+from datasets.base import DatasetAdapter, Subject, Volume
+from datasets.images import one_line
+
+# findings that describe a normal brain: not anomalies (RA's normal sets carry these study labels)
+NORMAL_LABELS = {"normal for age", "normal variant"}
+_SERIES = re.compile(r"^file_brain_(?P<series>[A-Z0-9]+?)_(?P<site>\d+)_(?P<n>\d+)$")
+
+
+def series_channel(series: str) -> str:
+    """AXT1/AXT1PRE → t1, AXT1POST → t1post, AXT2 → t2, AXFLAIR → flair (recipes ask for these names)."""
+    s = series.upper().removeprefix("AX")
+    return {"T1": "t1", "T1PRE": "t1", "T1POST": "t1post", "T2": "t2", "FLAIR": "flair"}.get(s, s.lower())
+
+
+def find_annotations(root: Path, given: str | Path | None) -> Path:
+    cands = [Path(given)] if given else []
+    if os.environ.get("PHBENCH_FASTMRI_PLUS"):
+        cands.append(Path(os.environ["PHBENCH_FASTMRI_PLUS"]))
+    cands += [root / "Annotations" / "brain.csv", root / "brain.csv", root / "fastmri-plus" / "Annotations" / "brain.csv",
+              root.parent / "Annotations" / "brain.csv", root.parent / "fastmri-plus" / "Annotations" / "brain.csv"]
+    for c in cands:
+        c = c / "brain.csv" if c.is_dir() else c
+        if c.is_file():
+            return c
+    raise DataError(root, "fastMRI+ annotations not found: put Annotations/brain.csv (github.com/microsoft/"
+                          "fastmri-plus) under the root, or pass annotations=… / set PHBENCH_FASTMRI_PLUS")
+
+
+def read_annotations(path: Path) -> tuple[dict[str, dict], set[str] | None]:
+    """brain.csv → {file: {'global': [...], 'boxes': {slice: [(label, x, y, w, h), ...]}}} and the
+    reviewed-file list (brain_file_list.csv beside it, or None when absent)."""
+    ann: dict[str, dict] = {}
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            need = {"file", "slice", "study_level", "x", "y", "width", "height", "label"}
+            if not need <= set(reader.fieldnames or ()):
+                raise DataError(path, f"not a fastMRI+ brain.csv (columns {reader.fieldnames}; need {sorted(need)})")
+            for i, row in enumerate(reader, start=2):
+                rec = ann.setdefault(row["file"], {"global": [], "boxes": {}})
+                label = row["label"].strip()
+                if row["study_level"].strip().lower() == "yes":
+                    rec["global"].append(label)
+                    continue
+                try:
+                    box = (label, *(int(float(row[k])) for k in ("x", "y", "width", "height")))
+                    z = int(row["slice"])
+                except ValueError as err:
+                    raise DataError(path, f"line {i}: bad box values ({one_line(err)})") from err
+                rec["boxes"].setdefault(z, []).append(box)
+    except OSError as err:
+        raise DataError(path, f"cannot read annotations ({one_line(err)})") from err
+    listing = path.with_name("brain_file_list.csv")
+    reviewed = None
+    if listing.is_file():
+        reviewed = {ln.strip() for ln in listing.read_text().splitlines() if ln.strip()}
+    return ann, reviewed
+
+
+def finding_name(label: str) -> str:
+    return label.lower().removeprefix("global label:").strip()
+
+
+@register_dataset
+class FastMRIPlusAdapter(DatasetAdapter):
+    """fastMRI brain h5 volumes that fastMRI+ reviewed; boxes/global findings in ``Subject.meta``."""
+
+    name = "fastmri_plus"
+    title = "fastMRI brain (multi-coil, reconstruction_rss) + fastMRI+ bounding-box / study-level labels"
+    url = ("https://fastmri.med.nyu.edu (NYU data sharing agreement) + "
+           "https://github.com/microsoft/fastmri-plus (Annotations/brain.csv, MIT)")
+    layout = ("<root>/[multicoil_train|multicoil_val/]file_brain_<SERIES>_<site>_<n>.h5 (with reconstruction_rss) and "
+              "<root>/Annotations/{brain.csv,brain_file_list.csv} (or annotations=…, PHBENCH_FASTMRI_PLUS)")
+    default_recipe = "ra_mid_t1"
+
+    def __init__(self, root: str | Path, *, annotations: str | Path | None = None, series: tuple[str, ...] | None = None):
+        super().__init__(root)
+        self.annotations = annotations
+        self.series = tuple(s.upper() for s in series) if series else None  # e.g. ("AXT1",) for RA/PHANES
+
+    def subjects(self) -> list[Subject]:
+        root = require_dir(self.root, self.name, self.layout)
+        ann_path = find_annotations(root, self.annotations)
+        ann, reviewed = read_annotations(ann_path)
+        out = []
+        for p in sorted(root.rglob("file_brain_*.h5"), key=lambda q: natural_key(q.stem)):
+            m = _SERIES.match(p.stem)
+            if not m or (self.series and m.group("series") not in self.series):
+                continue
+            if reviewed is not None and p.stem not in reviewed and p.stem not in ann:
+                continue  # not part of fastMRI+: no labels at all
+            rec = ann.get(p.stem, {"global": [], "boxes": {}})
+            findings = [finding_name(g) for g in rec["global"] if finding_name(g) not in NORMAL_LABELS]
+            boxes = {z: [b for b in bs] for z, bs in rec["boxes"].items()}
+            local = sorted({finding_name(b[0]) for bs in boxes.values() for b in bs} - NORMAL_LABELS)
+            pathology = findings[0] if findings else ("local" if local else "healthy")
+            out.append(Subject(id=p.stem, files={"h5": p, "annotations": ann_path}, split="all", pathology=pathology,
+                               meta={"series": m.group("series"), "channel": series_channel(m.group("series")),
+                                     "global": [finding_name(g) for g in rec["global"]], "global_findings": findings,
+                                     "boxes": boxes, "local_findings": local, "skull_stripped": False}))
+        return out
+
+    def load(self, subject: Subject) -> Volume:
+        import h5py
+
+        path = subject.files["h5"]
+        try:
+            with h5py.File(path, "r") as f:
+                if "reconstruction_rss" not in f:
+                    raise DataError(path, f"no reconstruction_rss dataset (has {sorted(f.keys())}; test-set files "
+                                          "ship k-space only)")
+                rss = np.asarray(f["reconstruction_rss"], dtype=np.float32)
+        except DataError:
+            raise
+        except Exception as err:  # h5py raises OSError/KeyError for truncated or foreign files
+            raise DataError(path, f"unreadable HDF5 file ({one_line(err)})") from err
+        if rss.ndim != 3 or rss.size == 0:
+            raise DataError(path, f"reconstruction_rss has shape {rss.shape}; expected [slices, H, W]")
+        flipped = rss[:, ::-1, :]  # the fastMRI+ labelling frame
+        vol = to_axial_stack(list(flipped))
+        lesion = np.zeros(flipped.shape, np.uint8)
+        h, w = flipped.shape[1:]
+        for z, boxes in subject.meta.get("boxes", {}).items():
+            if not 0 <= z < flipped.shape[0]:
+                raise DataError(subject.files["annotations"], f"{subject.id}: box on slice {z} but the volume has "
+                                                             f"{flipped.shape[0]} slices")
+            for label, x, y, bw, bh in boxes:
+                if finding_name(label) in NORMAL_LABELS:
+                    continue
+                lesion[z, max(y, 0):min(y + bh, h), max(x, 0):min(x + bw, w)] = 1
+        channel = subject.meta.get("channel", "t1")
+        return Volume(channels=LazyChannels({channel: lambda: vol}, aliases={"rss": channel}),
+                      lesion=to_axial_stack(list(lesion)), brain=None, spacing=(), source=str(path))

@@ -1,0 +1,198 @@
+"""Guided-diffusion-style UNet (Dhariwal & Nichol 2021 layout), as used by IterMask2 and MMCCD/Cyclic-UNet.
+
+Facts from specs/itermask2.md §3 (official ``models/unet.py``, ``models/nn.py``): residual blocks with
+BatchNorm (computed in fp32) → SiLU → conv3×3, second conv zero-initialised; resampling *inside* residual
+blocks (2×2 average pooling down, ×2 nearest up) between the first norm+activation and the first conv;
+single-head self-attention (1×1-conv qkv, zero-initialised output projection) after every residual block at
+the listed downsampling factors; encoder ``num_res_blocks`` blocks per level, decoder ``num_res_blocks + 1``
+with skip concatenation; output head norm → SiLU → zero-initialised conv3×3. The output is a direct image
+prediction (no activation).
+
+Reuse: width (``model_channels``), ``channel_mult``, in/out channels, norm (``batch`` for IterMask2,
+``group`` for DDPM-style models) and an optional timestep embedding (``time_embedding=True``: sinusoidal
+embedding → MLP → scale-shift of the second norm) are configurable, so DDPM, DAE and Cyclic-UNet can share it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero a layer's parameters: the residual branch starts as identity (guided-diffusion init)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class BatchNorm32(nn.BatchNorm2d):
+    """BatchNorm2d that normalises in fp32 and returns the input dtype (official ``BatchNorm32``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).to(x.dtype)
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm in fp32 (guided diffusion's ``normalization``), for DDPM-style reuse."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).to(x.dtype)
+
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return BatchNorm32(channels, eps=1e-5)
+    if kind == "group":
+        groups = math.gcd(32, channels)  # 32 groups as in guided diffusion, fewer for narrow test widths
+        return GroupNorm32(groups, channels)
+    raise ValueError(f"unknown norm {kind!r} (batch | group)")
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding [B, dim] of (possibly fractional) timesteps [B] (guided diffusion's recipe)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return F.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+class ResBlock(nn.Module):
+    """[norm → SiLU → (resample) → conv3×3] → [norm (± scale-shift by emb) → SiLU → dropout → zero conv3×3] + skip."""
+
+    def __init__(self, channels: int, out_channels: int | None = None, *, dropout: float = 0.0, norm: str = "batch",
+                 emb_channels: int | None = None, up: bool = False, down: bool = False):
+        super().__init__()
+        out_channels = out_channels or channels
+        self.in_norm = make_norm(norm, channels)
+        self.in_conv = nn.Conv2d(channels, out_channels, 3, padding=1)
+        self.up, self.down = up, down
+        self.emb = None if emb_channels is None else nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels))
+        self.out_norm = make_norm(norm, out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.out_conv = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+
+    def _resample(self, x: torch.Tensor) -> torch.Tensor:
+        if self.up:
+            return F.interpolate(x, scale_factor=2, mode="nearest")
+        if self.down:
+            return F.avg_pool2d(x, kernel_size=2, stride=2)
+        return x
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        h = self._resample(F.silu(self.in_norm(x)))
+        x = self._resample(x)
+        h = self.in_conv(h)
+        h = self.out_norm(h)
+        if self.emb is not None and emb is not None:
+            scale, shift = self.emb(emb).to(h.dtype)[..., None, None].chunk(2, dim=1)
+            h = h * (1 + scale) + shift
+        h = self.out_conv(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Spatial self-attention with a residual; qkv split per head as in the official (legacy) ordering."""
+
+    def __init__(self, channels: int, num_heads: int = 1, norm: str = "batch"):
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"channels {channels} not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.norm = make_norm(norm, channels)
+        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
+        self.proj_out = zero_module(nn.Conv1d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, hh, ww = x.shape
+        qkv = self.qkv(self.norm(x).reshape(b, c, -1))  # [B, 3C, T]
+        ch = c // self.num_heads
+        q, k, v = qkv.reshape(b * self.num_heads, 3 * ch, -1).split(ch, dim=1)  # legacy head-major layout
+        a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # 1/sqrt(ch)
+        a = a.transpose(1, 2).reshape(b, c, -1)
+        return x + self.proj_out(a).reshape(b, c, hh, ww)
+
+
+class _Stage(nn.ModuleList):
+    """A sequence of ResBlocks / AttentionBlocks; ResBlocks get the optional embedding."""
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
+        for layer in self:
+            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+        return h
+
+
+class UNet(nn.Module):
+    """Guided-diffusion UNet; IterMask2 defaults (base 32, mult 1,1,2,3,4, attention at ×4, ×8, ×16, BatchNorm).
+
+    ``attention_ds``: downsampling factors with attention (IterMask2: resolutions 32,16,8 at 128 px → 4, 8, 16).
+    ``forward(x, t=None)``: ``t`` is only used when ``time_embedding=True``.
+    """
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 1, model_channels: int = 32,
+                 channel_mult: Sequence[int] = (1, 1, 2, 3, 4), num_res_blocks: int = 2,
+                 attention_ds: Sequence[int] = (4, 8, 16), dropout: float = 0.1, num_heads: int = 1,
+                 norm: str = "batch", time_embedding: bool = False):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.model_channels = model_channels
+        self.time_embed = None
+        emb_ch = None
+        if time_embedding:
+            emb_ch = 4 * model_channels
+            self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
+        rb = dict(dropout=dropout, norm=norm, emb_channels=emb_ch)
+
+        ch = input_ch = int(channel_mult[0] * model_channels)
+        self.stem = nn.Conv2d(in_channels, ch, 3, padding=1)
+        self.input_blocks = nn.ModuleList()
+        skip_chans = [ch]
+        ds = 1
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layers: list[nn.Module] = [ResBlock(ch, int(mult * model_channels), **rb)]
+                ch = int(mult * model_channels)
+                if ds in attention_ds:
+                    layers.append(AttentionBlock(ch, num_heads, norm))
+                self.input_blocks.append(_Stage(layers))
+                skip_chans.append(ch)
+            if level != len(channel_mult) - 1:
+                self.input_blocks.append(_Stage([ResBlock(ch, ch, down=True, **rb)]))
+                skip_chans.append(ch)
+                ds *= 2
+        self.middle = _Stage([ResBlock(ch, ch, **rb), AttentionBlock(ch, num_heads, norm), ResBlock(ch, ch, **rb)])
+        self.output_blocks = nn.ModuleList()
+        for level, mult in list(enumerate(channel_mult))[::-1]:
+            for i in range(num_res_blocks + 1):
+                layers = [ResBlock(ch + skip_chans.pop(), int(mult * model_channels), **rb)]
+                ch = int(mult * model_channels)
+                if ds in attention_ds:
+                    layers.append(AttentionBlock(ch, num_heads, norm))
+                if level and i == num_res_blocks:
+                    layers.append(ResBlock(ch, ch, up=True, **rb))
+                    ds //= 2
+                self.output_blocks.append(_Stage(layers))
+        self.out = nn.Sequential(make_norm(norm, ch), nn.SiLU(),
+                                 zero_module(nn.Conv2d(input_ch, out_channels, 3, padding=1)))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        emb = None
+        if self.time_embed is not None:
+            if t is None:
+                raise ValueError("this UNet was built with time_embedding=True: pass t")
+            emb = self.time_embed(timestep_embedding(t, self.model_channels).to(x.dtype))
+        h = self.stem(x)
+        skips = [h]
+        for block in self.input_blocks:
+            h = block(h, emb)
+            skips.append(h)
+        h = self.middle(h, emb)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+        return self.out(h)

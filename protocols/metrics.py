@@ -1,0 +1,837 @@
+"""Metric computations of phbench, each exact and named by a stable ``metric_id``.
+
+Why this module exists: the five papers print the same metric names for different computations
+(``specs/evaluation.md``). Every function here does one computation, says which, and is exact (ties are
+handled like scikit-learn, never approximated by binning), so a table cell can be traced to one rule.
+
+Conventions (all functions):
+- Inputs may be torch tensors (CPU or CUDA) or numpy arrays; results are Python floats (or a tensor for
+  per-image vectors). CUDA inputs are computed on the GPU.
+- Scores / maps: any real dtype; half precision is widened to float32, integers to float64.
+  **NaN or Inf in a score raises ValueError** (the contract already rejects them; a silent NaN would rank
+  arbitrarily).
+- Labels / masks: bool or numeric with values in {0, 1}; anything else raises ValueError. A ``valid``
+  mask (brain) may be bool or numeric; numeric is binarised at ``> 0.5`` (the brain mask is soft at the
+  border, RA's code binarises the same way).
+- Shape mismatch raises ValueError. An empty selection (no pixel at all) raises ValueError.
+- A metric that is undefined on well-formed input (only one class present, both masks empty) returns
+  ``float('nan')`` and emits ``warnings.warn`` with the reason -- never a quiet 0.5 / 0 / 1.
+- Binarisation is always ``pred = map > t``.
+
+Speed: pooled pixel AUROC and AP share one sort of the positive and one of the negative scores (values
+only, no argsort; on CPU numpy's SIMD sort) and then use ``searchsorted``; 10.7 M pixels take well under
+a second on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "MetricSpec", "METRICS", "metric_spec",
+    "auroc", "average_precision", "image_auroc_ap", "pooled_pixel_auroc_ap", "per_volume_pixel_auroc_ap",
+    "per_image_pixel_ap",
+    "dice", "dice_per_image", "best_dice", "best_dice_per_image", "threshold_at_fpr", "threshold_grid",
+    "itermask2_normalise", "itermask2_global_dice", "itermask2_scores", "mean_dice_at",
+    "sensitivity_precision_per_image", "size_stratified_dice", "SIZE_BINS", "ssim_normal",
+    "image_acc_f1", "mean_score_gap", "masked_mse", "masked_lpips",
+]
+
+
+# ----------------------------------------------------------------------------------------------------
+# input handling
+# ----------------------------------------------------------------------------------------------------
+def _as_tensor(x: Any, name: str) -> torch.Tensor:
+    """Accept numpy / torch / python sequences without copying device tensors."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+    elif isinstance(x, np.ndarray):
+        t = torch.from_numpy(np.ascontiguousarray(x))
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(x))
+        except Exception as exc:  # pragma: no cover - message only
+            raise TypeError(f"{name}: cannot convert {type(x).__name__} to a tensor") from exc
+    return t
+
+
+def _scores(x: Any, name: str = "scores") -> torch.Tensor:
+    """Real-valued scores, widened so that sorting is exact; NaN/Inf raise (never rank arbitrarily)."""
+    t = _as_tensor(x, name)
+    if t.dtype == torch.bool:
+        t = t.to(torch.float32)
+    elif t.is_complex():
+        raise TypeError(f"{name}: complex dtype {t.dtype} is not a score")
+    elif t.dtype in (torch.float16, torch.bfloat16):
+        t = t.to(torch.float32)
+    elif not torch.is_floating_point(t):
+        t = t.to(torch.float64)
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name}: contains NaN or Inf ({int((~torch.isfinite(t)).sum())} values)")
+    return t
+
+
+def _binary(x: Any, name: str = "labels") -> torch.Tensor:
+    """Labels / masks must be {0, 1}: a soft mask would silently change every count."""
+    t = _as_tensor(x, name)
+    if t.dtype == torch.bool:
+        return t
+    if t.is_complex():
+        raise TypeError(f"{name}: complex dtype {t.dtype}")
+    if t.numel():
+        if torch.is_floating_point(t) and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name}: contains NaN or Inf")
+        bad = (t != 0) & (t != 1)
+        if bool(bad.any()):
+            vals = torch.unique(t[bad])[:5].tolist()
+            raise ValueError(f"{name}: must be binary {{0, 1}}; found other values, e.g. {vals}")
+    return t != 0
+
+
+def _valid(x: Any, like: torch.Tensor, name: str = "valid") -> torch.Tensor:
+    """Region of interest; numeric masks are binarised at > 0.5 (soft brain borders)."""
+    t = _as_tensor(x, name)
+    t = t if t.dtype == torch.bool else (t > 0.5)
+    t = t.to(like.device)
+    try:
+        t = torch.broadcast_to(t, like.shape)
+    except RuntimeError as exc:
+        raise ValueError(f"{name}: shape {tuple(t.shape)} does not broadcast to {tuple(like.shape)}") from exc
+    return t
+
+
+def _pair(scores: Any, labels: Any, valid: Any = None, *, sname: str = "scores",
+          lname: str = "labels") -> tuple[torch.Tensor, torch.Tensor]:
+    """Flattened (scores, bool labels) on the scores' device, restricted to ``valid``."""
+    s = _scores(scores, sname)
+    y = _binary(labels, lname).to(s.device)
+    if tuple(s.shape) != tuple(y.shape):
+        raise ValueError(f"{sname} shape {tuple(s.shape)} != {lname} shape {tuple(y.shape)}")
+    if valid is not None:
+        v = _valid(valid, s)
+        s, y = s[v], y[v]
+    s, y = s.reshape(-1), y.reshape(-1)
+    if s.numel() == 0:
+        raise ValueError(f"{sname}: no element to evaluate (empty input or empty valid mask)")
+    return s, y
+
+
+def _sort(t: torch.Tensor) -> torch.Tensor:
+    """Ascending values-only sort: numpy's SIMD sort on CPU (~25x faster than torch.sort there)."""
+    if t.device.type == "cpu":
+        return torch.from_numpy(np.sort(t.numpy(), kind="quicksort"))
+    return torch.sort(t).values
+
+
+def _split_sorted(s: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _sort(s[y]), _sort(s[~y])
+
+
+def _nan(reason: str, stacklevel: int = 3) -> float:
+    warnings.warn(f"metric undefined, returning NaN: {reason}", RuntimeWarning, stacklevel=stacklevel)
+    return float("nan")
+
+
+@dataclass
+class _Ranked:
+    """Sorted positives/negatives reduced to distinct positive values -- shared by AUROC, AP and Dice."""
+
+    pos: torch.Tensor  # ascending scores of positives
+    neg: torch.Tensor  # ascending scores of negatives
+    u: torch.Tensor  # distinct positive values, ascending
+    c: torch.Tensor  # multiplicity of each distinct positive value
+    pos_ge: torch.Tensor  # positives with score >= u
+    neg_lt: torch.Tensor  # negatives with score < u
+    neg_le: torch.Tensor  # negatives with score <= u
+
+    @property
+    def P(self) -> int:
+        return int(self.pos.numel())
+
+    @property
+    def N(self) -> int:
+        return int(self.neg.numel())
+
+
+def _rank(s: torch.Tensor, y: torch.Tensor) -> _Ranked:
+    pos, neg = _split_sorted(s, y)
+    if pos.numel():
+        u, c = torch.unique_consecutive(pos, return_counts=True)
+    else:
+        u, c = pos, torch.zeros(0, dtype=torch.int64, device=pos.device)
+    start = torch.cumsum(c, 0) - c  # index of the first occurrence of each u in pos
+    pos_ge = pos.numel() - start
+    neg_lt = torch.searchsorted(neg, u, right=False)
+    neg_le = torch.searchsorted(neg, u, right=True)
+    return _Ranked(pos, neg, u, c, pos_ge, neg_lt, neg_le)
+
+
+def _auroc_from(r: _Ranked) -> float:
+    """Mann-Whitney U with average ranks == trapezoid ROC area on distinct thresholds (sklearn)."""
+    if r.P == 0 or r.N == 0:
+        return _nan(f"AUROC needs both classes (positives={r.P}, negatives={r.N})", 4)
+    twice_u = int(((r.neg_lt + r.neg_le) * r.c).sum().item())  # 2 * (#neg below + 0.5 #neg tied), exact int
+    return twice_u / (2.0 * r.P * r.N)
+
+
+def _ap_from(r: _Ranked) -> float:
+    """Step-wise AP: sum over distinct positive values of Δrecall * precision (sklearn's definition)."""
+    if r.P == 0:
+        return _nan("average precision needs at least one positive", 4)
+    neg_ge = (r.N - r.neg_lt).to(torch.float64)
+    pos_ge = r.pos_ge.to(torch.float64)
+    return float((r.c.to(torch.float64) * pos_ge / (pos_ge + neg_ge)).sum().item() / r.P)
+
+
+# ----------------------------------------------------------------------------------------------------
+# ranking metrics
+# ----------------------------------------------------------------------------------------------------
+def auroc(scores: Any, labels: Any) -> float:
+    """Area under the ROC curve, equal to ``sklearn.metrics.roc_auc_score`` (ties: average ranks).
+
+    NaN + warning when only one class is present. Any shape; scores and labels must match.
+    """
+    return _auroc_from(_rank(*_pair(scores, labels)))
+
+
+def average_precision(scores: Any, labels: Any) -> float:
+    """Average precision, equal to ``sklearn.metrics.average_precision_score`` (step-wise, distinct
+    thresholds). NaN + warning without positives (sklearn warns and returns a meaningless value)."""
+    return _ap_from(_rank(*_pair(scores, labels)))
+
+
+def image_auroc_ap(scores: Any, labels: Any) -> dict[str, float]:
+    """Image-level AUROC and AP with the counts they rest on (for the table's ``n`` column)."""
+    s, y = _pair(scores, labels)
+    r = _rank(s, y)
+    return {"auroc": _auroc_from(r), "ap": _ap_from(r), "n": int(s.numel()), "n_pos": r.P, "n_neg": r.N}
+
+
+def pooled_pixel_auroc_ap(maps: Any, masks: Any, valid: Any = None) -> tuple[float, float]:
+    """Pixel AUROC and AP with all pixels of all images pooled (``auroc_pixel|pooled``, ``ap_pixel|pooled``).
+
+    ``maps`` and ``masks`` [N,1,H,W]; ``valid`` restricts the pixels (brain), None = every pixel (the
+    papers' computation). One sort serves both metrics.
+    """
+    r = _rank(*_pair(maps, masks, valid, sname="maps", lname="masks"))
+    return _auroc_from(r), _ap_from(r)
+
+
+def per_volume_pixel_auroc_ap(maps: Any, masks: Any, subject_ids: Sequence[Any], valid: Any = None
+                              ) -> dict[str, Any]:
+    """Pixel AUROC/AP pooled within each subject (volume), then averaged over subjects
+    (``auroc_pixel|per_volume``). Subjects without lesion pixels are excluded from the mean (their AUROC is
+    undefined) and counted in ``n_skipped``; returns the means and the per-subject values."""
+    m = _scores(maps, "maps")
+    g = _binary(masks, "masks").to(m.device)
+    if tuple(m.shape) != tuple(g.shape):
+        raise ValueError(f"maps shape {tuple(m.shape)} != masks shape {tuple(g.shape)}")
+    ids = list(subject_ids)
+    if len(ids) != m.shape[0]:
+        raise ValueError(f"subject_ids has {len(ids)} entries for {m.shape[0]} images")
+    v = None if valid is None else _valid(valid, m)
+    per: dict[Any, tuple[float, float]] = {}
+    skipped = []
+    for sid in dict.fromkeys(ids):
+        idx = torch.tensor([i for i, x in enumerate(ids) if x == sid], device=m.device)
+        s, y = _pair(m[idx], g[idx], None if v is None else v[idx])
+        r = _rank(s, y)
+        if r.P == 0 or r.N == 0:
+            skipped.append(sid)
+            continue
+        per[sid] = (_auroc_from(r), _ap_from(r))
+    if not per:
+        nan = _nan("no subject has both lesion and normal pixels", 3)
+        return {"auroc": nan, "ap": nan, "n": 0, "n_skipped": len(skipped), "per_subject": {}}
+    a = np.array(list(per.values()))
+    return {"auroc": float(a[:, 0].mean()), "ap": float(a[:, 1].mean()), "n": len(per),
+            "n_skipped": len(skipped), "per_subject": per}
+
+
+def per_image_pixel_ap(maps: Any, masks: Any, valid: Any = None) -> torch.Tensor:
+    """AP of each image's pixels (PHANES logs its mean; also the per-slice input of the Wilcoxon test).
+    NaN (no warning per image) where an image has no lesion pixel."""
+    m = _scores(maps, "maps")
+    g = _binary(masks, "masks").to(m.device)
+    if tuple(m.shape) != tuple(g.shape):
+        raise ValueError(f"maps shape {tuple(m.shape)} != masks shape {tuple(g.shape)}")
+    v = None if valid is None else _valid(valid, m)
+    out = torch.full((m.shape[0],), float("nan"), dtype=torch.float64)
+    for i in range(m.shape[0]):
+        s, y = _pair(m[i], g[i], None if v is None else v[i])
+        if bool(y.any()):
+            out[i] = _ap_from(_rank(s, y))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# overlap metrics
+# ----------------------------------------------------------------------------------------------------
+def _overlap_pair(pred_bin: Any, gt: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    p = _binary(pred_bin, "pred_bin")
+    g = _binary(gt, "gt").to(p.device)
+    if tuple(p.shape) != tuple(g.shape):
+        raise ValueError(f"pred_bin shape {tuple(p.shape)} != gt shape {tuple(g.shape)}")
+    return p, g
+
+
+def dice(pred_bin: Any, gt: Any) -> float:
+    """Pooled Dice 2|P∩G| / (|P|+|G|) over everything given.
+
+    Both empty -> NaN + warning: 0/0 has no value, and 1 (or 0) would bias a mean either way. Inputs
+    must be binary.
+    """
+    p, g = _overlap_pair(pred_bin, gt)
+    inter = int((p & g).sum().item())
+    denom = int(p.sum().item()) + int(g.sum().item())
+    if denom == 0:
+        return _nan("Dice with empty prediction and empty ground truth", 3)
+    return 2.0 * inter / denom
+
+
+def dice_per_image(pred_bin: Any, gt: Any) -> torch.Tensor:
+    """Dice of each image ([N, ...] -> float64 [N]); NaN where both are empty (one warning with the count)."""
+    p, g = _overlap_pair(pred_bin, gt)
+    p, g = p.reshape(p.shape[0], -1), g.reshape(g.shape[0], -1)
+    inter = (p & g).sum(1).to(torch.float64)
+    denom = (p.sum(1) + g.sum(1)).to(torch.float64)
+    out = 2.0 * inter / denom  # 0/0 -> NaN
+    n_nan = int((denom == 0).sum().item())
+    if n_nan:
+        warnings.warn(f"Dice undefined (both empty) for {n_nan} image(s): NaN", RuntimeWarning, stacklevel=2)
+    return out
+
+
+def threshold_grid(grid: str | Sequence[float] | torch.Tensor, maps_max: float) -> torch.Tensor:
+    """Named threshold grids (binarisation ``map > t``):
+    ``max1000`` = 1000 values linspace(0, max) (PHANES Table 1 code); ``unit101`` = linspace(0, 1, 101)
+    (autoDDPM evaluator); ``itermask2`` = 0, 1e-4, ..., 99e-4 (IterMask2 code); or explicit values."""
+    if isinstance(grid, str):
+        if grid == "max1000":
+            return torch.linspace(0.0, float(maps_max), 1000, dtype=torch.float64)
+        if grid == "unit101":
+            return torch.linspace(0.0, 1.0, 101, dtype=torch.float64)
+        if grid == "itermask2":
+            return torch.arange(100, dtype=torch.float64) * 1e-4
+        raise ValueError(f"unknown threshold grid {grid!r}; known: pr_exact, max1000, unit101, itermask2")
+    t = _scores(grid, "grid").to(torch.float64).reshape(-1).cpu()
+    if t.numel() == 0:
+        raise ValueError("grid: no threshold given")
+    return t
+
+
+def best_dice(maps: Any, masks: Any, *, grid: str | Sequence[float] = "max1000", valid: Any = None
+              ) -> tuple[float, float]:
+    """Oracle pooled Dice: the best Dice over thresholds chosen on the test maps themselves.
+
+    ``grid="pr_exact"``: max F1 over the exact PR curve (every distinct value; AFSC, ``dice|oracle_test|
+    pr_exact``); ``"max1000"``: 1000 linear steps in [0, max of the (valid) maps] (PHANES,
+    ``dice|oracle_test|max1000``); ``"unit101"`` or explicit thresholds. Returns (dice, t) with the
+    prediction ``map > t`` (for pr_exact t is the next lower observed value, -inf if none). Ties: the
+    first (lowest) threshold. NaN + warning when there is no lesion pixel.
+    """
+    s, y = _pair(maps, masks, valid, sname="maps", lname="masks")
+    r = _rank(s, y)
+    if r.P == 0:
+        return _nan("best Dice needs at least one lesion pixel", 3), float("nan")
+    if isinstance(grid, str) and grid == "pr_exact":
+        tp = r.pos_ge.to(torch.float64)
+        fp = (r.N - r.neg_lt).to(torch.float64)
+        d = 2.0 * tp / (tp + fp + r.P)
+        k = int(torch.argmax(d).item())
+        below = []
+        if int(r.neg_lt[k]) > 0:
+            below.append(float(r.neg[int(r.neg_lt[k]) - 1]))
+        start = r.P - int(r.pos_ge[k])
+        if start > 0:
+            below.append(float(r.pos[start - 1]))
+        thr = max(below) if below else float("-inf")
+        return float(d[k].item()), thr
+    mx = max(float(r.pos[-1]), float(r.neg[-1]) if r.N else float("-inf"))
+    th = threshold_grid(grid, mx)
+    d, _ = _dice_on_grid(r, th.to(device=r.pos.device, dtype=r.pos.dtype))
+    k = int(torch.argmax(d).item())
+    return float(d[k].item()), float(th[k].item())
+
+
+def _dice_on_grid(r: _Ranked, th: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled Dice at every threshold (``> t``) from the sorted classes: O(T log n)."""
+    tp = (r.P - torch.searchsorted(r.pos, th, right=True)).to(torch.float64)
+    fp = (r.N - torch.searchsorted(r.neg, th, right=True)).to(torch.float64)
+    denom = tp + fp + r.P
+    return 2.0 * tp / denom, denom
+
+
+def threshold_at_fpr(healthy_maps: Any, fpr: float = 0.05, valid: Any = None) -> float:
+    """Smallest t such that the fraction of healthy (valid) pixels with ``map > t`` is <= ``fpr``
+    (``fpr@5%_healthy_brain`` with the brain as ``valid``, ``fpr@5%_healthy_image`` without).
+
+    Exact order statistic: with n pixels and m = floor(fpr * n) allowed false positives, t is the
+    (n - m)-th smallest value. fpr >= 1 returns -inf (every threshold qualifies).
+    """
+    if not (0.0 <= float(fpr) <= 1.0):
+        raise ValueError(f"fpr must be in [0, 1], got {fpr}")
+    s = _scores(healthy_maps, "healthy_maps")
+    if valid is not None:
+        s = s[_valid(valid, s)]
+    s = s.reshape(-1)
+    n = int(s.numel())
+    if n == 0:
+        raise ValueError("healthy_maps: no pixel to calibrate on (empty input or empty valid mask)")
+    m = int(math.floor(float(fpr) * n * (1 + 1e-12)))
+    if m >= n:
+        return float("-inf")
+    return float(_sort(s)[n - m - 1].item())
+
+
+def best_dice_per_image(maps: Any, masks: Any, *, grid: str | Sequence[float] = "pr_exact", valid: Any = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image oracle Dice (grey rows of IterMask2 / DAE: each image gets its own best threshold).
+
+    Returns (dice [N], threshold [N]) as float64; NaN for images without lesion pixels (one warning).
+    Never comparable to a calibrated Dice: label it ``oracle``.
+    """
+    m = _scores(maps, "maps")
+    g = _binary(masks, "masks").to(m.device)
+    if tuple(m.shape) != tuple(g.shape):
+        raise ValueError(f"maps shape {tuple(m.shape)} != masks shape {tuple(g.shape)}")
+    v = None if valid is None else _valid(valid, m)
+    d = torch.full((m.shape[0],), float("nan"), dtype=torch.float64)
+    t = torch.full_like(d, float("nan"))
+    empty = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for i in range(m.shape[0]):
+            s, y = _pair(m[i], g[i], None if v is None else v[i])
+            if not bool(y.any()):
+                empty += 1
+                continue
+            d[i], t[i] = best_dice(s, y, grid=grid)
+    if empty:
+        warnings.warn(f"per-image oracle Dice undefined for {empty} image(s) without lesion: NaN",
+                      RuntimeWarning, stacklevel=2)
+    return d, t
+
+
+# ----------------------------------------------------------------------------------------------------
+# IterMask2 protocol (specs/protocols/itermask2.md §4)
+# ----------------------------------------------------------------------------------------------------
+SIZE_BINS: dict[str, tuple[float, float]] = {"small": (0, 200), "medium": (200, 800), "large": (800, math.inf)}
+"""Lesion-area bins in pixels of the 128² slice: < 200, 200-799, >= 800 (the authors' evaluation code)."""
+
+
+def itermask2_normalise(maps: Any, brain: Any) -> torch.Tensor:
+    """IterMask2's map: min-max over the *whole* test tensor (all images, background included), times the
+    soft brain mask. One min/max for the set is what the code does; per-image scaling would change ranks."""
+    a = _scores(maps, "maps")
+    b = _scores(brain, "brain").to(a.device)
+    if tuple(b.shape) != tuple(a.shape):
+        raise ValueError(f"brain shape {tuple(b.shape)} != maps shape {tuple(a.shape)}")
+    lo, hi = a.min(), a.max()
+    if float(hi - lo) == 0.0:
+        warnings.warn("itermask2_normalise: constant maps, normalised map is all zero", RuntimeWarning, stacklevel=2)
+        return torch.zeros_like(a)
+    return (a - lo) / (hi - lo) * b
+
+
+def _rowsort(x: torch.Tensor) -> torch.Tensor:
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.sort(x.numpy(), axis=1))
+    return torch.sort(x, dim=1).values
+
+
+def _per_image_counts(maps_n: torch.Tensor, gt: torch.Tensor, keep: torch.Tensor, th: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per image and threshold: TP, FP (pixels with map > t inside ``keep``) and |G| -- one row sort."""
+    n = maps_n.shape[0]
+    a = maps_n.reshape(n, -1)
+    g = gt.reshape(n, -1)
+    k = keep.reshape(n, -1)
+    ninf = torch.tensor(float("-inf"), dtype=a.dtype, device=a.device)
+    pos = _rowsort(torch.where(g & k, a, ninf))
+    neg = _rowsort(torch.where(~g & k, a, ninf))
+    tt = th.to(device=a.device, dtype=a.dtype).expand(n, -1).contiguous()
+    width = a.shape[1]
+    tp = width - torch.searchsorted(pos, tt, right=True)
+    fp = width - torch.searchsorted(neg, tt, right=True)
+    return tp.to(torch.float64), fp.to(torch.float64), g.sum(1).to(torch.float64)
+
+
+def mean_dice_at(maps_n: Any, gt: Any, brain: Any, thresholds: Sequence[float] | torch.Tensor
+                 ) -> torch.Tensor:
+    """Per-image Dice [N, T] of ``1[map > t] * B`` binarised at B > 0.5 (IterMask2's Dice arguments).
+    NaN where prediction and GT are both empty."""
+    m, g = _pair_images(maps_n, gt)
+    b = _scores(brain, "brain").to(m.device)
+    th = threshold_grid(thresholds, 1.0)  # named grids here: itermask2 / unit101 (maps are in [0, 1])
+    tp, fp, ng = _per_image_counts(m, g, b > 0.5, th)
+    return 2.0 * tp / (tp + fp + ng[:, None])
+
+
+def _pair_images(maps: Any, gt: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    m = _scores(maps, "maps")
+    g = _binary(gt, "gt").to(m.device)
+    if tuple(m.shape) != tuple(g.shape):
+        raise ValueError(f"maps shape {tuple(m.shape)} != gt shape {tuple(g.shape)}")
+    if m.ndim < 2 or m.shape[0] == 0:
+        raise ValueError(f"maps must be [N, ...] with N >= 1, got {tuple(m.shape)}")
+    return m, g
+
+
+def itermask2_global_dice(maps: Any, gt: Any, brain: Any, *, grid: str | Sequence[float] = "itermask2",
+                          normalise: bool = True, nan_policy: str = "omit") -> tuple[float, float]:
+    """``dice|per_image|oracle_test|itermask2``: one global θ on the grid 0..0.0099 maximising the mean
+    per-image Dice on the test set (oracle), maps min-max normalised over the set × brain first.
+
+    nan_policy ``omit`` (suite): images with empty GT and empty prediction are left out of the mean;
+    ``official``: numpy-2 behaviour of the code, a NaN mean makes argmax pick the first NaN θ.
+    Returns (mean Dice, θ).
+    """
+    mn = itermask2_normalise(maps, brain) if normalise else _scores(maps, "maps")
+    th = threshold_grid(grid, 1.0)
+    d = mean_dice_at(mn, gt, brain, th)
+    if nan_policy == "omit":
+        mean = torch.nanmean(d, dim=0)
+        if bool(torch.isnan(mean).all()):
+            return _nan("no image with a defined Dice", 3), float("nan")
+        k = int(torch.argmax(torch.nan_to_num(mean, nan=-1.0)).item())
+    elif nan_policy == "official":
+        mean = d.mean(0)
+        k = int(np.argmax(mean.numpy()))  # numpy: first NaN wins
+    else:
+        raise ValueError(f"nan_policy must be 'omit' or 'official', got {nan_policy!r}")
+    return float(mean[k].item()), float(th[k].item())
+
+
+def sensitivity_precision_per_image(pred: Any, gt: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image sensitivity TP/(TP+FN) (NaN without lesion) and precision TP/(TP+FP), 0 when nothing is
+    predicted (IterMask2's rule). ``pred`` may be soft: it is binarised at ``!= 0`` as the code does, so
+    soft brain-border pixels count (Dice drops them -- an inconsistency kept on purpose)."""
+    p = _as_tensor(pred, "pred")
+    p = p if p.dtype == torch.bool else (p != 0)
+    g = _binary(gt, "gt").to(p.device)
+    if tuple(p.shape) != tuple(g.shape):
+        raise ValueError(f"pred shape {tuple(p.shape)} != gt shape {tuple(g.shape)}")
+    n = p.shape[0]
+    p, g = p.reshape(n, -1), g.reshape(n, -1)
+    tp = (p & g).sum(1).to(torch.float64)
+    ng = g.sum(1).to(torch.float64)
+    npred = p.sum(1).to(torch.float64)
+    sens = tp / ng
+    prec = torch.where(npred > 0, tp / npred.clamp_min(1), torch.zeros_like(tp))
+    return sens, prec
+
+
+def size_stratified_dice(dice_per_img: Any, gt: Any, bins: Mapping[str, tuple[float, float]] = SIZE_BINS
+                         ) -> dict[str, float]:
+    """Mean per-image Dice within lesion-area bins (``dice_small`` / ``dice_medium`` / ``dice_large``).
+    An empty bin gives NaN + warning (the official code crashes there). Also returns ``n_<bin>``."""
+    d = _as_tensor(dice_per_img, "dice_per_img").to(torch.float64).reshape(-1).cpu()
+    g = _binary(gt, "gt")
+    area = g.reshape(g.shape[0], -1).sum(1).cpu().to(torch.float64)
+    if area.numel() != d.numel():
+        raise ValueError(f"{d.numel()} Dice values for {area.numel()} masks")
+    out: dict[str, float] = {}
+    for name, (lo, hi) in bins.items():
+        sel = (area >= lo) & (area < hi)
+        out[f"n_{name}"] = int(sel.sum())
+        out[f"dice_{name}"] = float(torch.nanmean(d[sel]).item()) if bool(sel.any()) else _nan(
+            f"size bin {name!r} [{lo}, {hi}) is empty", 3)
+    return out
+
+
+def itermask2_scores(maps_n: Any, gt: Any, brain: Any, theta: float) -> dict[str, float]:
+    """All IterMask2 white-row metrics at one θ on normalised maps: DSC, Sens., Prec., DS_s/m/l."""
+    m, g = _pair_images(maps_n, gt)
+    b = _scores(brain, "brain").to(m.device)
+    p_soft = (m > theta).to(b.dtype) * b
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        d = dice_per_image(p_soft > 0.5, g)
+    sens, prec = sensitivity_precision_per_image(p_soft, g)
+    out = {"dice": float(torch.nanmean(d).item()), "sensitivity": float(torch.nanmean(sens).item()),
+           "precision": float(prec.mean().item()), "n": int(m.shape[0])}
+    out.update(size_stratified_dice(d, g))
+    return out
+
+
+def ssim_normal(recon: Any, image: Any, brain: Any, lesion: Any, *, data_range: float | None = None,
+                variant: str = "normal_brain") -> dict[str, float]:
+    """SSIM between reconstruction and input on normal tissue (scikit-image, Gaussian σ=1.5 window,
+    k1 0.01, k2 0.03, population covariance -- the torchmetrics settings of IterMask2).
+
+    ``variant="normal_brain"`` (suite, ``ssim|normal_brain``): full SSIM map of the unmasked images,
+    averaged over pixels with brain > 0.5 and no lesion. ``"itermask2"`` (``ssim|itermask2_code``): both
+    images multiplied by B·(1−G), the mean of each image's SSIM map (5-px border cropped, zeros counted).
+    ``data_range`` default = max(R·B) − min(R·B) over the whole set (IterMask2's choice), recorded in the
+    result so the table can footnote it.
+    """
+    from skimage.metrics import structural_similarity
+
+    r = _scores(recon, "recon").cpu().to(torch.float64)
+    x = _scores(image, "image").cpu().to(torch.float64)
+    b = _scores(brain, "brain").cpu().to(torch.float64)
+    g = _binary(lesion, "lesion").cpu()
+    if not (r.shape == x.shape and r.shape[0] == b.shape[0] == g.shape[0] and r.ndim == 4):
+        raise ValueError(f"recon/image must be [N,C,H,W] with matching brain/lesion; got {tuple(r.shape)}, "
+                         f"{tuple(x.shape)}, {tuple(b.shape)}, {tuple(g.shape)}")
+    if data_range is None:
+        rb = r * b
+        data_range = float(rb.max() - rb.min())
+    if not data_range > 0:
+        raise ValueError(f"data_range must be > 0, got {data_range}")
+    kw = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=data_range, K1=0.01, K2=0.03)
+    vals = []
+    for i in range(r.shape[0]):
+        for c in range(r.shape[1]):
+            ri, xi = r[i, c].numpy(), x[i, c].numpy()
+            keep = (b[i, 0] > 0.5) & ~g[i, 0]
+            if variant == "itermask2":
+                w = (b[i, 0] * (~g[i, 0]).to(torch.float64)).numpy()
+                vals.append(structural_similarity(ri * w, xi * w, **kw))
+            elif variant == "normal_brain":
+                if not bool(keep.any()):
+                    continue
+                _, smap = structural_similarity(ri, xi, full=True, **kw)
+                vals.append(float(smap[keep.numpy()].mean()))
+            else:
+                raise ValueError(f"unknown SSIM variant {variant!r}; known: normal_brain, itermask2")
+    if not vals:
+        return {"ssim": _nan("no image has normal brain pixels", 3), "n": 0, "data_range": data_range}
+    return {"ssim": float(np.mean(vals)), "n": len(vals), "data_range": float(data_range)}
+
+
+# ----------------------------------------------------------------------------------------------------
+# image-level decisions, ProxyAno score statistics, reconstruction errors
+# ----------------------------------------------------------------------------------------------------
+def image_acc_f1(scores: Any, labels: Any, threshold: float, *, positive: int = 1) -> dict[str, float]:
+    """ACC and F1 at a given threshold; predicted abnormal iff ``score >= threshold`` (ProxyAno / P-Net
+    code). ``positive=1``: abnormal is the positive class of F1; 0: normal (diagnostic of proxyano §2.2)."""
+    s, y = _pair(scores, labels)
+    pred = s >= float(threshold)
+    if positive == 0:
+        pred, y = ~pred, ~y
+    elif positive != 1:
+        raise ValueError(f"positive must be 0 or 1, got {positive}")
+    tp = int((pred & y).sum())
+    fp = int((pred & ~y).sum())
+    fn = int((~pred & y).sum())
+    n = int(y.numel())
+    acc = float((pred == y).sum().item()) / n
+    f1 = 2.0 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else _nan("F1 with no positive and no prediction", 3)
+    return {"acc": acc, "f1": f1, "threshold": float(threshold), "tp": tp, "fp": fp, "fn": fn, "n": n}
+
+
+def pixel_acc_f1(maps: Any, masks: Any, threshold: float = 0.5, valid: Any = None) -> dict[str, float]:
+    """Pixel ACC/F1 pooled over all pixels at ``map >= threshold`` (ProxyAno fundus: 0.5, lesion = positive)."""
+    s, y = _pair(maps, masks, valid, sname="maps", lname="masks")
+    return image_acc_f1(s, y, threshold)
+
+
+def mean_score_gap(scores: Any, labels: Any, *, norm: str = "normal_minmax") -> dict[str, float]:
+    """ProxyAno Table II: mean score of normal and abnormal test images and their gap (abnormal − normal).
+    ``norm="normal_minmax"`` (default) scales by min/max of the *normal* test scores; ``"raw"`` none. The
+    scale-free ratio abnormal/normal of the raw scores is always returned."""
+    s, y = _pair(scores, labels)
+    s = s.to(torch.float64)
+    if not bool(y.any()) or bool(y.all()):
+        nan = _nan("mean score gap needs normal and abnormal images", 3)
+        return {"mean_score_normal": nan, "mean_score_abnormal": nan, "score_gap": nan, "ratio": nan}
+    raw_n, raw_a = float(s[~y].mean()), float(s[y].mean())
+    if norm == "normal_minmax":
+        lo, hi = s[~y].min(), s[~y].max()
+        if float(hi - lo) == 0:
+            raise ValueError("normal_minmax: all normal scores are equal")
+        s = (s - lo) / (hi - lo)
+    elif norm != "raw":
+        raise ValueError(f"norm must be 'normal_minmax' or 'raw', got {norm!r}")
+    mn, ma = float(s[~y].mean()), float(s[y].mean())
+    return {"mean_score_normal": mn, "mean_score_abnormal": ma, "score_gap": ma - mn,
+            "ratio": raw_a / raw_n if raw_n != 0 else float("nan")}
+
+
+def _region(mask: Any, like: torch.Tensor, inside: bool) -> torch.Tensor:
+    m = _binary(mask, "mask").to(like.device)
+    if m.shape[0] != like.shape[0] or tuple(m.shape[-2:]) != tuple(like.shape[-2:]):
+        raise ValueError(f"mask shape {tuple(m.shape)} does not match {tuple(like.shape)}")
+    m = m if m.ndim == like.ndim else m.reshape(m.shape[0], 1, *m.shape[-2:])
+    m = m.any(1, keepdim=True) if m.shape[1] != 1 else m
+    return m if inside else ~m
+
+
+def masked_mse(x: Any, y: Any, mask: Any, *, inside: bool = True, kind: str = "mse") -> torch.Tensor:
+    """Per-image mean error over the mask region: Σ(e·m)/Σm (RA/PHANES Table 1). ``kind="mse"`` squared
+    error, ``"l1"`` absolute error (what RA's code logs as "MSE"). NaN where the region is empty.
+    Channels are averaged first. Returns float64 [N]."""
+    a = _scores(x, "x")
+    b = _scores(y, "y").to(a.device)
+    if a.shape != b.shape or a.ndim != 4:
+        raise ValueError(f"x and y must be equal [N,C,H,W], got {tuple(a.shape)} and {tuple(b.shape)}")
+    e = (a - b).to(torch.float64)
+    e = e.square() if kind == "mse" else e.abs() if kind == "l1" else None
+    if e is None:
+        raise ValueError(f"kind must be 'mse' or 'l1', got {kind!r}")
+    e = e.mean(1, keepdim=True)
+    m = _region(mask, a, inside).to(torch.float64)
+    return ((e * m).sum((1, 2, 3)) / m.sum((1, 2, 3))).cpu()
+
+
+def masked_lpips(net: Callable[..., torch.Tensor], x: Any, y: Any, mask: Any, *, inside: bool = True,
+                 batch_size: int = 32, zero_as_nan: bool = False) -> torch.Tensor:
+    """Per-image mean of a spatial LPIPS map over the mask region (PHANES ``lpips`` healthy/anomaly).
+
+    ``net`` is any ``lpips.LPIPS(..., spatial=True)``-like callable ``net(x, y, normalize=True)`` returning
+    [B,1,H,W] (built elsewhere, offline weights). Inputs in [0, 1]; grey images are repeated to 3 channels.
+    ``zero_as_nan=True`` drops region pixels whose LPIPS is exactly 0, as PHANES's code does. NaN where the
+    region is empty. Returns float64 [N] (multiply by 100 for the printed scale).
+    """
+    a = _scores(x, "x")
+    b = _scores(y, "y").to(a.device)
+    if a.shape != b.shape or a.ndim != 4:
+        raise ValueError(f"x and y must be equal [N,C,H,W], got {tuple(a.shape)} and {tuple(b.shape)}")
+    region = _region(mask, a, inside)
+    dev = next((p.device for p in getattr(net, "parameters", lambda: iter(()))()), a.device)
+    out = []
+    with torch.no_grad():
+        for i in range(0, a.shape[0], batch_size):
+            xa, xb = a[i:i + batch_size].float(), b[i:i + batch_size].float()
+            if xa.shape[1] == 1:
+                xa, xb = xa.repeat(1, 3, 1, 1), xb.repeat(1, 3, 1, 1)
+            d = net(xa.to(dev), xb.to(dev), normalize=True)
+            if d.ndim != 4 or d.shape[1] != 1:
+                raise ValueError(f"LPIPS net must return [B,1,H,W] spatial maps (spatial=True), got {tuple(d.shape)}")
+            if tuple(d.shape[-2:]) != tuple(a.shape[-2:]):
+                d = torch.nn.functional.interpolate(d, size=a.shape[-2:], mode="bilinear", align_corners=False)
+            out.append(d.to(torch.float64).cpu())
+    d = torch.cat(out)
+    m = region.cpu()
+    if zero_as_nan:
+        m = m & (d != 0)
+    mf = m.to(torch.float64)
+    return (d * mf).sum((1, 2, 3)) / mf.sum((1, 2, 3))
+
+
+# ----------------------------------------------------------------------------------------------------
+# registry of metric ids
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MetricSpec:
+    """What a ``metric_id`` means: the CSV ``metric`` it fills, whether its threshold was picked on the test
+    set (oracle: never rank calibrated and oracle numbers together) and its direction."""
+
+    id: str
+    csv_metric: str
+    description: str
+    oracle: bool = False
+    higher_is_better: bool = True
+    function: str = ""
+
+
+def _m(id: str, description: str, *, oracle: bool = False, hib: bool = True, fn: str = "") -> MetricSpec:
+    return MetricSpec(id, id.split("|")[0], description, oracle, hib, fn)
+
+
+_SPECS = [
+    _m("auroc|image", "image-level AUROC of the method's image score (sklearn-exact)", fn="image_auroc_ap"),
+    _m("ap|image", "image-level average precision (sklearn-exact)", fn="image_auroc_ap"),
+    _m("auroc|image|afsc_max21", "image AUROC, score = max of the 21×21 mean-filtered map, slices pooled (AFSC)",
+       fn="image_auroc_ap"),
+    _m("ap|image|afsc_max21", "image AP, score = max of the 21×21 mean-filtered map (AFSC)", fn="image_auroc_ap"),
+    _m("auroc|image|map_mean", "image AUROC, score = mean of the anomaly map over all pixels (RA global detection)",
+       fn="image_auroc_ap"),
+    _m("auroc|image|eq13", "image AUROC of ProxyAno's latent distance (eq. 13)", fn="image_auroc_ap"),
+    _m("auroc_pixel|pooled", "pixel AUROC, all pixels of all test images pooled, no brain mask", fn="pooled_pixel_auroc_ap"),
+    _m("ap_pixel|pooled", "pixel AP, all pixels of all test images pooled, no brain mask", fn="pooled_pixel_auroc_ap"),
+    _m("auprc|pooled", "pooled pixel AP (sklearn average_precision_score), as ap_pixel|pooled (RA, PHANES)",
+       fn="pooled_pixel_auroc_ap"),
+    _m("auroc_pixel|pooled_brain", "pixel AUROC pooled over brain pixels (brain > 0.5) only", fn="pooled_pixel_auroc_ap"),
+    _m("ap_pixel|pooled_brain", "pixel AP pooled over brain pixels only", fn="pooled_pixel_auroc_ap"),
+    _m("auroc_pixel|per_volume", "pixel AUROC pooled per subject, mean over subjects with lesion",
+       fn="per_volume_pixel_auroc_ap"),
+    _m("ap_pixel|per_volume", "pixel AP pooled per subject, mean over subjects with lesion",
+       fn="per_volume_pixel_auroc_ap"),
+    _m("ap_pixel|per_image", "mean over slices of each slice's pixel AP", fn="per_image_pixel_ap"),
+    _m("dice|oracle_test|pr_exact", "pooled Dice at the best threshold on the test set, exact PR curve (AFSC); oracle",
+       oracle=True, fn="best_dice"),
+    _m("dice|oracle_test|max1000", "pooled Dice, best of 1000 thresholds in [0, max map] on the test set (PHANES); oracle",
+       oracle=True, fn="best_dice"),
+    _m("dice|oracle_test|unit101", "pooled Dice, best of linspace(0, 1, 101) on the test set (autoDDPM); oracle",
+       oracle=True, fn="best_dice"),
+    _m("dice|per_image|oracle_test|itermask2",
+       "mean per-image Dice at one global θ ∈ {0,…,0.0099} maximising it on the test set, maps min-max over set × brain "
+       "(IterMask2 white rows); oracle", oracle=True, fn="itermask2_global_dice"),
+    _m("dice|per_image|oracle_image", "mean of each image's best Dice (own threshold per image; grey rows); oracle",
+       oracle=True, fn="best_dice_per_image"),
+    _m("dice|fpr@5%_healthy_brain", "pooled Dice at the threshold giving ≤ 5 % FP brain pixels on healthy validation",
+       fn="dice"),
+    _m("dice|fpr@5%_healthy_image", "pooled Dice at the threshold giving ≤ 5 % FP pixels (whole image) on healthy data",
+       fn="dice"),
+    _m("dice|per_image|fpr@5%_healthy_brain", "mean per-image Dice at the calibrated healthy-brain threshold",
+       fn="dice_per_image"),
+    _m("dice|paper_fixed", "pooled Dice at the paper's / code's fixed threshold", fn="dice"),
+    _m("sensitivity|per_image|oracle_test|itermask2", "mean per-image TP/(TP+FN) at IterMask2's θ (pred != 0)",
+       oracle=True, fn="itermask2_scores"),
+    _m("precision|per_image|oracle_test|itermask2", "mean per-image TP/(TP+FP), 0 when nothing predicted",
+       oracle=True, fn="itermask2_scores"),
+    _m("dice_small|per_image|oracle_test|itermask2", "mean per-image Dice, lesions < 200 px", oracle=True,
+       fn="size_stratified_dice"),
+    _m("dice_medium|per_image|oracle_test|itermask2", "mean per-image Dice, lesions 200–799 px", oracle=True,
+       fn="size_stratified_dice"),
+    _m("dice_large|per_image|oracle_test|itermask2", "mean per-image Dice, lesions ≥ 800 px", oracle=True,
+       fn="size_stratified_dice"),
+    _m("ssim|normal_brain", "SSIM map (σ=1.5 Gaussian) averaged over normal brain pixels (suite)", fn="ssim_normal"),
+    _m("ssim|itermask2_code", "SSIM of R·B·(1−G) vs x·B·(1−G), mean SSIM map per image (IterMask2 code)",
+       fn="ssim_normal"),
+    _m("acc|image|p75_train_normal", "image ACC at the 75th pct of training-normal scores, score ≥ t (ProxyAno)",
+       fn="image_acc_f1"),
+    _m("f1|image|p75_train_normal", "image F1 (abnormal positive) at the 75th pct of training-normal scores",
+       fn="image_acc_f1"),
+    _m("acc|image|fpr@5%_healthy_image", "image ACC at the 95th pct of held-out normal scores", fn="image_acc_f1"),
+    _m("f1|image|fpr@5%_healthy_image", "image F1 at the 95th pct of held-out normal scores", fn="image_acc_f1"),
+    _m("acc_pixel|pooled|paper_fixed", "pixel ACC over all pixels at A_pix ≥ 0.5 (ProxyAno fundus)", fn="pixel_acc_f1"),
+    _m("f1_pixel|pooled|paper_fixed", "pixel F1 (lesion positive) at A_pix ≥ 0.5", fn="pixel_acc_f1"),
+    _m("mean_score_normal|normal_minmax", "mean eq.-13 score of normal test images, min-max by normal scores",
+       hib=False, fn="mean_score_gap"),
+    _m("mean_score_abnormal|normal_minmax", "mean eq.-13 score of abnormal test images, min-max by normal scores",
+       fn="mean_score_gap"),
+    _m("score_gap|normal_minmax", "abnormal − normal mean score (ProxyAno Table II)", fn="mean_score_gap"),
+    _m("mse|inside_mask", "per-image mean squared error inside the synthetic mask, mean over images", hib=False,
+       fn="masked_mse"),
+    _m("mse|inside_mask|l1_ra_code", "per-image mean absolute error inside the mask (what RA's code logs as MSE)",
+       hib=False, fn="masked_mse"),
+    _m("mse|outside_mask", "per-image mean squared error outside the mask", hib=False, fn="masked_mse"),
+    _m("lpips|inside_mask", "AlexNet spatial LPIPS averaged inside the mask, mean over images", hib=False,
+       fn="masked_lpips"),
+    _m("lpips|outside_mask", "AlexNet spatial LPIPS averaged outside the mask (PHANES 'healthy')", hib=False,
+       fn="masked_lpips"),
+    _m("detected_boxes|fpr@5%_healthy_image", "boxes with > 10 % pixels firing at the ≤ 5 % healthy-FPR threshold",
+       fn="protocols.boxes.localise"),
+    _m("detected_boxes|paper_fixed|ra_code", "RA code: detected boxes at the hard-coded threshold 0.009",
+       fn="protocols.boxes.localise"),
+    _m("f1|per_box|fpr@5%_healthy_image", "mean over boxes of F1 = 2/(2+FP), 0 if missed (suite computation)",
+       fn="protocols.boxes.localise"),
+    _m("f1|per_box|fpr@5%_healthy_image|ra_code", "mean box F1 as RA's code computes it (floored FP, soft boxes)",
+       fn="protocols.boxes.localise"),
+    _m("f1|per_box|paper_fixed|ra_code", "RA code box F1 at the hard-coded threshold 0.009",
+       fn="protocols.boxes.localise"),
+    _m("fp_ratio|per_box|fpr@5%_healthy_image", "mean over boxes of healthy/in-box summed score", hib=False,
+       fn="protocols.boxes.localise"),
+]
+METRICS: dict[str, MetricSpec] = {s.id: s for s in _SPECS}
+
+
+def metric_spec(metric_id: str) -> MetricSpec:
+    """Look an id up; unknown ids get a spec inferred from their parts (``oracle_test`` → oracle), so new
+    combinations still render, but tables should prefer registered ids."""
+    if metric_id in METRICS:
+        return METRICS[metric_id]
+    base = metric_id.split("|")[0]
+    lower = {"mse", "lpips", "mean_score_normal", "fp_ratio", "fpr"}
+    return MetricSpec(metric_id, base, "(unregistered id)", oracle="oracle" in metric_id,
+                      higher_is_better=base not in lower)

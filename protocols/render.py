@@ -1,0 +1,358 @@
+"""Render long-format result rows into paper-ready tables: CSV (long, provenance kept), Markdown, LaTeX.
+
+Why: the result store keeps one row per (run, metric) (``benchmark.runstore.ROW_COLUMNS``); a reader
+wants one cell per method and metric with mean ± std over seeds, the best and second-best marked, every
+metric id / oracle threshold / substitution footnoted, and optionally the paper's printed number and our
+difference beside it. Rendering never crashes on gaps: a missing cell prints "–", a method without rows
+is listed in a footnote.
+
+Cell layout: rows = (method, variant); columns = (dataset, column_group, metric, metric_id). Values are
+shown on the row's own ``scale``; the paper comparison converts ours to the paper's CSV ``scale``
+(percent ↔ fraction) before taking the difference. Rows whose variant is ``oracle`` or ``GT`` (grey rows,
+sanity checks) are never ranked.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import jinja2
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from benchmark.io import atomic_write_text
+from benchmark.runstore import ROW_COLUMNS
+from protocols.metrics import metric_spec
+from protocols.stats import aggregate_seeds
+
+__all__ = ["render_table", "markdown_table", "latex_table", "build_table", "Table", "MISSING", "UNRANKED_VARIANTS"]
+
+MISSING = "–"
+UNRANKED_VARIANTS = ("oracle", "GT")
+_KEYS = ["method", "variant", "dataset", "column_group", "metric", "metric_id"]
+_PAPER_KEYS = ["table_id", "method", "variant", "dataset", "column_group", "metric"]
+
+
+@dataclass
+class Cell:
+    mean: float = math.nan
+    std: float = math.nan
+    n_seeds: int = 0
+    scale: str = ""
+    paper: float = math.nan
+    paper_std: float = math.nan
+    paper_scale: str = ""
+    paper_text: str = ""  # as printed (keeps the paper's digits)
+    rank: int = 0  # 1 best, 2 second, 0 unranked
+
+    @property
+    def empty(self) -> bool:
+        return not math.isfinite(self.mean)
+
+
+@dataclass
+class Table:
+    table_id: str
+    title: str
+    columns: list[tuple[str, str, str, str]]  # dataset, column_group, metric, metric_id
+    column_labels: list[str]
+    rows: list[tuple[str, str]]  # method, variant
+    row_labels: list[str]
+    cells: dict[tuple[int, int], Cell]
+    footnotes: list[str] = field(default_factory=list)
+    with_paper: bool = False
+
+
+def _s(x: Any) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else str(x)
+
+
+def _decimals(scale: str, values: Sequence[float]) -> int:
+    if scale == "percent":
+        return 2
+    if scale == "raw":
+        fin = [v for v in values if math.isfinite(v)]
+        if fin and all(float(v).is_integer() for v in fin):
+            return 0
+    return 3
+
+
+def _fmt(v: float, d: int) -> str:
+    if not math.isfinite(v):
+        return MISSING
+    s = f"{v:.{d}f}"
+    return "0" if s in ("-0", "-0.0", "-0.00", "-0.000") and d == 0 else s.replace("-", "−")
+
+
+def _to_scale(v: float, src: str, dst: str) -> float:
+    """Convert between the CSV scales; raw and unknown scales are not converted."""
+    if src == dst or not src or not dst:
+        return v
+    if src == "fraction" and dst == "percent":
+        return v * 100.0
+    if src == "percent" and dst == "fraction":
+        return v / 100.0
+    return v
+
+
+def _num(x: Any) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def build_table(rows: pd.DataFrame, *, table_id: str, title: str = "", footnotes: Sequence[str] = (),
+                paper: pd.DataFrame | None = None, expected_methods: Sequence[str] = ()) -> Table:
+    """Aggregate rows over seeds, lay them out, rank each column and collect footnotes."""
+    df = rows.copy() if rows is not None else pd.DataFrame(columns=ROW_COLUMNS)
+    for c in ROW_COLUMNS:
+        if c not in df.columns:
+            df[c] = ""
+    if len(df):
+        df = df[df["table_id"].fillna("").astype(str).isin([table_id, ""])]
+    for c in _KEYS + ["scale"]:
+        df[c] = df[c].fillna("").astype(str)
+    df.loc[df["metric_id"] == "", "metric_id"] = df.loc[df["metric_id"] == "", "metric"]
+    agg = aggregate_seeds(df, by=_KEYS) if len(df) else pd.DataFrame(columns=_KEYS + ["mean", "std", "n_seeds", "scale"])
+
+    pap = None
+    if paper is not None and len(paper):
+        pap = paper.copy()
+        for c in _PAPER_KEYS + ["scale", "value", "std"]:
+            if c not in pap.columns:
+                pap[c] = ""
+            pap[c] = pap[c].fillna("").astype(str)
+        pap = pap[pap["table_id"] == table_id]
+
+    # row and column order: paper order first (as printed), then anything new in order of appearance
+    row_keys: list[tuple[str, str]] = []
+    col_keys: list[tuple[str, str, str, str]] = []
+    if pap is not None:
+        for r in pap.itertuples():
+            if (r.method, r.variant) not in row_keys:
+                row_keys.append((r.method, r.variant))
+    for r in agg.itertuples():
+        if (r.method, r.variant) not in row_keys:
+            row_keys.append((r.method, r.variant))
+        if (r.dataset, r.column_group, r.metric, r.metric_id) not in col_keys:
+            col_keys.append((r.dataset, r.column_group, r.metric, r.metric_id))
+    if pap is not None:  # paper columns we have no id for yet: use the canonical metric as id
+        have = {(d, g, m) for d, g, m, _ in col_keys}
+        for r in pap.itertuples():
+            if (r.dataset, r.column_group, r.metric) not in have:
+                col_keys.append((r.dataset, r.column_group, r.metric, r.metric))
+                have.add((r.dataset, r.column_group, r.metric))
+    for m in expected_methods:
+        if not any(k[0] == m for k in row_keys):
+            row_keys.append((m, ""))
+
+    cells: dict[tuple[int, int], Cell] = {}
+    ri = {k: i for i, k in enumerate(row_keys)}
+    ci = {k: j for j, k in enumerate(col_keys)}
+    for r in agg.itertuples():
+        cells[(ri[(r.method, r.variant)], ci[(r.dataset, r.column_group, r.metric, r.metric_id)])] = Cell(
+            mean=_num(r.mean), std=_num(r.std), n_seeds=int(r.n_seeds), scale=getattr(r, "scale", "") or "")
+    if pap is not None:
+        first_col: dict[tuple[str, str, str], int] = {}
+        for j, (d, g, m, _) in enumerate(col_keys):
+            first_col.setdefault((d, g, m), j)  # the paper's number sits beside the first id of that metric
+        for r in pap.itertuples():
+            j = first_col.get((r.dataset, r.column_group, r.metric))
+            i = ri.get((r.method, r.variant))
+            if i is None or j is None:
+                continue
+            c = cells.setdefault((i, j), Cell())
+            c.paper, c.paper_std, c.paper_scale, c.paper_text = _num(r.value), _num(r.std), r.scale, r.value
+            if not c.scale:
+                c.scale = r.scale
+
+    # ranking per column on the displayed (rounded) means
+    for j, (_, _, _, mid) in enumerate(col_keys):
+        hib = metric_spec(mid).higher_is_better
+        cand = []
+        for i, (m, v) in enumerate(row_keys):
+            c = cells.get((i, j))
+            if c is None or c.empty or v in UNRANKED_VARIANTS:
+                continue
+            d = _decimals(c.scale, [c.mean])
+            cand.append((round(c.mean, d), i))
+        vals = sorted({v for v, _ in cand}, reverse=hib)
+        for v, i in cand:
+            if vals and v == vals[0]:
+                cells[(i, j)].rank = 1
+            elif len(vals) > 1 and v == vals[1]:
+                cells[(i, j)].rank = 2
+
+    # column labels: only the parts that vary; metric ids become footnote letters
+    varying = [len({k[p] for k in col_keys}) > 1 for p in range(3)]
+    letters: dict[str, str] = {}
+    labels = []
+    for d, g, m, mid in col_keys:
+        parts = [x for x, on in zip((d, g), varying[:2]) if on and x]
+        letter = letters.setdefault(mid, _letter(len(letters)))
+        labels.append(" / ".join(parts + [m]) + f" [{letter}]")
+    row_labels = [m + (f" ({v})" if v else "") for m, v in row_keys]
+
+    notes: list[str] = []
+    for mid, letter in letters.items():
+        spec = metric_spec(mid)
+        tag = " — ORACLE: threshold chosen on the test set, not comparable to calibrated numbers" if spec.oracle else ""
+        notes.append(f"[{letter}] `{mid}`: {spec.description}{tag}.")
+    seeds = sorted({c.n_seeds for c in cells.values() if c.n_seeds})
+    if seeds:
+        notes.append(f"Values: mean ± std over seeds (population std, ddof = 0); seeds per cell: "
+                     f"{', '.join(map(str, seeds))}. Bold = best, underlined (Markdown: italic) = second; "
+                     f"rows {', '.join(UNRANKED_VARIANTS)} are not ranked.")
+    if pap is not None:
+        notes.append("Paper: the printed number (same table, method, variant, dataset, column, metric), our "
+                     "mean converted to the paper's scale; Δ = ours − paper.")
+    missing = [row_labels[i] for i in range(len(row_keys))
+               if not any((i, j) in cells and not cells[(i, j)].empty for j in range(len(col_keys)))]
+    if missing:
+        notes.append("No results yet for: " + ", ".join(missing) + ".")
+    for t in footnotes:
+        if t and t not in notes:
+            notes.append(str(t))
+    return Table(table_id, title, col_keys, labels, row_keys, row_labels, cells, notes, pap is not None)
+
+
+def _letter(k: int) -> str:
+    s = ""
+    k += 1
+    while k:
+        k, r = divmod(k - 1, 26)
+        s = chr(97 + r) + s
+    return s
+
+
+def _cell_text(c: Cell | None, with_paper: bool, latex: bool = False) -> str:
+    if c is None:
+        return "--" if latex else MISSING
+    d = _decimals(c.scale, [c.mean, c.std])
+    pm = r"$\pm$" if latex else "±"
+    txt = _fmt(c.mean, d) if not (latex and c.empty) else "--"
+    if not c.empty and math.isfinite(c.std) and c.n_seeds > 1:
+        txt += f" {pm} {_fmt(c.std, d)}"
+    if latex and not c.empty:
+        txt = txt.replace("−", "-")
+        if c.rank == 1:
+            txt = rf"\textbf{{{txt}}}"
+        elif c.rank == 2:
+            txt = rf"\underline{{{txt}}}"
+    elif not c.empty:
+        txt = f"**{txt}**" if c.rank == 1 else f"_{txt}_" if c.rank == 2 else txt
+    if with_paper:
+        dp = len(c.paper_text.split(".")[1]) if "." in c.paper_text else 0
+        if math.isfinite(c.paper):
+            ours = _to_scale(c.mean, c.scale, c.paper_scale)
+            diff = ours - c.paper
+            extra = f"paper {c.paper_text}"
+            if math.isfinite(diff):
+                extra += f", Δ {'+' if diff >= 0 else ''}{_fmt(diff, dp)}"
+            if latex:
+                extra = extra.replace("−", "-").replace("Δ", r"$\Delta$")
+                txt += rf" {{\scriptsize({extra})}}"
+            else:
+                txt += f" ({extra})"
+    return txt
+
+
+def markdown_table(rows: pd.DataFrame, *, table_id: str, title: str = "", footnotes: Sequence[str] = (),
+                   paper: pd.DataFrame | None = None, expected_methods: Sequence[str] = ()) -> str:
+    """The table as GitHub Markdown (tabulate) with its footnotes, for printing or the README."""
+    t = build_table(rows, table_id=table_id, title=title, footnotes=footnotes, paper=paper,
+                    expected_methods=expected_methods)
+    return _markdown(t)
+
+
+def _markdown(t: Table) -> str:
+    body = [[lab] + [_cell_text(t.cells.get((i, j)), t.with_paper) for j in range(len(t.columns))]
+            for i, lab in enumerate(t.row_labels)]
+    head = f"### {t.table_id}" + (f": {t.title}" if t.title else "")
+    grid = tabulate(body, headers=["method"] + t.column_labels, tablefmt="github", disable_numparse=True) \
+        if body else "(no rows)"
+    return "\n\n".join([head, grid, "\n".join(f"- {n}" for n in t.footnotes)]).rstrip() + "\n"
+
+
+_TEX_ESC = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+            "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "−": "-", "≤": r"$\leq$",
+            "≥": r"$\geq$", "×": r"$\times$", "Δ": r"$\Delta$", "θ": r"$\theta$", "±": r"$\pm$", "`": "", "|": r"\textbar{}", "–": "--", "—": "---"}
+
+
+def _tex(s: str) -> str:
+    return "".join(_TEX_ESC.get(ch, ch) for ch in str(s))
+
+
+_TEMPLATE = r"""% generated by phbench protocols/render.py -- do not edit
+\begin{table}[t]
+\centering
+\caption{((( title )))}
+\label{tab:((( label )))}
+\small
+\begin{tabular}{l((( "c" * ncols )))}
+\toprule
+method ((* for h in headers *))& ((( h ))) ((* endfor *))\\
+\midrule
+((* for r in body *))((( r[0] ))) ((* for c in r[1:] *))& ((( c ))) ((* endfor *))\\
+((* endfor *))\bottomrule
+\end{tabular}
+((* if notes *))
+\par\smallskip\footnotesize
+((* for n in notes *))((( n )))\\
+((* endfor *))((* endif *))
+\end{table}
+"""
+
+
+def latex_table(t: Table) -> str:
+    """booktabs LaTeX from a built :class:`Table` (jinja2 with LaTeX-safe delimiters)."""
+    env = jinja2.Environment(block_start_string="((*", block_end_string="*))", variable_start_string="(((",
+                             variable_end_string=")))", comment_start_string="((=", comment_end_string="=))",
+                             trim_blocks=True, autoescape=False, keep_trailing_newline=True)
+    body = [[_tex(lab)] + [_cell_text(t.cells.get((i, j)), t.with_paper, latex=True) for j in range(len(t.columns))]
+            for i, lab in enumerate(t.row_labels)]
+    headers = [_tex(h).replace(r"\[", "[") for h in t.column_labels]
+    notes = [_tex(n.replace("**", "")) for n in t.footnotes]
+    return env.from_string(_TEMPLATE).render(
+        title=_tex(t.title or t.table_id), label=t.table_id.replace("_", "-"), ncols=len(t.columns),
+        headers=headers, body=body, notes=notes)
+
+
+def render_table(rows: pd.DataFrame, *, table_id: str, title: str, out_dir: Path,
+                 footnotes: Sequence[str] = (), paper: pd.DataFrame | None = None,
+                 expected_methods: Sequence[str] = ()) -> dict[str, Path]:
+    """Write ``<table_id>.csv`` (long rows with provenance), ``.md`` and ``.tex`` atomically; return paths.
+
+    ``paper`` (e.g. ``pd.read_csv("results/paper_tables.csv", dtype=str, keep_default_na=False)``) adds the
+    printed number and Δ; its methods for this table count as expected, like ``expected_methods``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t = build_table(rows, table_id=table_id, title=title, footnotes=footnotes, paper=paper,
+                    expected_methods=expected_methods)
+    long = rows.copy() if rows is not None else pd.DataFrame(columns=ROW_COLUMNS)
+    for c in ROW_COLUMNS:
+        if c not in long.columns:
+            long[c] = ""
+    if len(long):
+        long = long[long["table_id"].fillna("").astype(str).isin([table_id, ""])]
+    long = long[ROW_COLUMNS + [c for c in long.columns if c not in ROW_COLUMNS]]
+    paths = {"csv": out_dir / f"{table_id}.csv", "md": out_dir / f"{table_id}.md", "tex": out_dir / f"{table_id}.tex"}
+    atomic_write_text(paths["csv"], long.to_csv(index=False))
+    atomic_write_text(paths["md"], _markdown(t))
+    atomic_write_text(paths["tex"], latex_table(t))
+    return paths
+
+
+def load_paper(path: str | Path = "results/paper_tables.csv") -> pd.DataFrame:
+    """The paper numbers as strings (empty stays empty, never NaN-guessed)."""
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+__all__.append("load_paper")
+_ = np  # numpy kept for callers that pass numpy-backed frames

@@ -1,0 +1,176 @@
+"""Synthetic anomalies on healthy test slices (RA Table 1, PHANES Table 1).
+
+Why: both tables corrupt healthy slices and score how well a method finds / removes the corruption. The
+generator parameters differ between RA's paper and the official (PHANES) code, so both sets are
+selectable, everything is seeded (default 2109, the framework's seed), and every random draw is written
+into the returned ``record`` so a cached corrupted set can be audited.
+
+Kinds:
+- ``sprites``: 3 filled rotated ellipses per image drawn in order hypo → mean → hyper intensity; the value
+  is ``min(1, |U(p_lo, p_hi)|)`` with (p_lo, p_hi) the image's (1st, 5th), (30th, 70th), (95th, 99th)
+  percentiles over *all* pixels (background included), recomputed on the current image after each
+  ellipse (code semantics; ``percentiles_on="original"`` uses the clean image). Centres uniform integers
+  in [H/4, 3H/4) (32…95 at 128 px), angle integer 0…359, each semi-axis ``int(max(|N(μ, σ)|, 2))``.
+  Mask = union of the ellipses (not clipped to the brain, as in the code).
+- ``copy_paste``: 1 rectangle, width and height integers 25…49, source and destination top-left integers
+  in [lo, H − size − 1) with lo = int(H / 5) = 25 (paper) or int(H / 4) = 32 (code); the first index runs
+  along rows (as the code); destination ← copy of the source patch; mask = destination rectangle.
+
+Presets (``specs/README.md`` "Where the issues and specs differ", item 9):
+- ``ra`` (default for RA Table 1): sprite axes (μ, σ) = (8, 12), copy-paste corner lower bound 25.
+- ``ra_code``: axes (4, 6), lower bound 32 (the PHANES code defaults).
+- ``phanes`` (default for PHANES Table 1): sprites only, axes (4, 6) -- its paper gives no generator.
+
+Ellipses are rasterised analytically (pixel centre inside the rotated ellipse) instead of with OpenCV's
+polygon fill; borders may differ by a pixel from the official images (OpenCV is not a dependency).
+Draws use ``numpy.random.RandomState(seed)`` (legacy ``randint`` semantics like the code), one stream for
+the whole set in image order: the same seed and inputs give the same set.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["PRESETS", "DEFAULT_SEED", "resolve_params", "make_synthetic", "ellipse_mask"]
+
+DEFAULT_SEED = 2109
+_SPRITE_BANDS = [(1.0, 5.0), (30.0, 70.0), (95.0, 99.0)]
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "ra": {"axes_mean_std": (8.0, 12.0), "min_axis": 2, "n_per_band": 1, "bands": _SPRITE_BANDS,
+           "centre_frac": (0.25, 0.75), "percentiles_on": "current", "rect_size": (25, 50), "corner_ratio": 5,
+           "kinds": ("sprites", "copy_paste")},
+    "ra_code": {"axes_mean_std": (4.0, 6.0), "min_axis": 2, "n_per_band": 1, "bands": _SPRITE_BANDS,
+                "centre_frac": (0.25, 0.75), "percentiles_on": "current", "rect_size": (25, 50), "corner_ratio": 4,
+                "kinds": ("sprites", "copy_paste")},
+    "phanes": {"axes_mean_std": (4.0, 6.0), "min_axis": 2, "n_per_band": 1, "bands": _SPRITE_BANDS,
+               "centre_frac": (0.25, 0.75), "percentiles_on": "current", "kinds": ("sprites",)},
+}
+
+
+def resolve_params(params: str | dict[str, Any] | None, kind: str) -> dict[str, Any]:
+    """Preset name, a dict of overrides on top of ``preset`` (default ``ra``), or None (``ra``)."""
+    if params is None:
+        params = "ra"
+    if isinstance(params, str):
+        if params not in PRESETS:
+            raise ValueError(f"unknown synthetic preset {params!r}; known: {sorted(PRESETS)}")
+        p = copy.deepcopy(PRESETS[params])
+        p["preset"] = params
+    else:
+        base = params.get("preset", "ra")
+        if base not in PRESETS:
+            raise ValueError(f"unknown synthetic preset {base!r}")
+        p = copy.deepcopy(PRESETS[base])
+        p.update(copy.deepcopy(params))
+        p["preset"] = base
+        unknown = set(params) - set(PRESETS["ra"]) - {"preset"}
+        if unknown:
+            raise ValueError(f"unknown synthetic parameter(s) {sorted(unknown)}")
+    if kind not in p["kinds"]:
+        raise ValueError(f"preset {p['preset']!r} has no kind {kind!r}; it has {list(p['kinds'])}")
+    if p.get("percentiles_on") not in ("current", "original"):
+        raise ValueError("percentiles_on must be 'current' or 'original'")
+    return p
+
+
+def ellipse_mask(h: int, w: int, cx: float, cy: float, ax: float, ay: float, angle_deg: float) -> np.ndarray:
+    """Filled ellipse: pixel centres (col x, row y) within semi-axes (ax along the rotated x, ay along y)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    t = np.deg2rad(angle_deg)
+    dx, dy = xx - cx, yy - cy
+    u = dx * np.cos(t) + dy * np.sin(t)
+    v = -dx * np.sin(t) + dy * np.cos(t)
+    return (u / max(ax, 1e-9)) ** 2 + (v / max(ay, 1e-9)) ** 2 <= 1.0
+
+
+def _sprites(img: np.ndarray, rs: np.random.RandomState, p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list]:
+    h, w = img.shape
+    out = img.copy()
+    mask = np.zeros((h, w), bool)
+    draws = []
+    lo_c, hi_c = int(p["centre_frac"][0] * w), int(p["centre_frac"][1] * w)
+    lo_r, hi_r = int(p["centre_frac"][0] * h), int(p["centre_frac"][1] * h)
+    mu, sd = p["axes_mean_std"]
+    for band in p["bands"]:
+        for _ in range(int(p["n_per_band"])):
+            src = out if p["percentiles_on"] == "current" else img
+            plo, phi = np.percentile(src, band)
+            value = float(min(1.0, abs(rs.uniform(plo, phi))))
+            cx, cy = int(rs.randint(lo_c, hi_c)), int(rs.randint(lo_r, hi_r))
+            ax = int(max(abs(rs.normal(mu, sd)), p["min_axis"]))
+            ay = int(max(abs(rs.normal(mu, sd)), p["min_axis"]))
+            angle = int(rs.randint(0, 360))
+            m = ellipse_mask(h, w, cx, cy, ax, ay, angle)
+            out[m] = value
+            mask |= m
+            draws.append({"band": list(band), "value": value, "centre_xy": [cx, cy], "axes": [ax, ay],
+                          "angle": angle, "pixels": int(m.sum())})
+    return out, mask, draws
+
+
+def _copy_paste(img: np.ndarray, rs: np.random.RandomState, p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict]:
+    h, w = img.shape
+    s_lo, s_hi = p["rect_size"]
+    sx, sy = int(rs.randint(s_lo, s_hi)), int(rs.randint(s_lo, s_hi))  # sx along rows, sy along columns
+    lo_x, lo_y = int(h / p["corner_ratio"]), int(w / p["corner_ratio"])
+    if h - sx - 1 <= lo_x or w - sy - 1 <= lo_y:
+        raise ValueError(f"image {h}x{w} too small for copy-paste rectangles of {s_lo}..{s_hi - 1} px")
+    src = (int(rs.randint(lo_x, h - sx - 1)), int(rs.randint(lo_y, w - sy - 1)))
+    dst = (int(rs.randint(lo_x, h - sx - 1)), int(rs.randint(lo_y, w - sy - 1)))
+    out = img.copy()
+    patch = img[src[0]:src[0] + sx, src[1]:src[1] + sy].copy()
+    out[dst[0]:dst[0] + sx, dst[1]:dst[1] + sy] = patch
+    mask = np.zeros((h, w), bool)
+    mask[dst[0]:dst[0] + sx, dst[1]:dst[1] + sy] = True
+    return out, mask, {"size_rc": [sx, sy], "src_rc": list(src), "dst_rc": list(dst)}
+
+
+def make_synthetic(images: Any, brain: Any = None, kind: str = "sprites", params: str | dict[str, Any] | None = None,
+                   seed: int = DEFAULT_SEED) -> tuple[Any, Any, dict[str, Any]]:
+    """Corrupt healthy slices ``images`` [N,1,H,W] (values in [0, 1]).
+
+    Returns ``(corrupted, masks, record)``: corrupted like ``images`` (same type, dtype and device), masks
+    [N,1,H,W] float {0, 1}, record = {kind, seed, params, per_image draws}. ``brain`` is accepted for the
+    record (its fraction covered by each mask) and never changes the draws, as in the official code.
+    """
+    is_torch = isinstance(images, torch.Tensor)
+    x = images.detach().cpu().numpy() if is_torch else np.asarray(images)
+    if x.ndim != 4 or x.shape[1] != 1:
+        raise ValueError(f"images must be [N,1,H,W], got {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("images contain NaN or Inf")
+    if kind not in ("sprites", "copy_paste"):
+        raise ValueError(f"kind must be 'sprites' or 'copy_paste', got {kind!r}")
+    p = resolve_params(params, kind)
+    b = None
+    if brain is not None:
+        b = brain.detach().cpu().numpy() if isinstance(brain, torch.Tensor) else np.asarray(brain)
+        if b.shape != x.shape:
+            raise ValueError(f"brain shape {b.shape} != images shape {x.shape}")
+    rs = np.random.RandomState(seed)
+    out = np.empty_like(x)
+    masks = np.zeros(x.shape, dtype=np.float32)
+    per_image = []
+    for i in range(x.shape[0]):
+        img = x[i, 0].astype(np.float64)
+        if kind == "sprites":
+            o, m, d = _sprites(img, rs, p)
+        else:
+            o, m, d = _copy_paste(img, rs, p)
+        out[i, 0] = o.astype(x.dtype)
+        masks[i, 0] = m
+        rec = {"index": i, "draws": d, "mask_pixels": int(m.sum())}
+        if b is not None:
+            rec["mask_in_brain_frac"] = float((m & (b[i, 0] > 0.5)).sum() / max(int(m.sum()), 1))
+        per_image.append(rec)
+    kept = {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items()}
+    record = {"kind": kind, "seed": int(seed), "params": kept, "generator": "phbench.protocols.synthetic v1",
+              "images": per_image}
+    if is_torch:
+        return (torch.from_numpy(out).to(images.device), torch.from_numpy(masks).to(images.device), record)
+    return out, masks, record

@@ -1,0 +1,174 @@
+"""Threshold rules, by the id that appears after the first ``|`` of a metric id.
+
+Why: a binarised metric (Dice, ACC, box F1) means nothing without the rule that chose its threshold, and
+the papers mix calibrated, fixed and test-set (oracle) rules. Every rule here has an id from the
+``specs/evaluation.md`` vocabulary and says whether it looks at the test labels (``oracle``).
+
+Rules (binarisation is ``map > t`` unless a rule says otherwise):
+- ``fpr@5%_healthy_brain``  smallest t with ≤ 5 % of healthy *brain* pixels above t (exact order statistic).
+- ``fpr@5%_healthy_image``  same over every pixel (no brain mask: OCT, fundus, jpg) -- or, given image scores
+  instead of maps, the same order statistic over healthy image scores. Any percentage: ``fpr@1%_...``.
+- ``fpr@5%_healthy_image|ra_code``  RA's search: grid 0, 0.001, …, 0.999, mean over slices of the per-slice
+  percentage of *all* pixels > t, smallest t with mean ≤ 5 %.
+- ``fpr@5%_healthy_image|phanes_code``  PHANES's search: as RA's but the count is divided by 128 (the image
+  width) instead of 128², so its "5 %" is ≈ 0.039 % of the pixels [grid assumed equal to RA's].
+- ``oracle_test|<grid>``  best pooled Dice on the test set (grids: pr_exact, max1000, unit101); oracle.
+- ``oracle_test|itermask2``  IterMask2's global θ maximising mean per-image Dice; oracle.
+- ``paper_fixed``  a constant printed in the paper / hard-coded in its code (see ``PAPER_FIXED``).
+- ``p75_train_normal``  ProxyAno: ``sorted(train_normal_scores)[int(0.75 n)]``, decision ``score >= t``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from protocols import metrics as M
+
+__all__ = ["ThresholdRule", "RULES", "PAPER_FIXED", "parse_rule", "fit_threshold", "ra_code_threshold",
+           "p75_train_normal"]
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    id: str
+    description: str
+    oracle: bool
+    needs: str  # "healthy" (healthy maps / scores), "test" (test maps + masks), "train_scores", "none"
+
+
+RULES: dict[str, ThresholdRule] = {r.id: r for r in [
+    ThresholdRule("fpr@5%_healthy_brain", "≤ 5 % FP brain pixels on healthy validation (exact)", False, "healthy"),
+    ThresholdRule("fpr@5%_healthy_image", "≤ 5 % FP pixels (whole image) / images on healthy data (exact)", False,
+                  "healthy"),
+    ThresholdRule("fpr@5%_healthy_image|ra_code", "RA code: grid 0..0.999, mean per-slice FPR over all pixels",
+                  False, "healthy"),
+    ThresholdRule("fpr@5%_healthy_image|phanes_code", "PHANES code: as RA but count / 128 (≈ 0.039 % FPR)",
+                  False, "healthy"),
+    ThresholdRule("oracle_test|pr_exact", "best pooled Dice over the exact PR curve on the test set", True, "test"),
+    ThresholdRule("oracle_test|max1000", "best pooled Dice over 1000 steps in [0, max] on the test set", True, "test"),
+    ThresholdRule("oracle_test|unit101", "best pooled Dice over linspace(0, 1, 101) on the test set", True, "test"),
+    ThresholdRule("oracle_test|itermask2", "IterMask2 global θ maximising mean per-image Dice on the test set",
+                  True, "test"),
+    ThresholdRule("paper_fixed", "constant from the paper or its code", False, "none"),
+    ThresholdRule("p75_train_normal", "75th percentile element of the training-normal scores (ProxyAno)", False,
+                  "train_scores"),
+]}
+
+PAPER_FIXED: dict[str, float] = {
+    # key: "<method or protocol>:<what>" -> value as used in the official code (map scale of that code)
+    "ra:box_threshold": 0.009,  # RA DownstreamEvaluator, hard-coded (SqueezeNet-LPIPS maps: re-derive, footnote)
+    "phanes:mask_train": 0.1,
+    "phanes:mask_infer": 0.153,
+    "autoddpm:mask": 0.13,
+    "proxyano:pixel": 0.5,  # A_pix >= 0.5, decision uses >=
+}
+
+_FPR = re.compile(r"^fpr@(?P<pct>[0-9.]+)%_healthy_(?P<region>brain|image)(?:\|(?P<variant>ra_code|phanes_code))?$")
+
+
+def parse_rule(rule_id: str) -> dict[str, Any]:
+    """Split a rule id into its kind and parameters; raises ValueError for unknown ids."""
+    m = _FPR.match(rule_id)
+    if m:
+        return {"kind": "fpr", "fpr": float(m["pct"]) / 100.0, "region": m["region"], "variant": m["variant"] or "exact",
+                "oracle": False}
+    if rule_id.startswith("oracle_test|"):
+        grid = rule_id.split("|", 1)[1]
+        if grid not in ("pr_exact", "max1000", "unit101", "itermask2"):
+            raise ValueError(f"unknown oracle grid in {rule_id!r}")
+        return {"kind": "oracle", "grid": grid, "oracle": True}
+    if rule_id == "paper_fixed" or rule_id.startswith("paper_fixed|"):
+        return {"kind": "fixed", "key": rule_id.partition("|")[2] or None, "oracle": False}
+    if rule_id == "p75_train_normal":
+        return {"kind": "p75", "oracle": False}
+    raise ValueError(f"unknown threshold rule {rule_id!r}; known: {sorted(RULES)} (fpr@X% works for any X)")
+
+
+def ra_code_threshold(healthy_maps: Any, fpr: float = 0.05, *, denominator: int | None = None) -> float:
+    """RA's official search: t ∈ {0, 0.001, …, 0.999}; per slice 100·#(s > t)/denominator (default H·W,
+    background included), averaged over slices; the smallest t with mean ≤ 100·fpr. Returns the last grid
+    value (0.999) with a warning if none qualifies -- the official loop would fail there."""
+    s = M._scores(healthy_maps, "healthy_maps")
+    if s.ndim < 3:
+        raise ValueError(f"healthy_maps must be [N,(1,)H,W], got {tuple(s.shape)}")
+    n = s.shape[0]
+    flat = s.reshape(n, -1)
+    denom = float(denominator if denominator is not None else flat.shape[1])
+    grid = torch.arange(1000, dtype=torch.float64) / 1000.0
+    srt = M._rowsort(flat.to(torch.float64))
+    gt = flat.shape[1] - torch.searchsorted(srt.contiguous(), grid.to(srt.device).expand(n, -1).contiguous(),
+                                            right=True)
+    mean_fpr = (100.0 * gt.to(torch.float64) / denom).mean(0).cpu()
+    ok = torch.nonzero(mean_fpr <= 100.0 * fpr).flatten()
+    if ok.numel() == 0:
+        import warnings
+        warnings.warn("ra_code_threshold: no grid value reaches the FPR target; returning 0.999", RuntimeWarning,
+                      stacklevel=2)
+        return 0.999
+    return float(grid[int(ok[0])])
+
+
+def p75_train_normal(train_scores: Any) -> float:
+    """ProxyAno/P-Net: ``sorted(scores)[int(0.75 n)]`` (an element, not an interpolated percentile)."""
+    s = M._scores(train_scores, "train_scores").reshape(-1)
+    if s.numel() == 0:
+        raise ValueError("train_scores is empty")
+    return float(M._sort(s)[int(0.75 * s.numel())].item())
+
+
+def fit_threshold(rule_id: str, *, healthy: Any = None, healthy_brain: Any = None, test_maps: Any = None,
+                  test_masks: Any = None, test_brain: Any = None, train_scores: Any = None,
+                  fixed: float | str | None = None) -> float:
+    """Return the threshold of ``rule_id`` from what that rule may look at.
+
+    ``healthy``: healthy validation maps [N,1,H,W] or healthy image scores [N]; ``healthy_brain`` required
+    for ``_healthy_brain``. ``test_*``: only for oracle rules. ``fixed``: a number or a ``PAPER_FIXED`` key.
+    Passing test data to a non-oracle rule is an error (it would leak labels).
+    """
+    r = parse_rule(rule_id)
+    if r["kind"] == "fpr":
+        if healthy is None:
+            raise ValueError(f"{rule_id}: needs healthy maps or scores")
+        if test_masks is not None:
+            raise ValueError(f"{rule_id}: a calibrated rule must not see test labels")
+        if r["variant"] == "ra_code":
+            return ra_code_threshold(healthy, r["fpr"])
+        if r["variant"] == "phanes_code":
+            h = M._as_tensor(healthy, "healthy")
+            return ra_code_threshold(healthy, r["fpr"], denominator=int(h.shape[-1]))
+        if r["region"] == "brain":
+            if healthy_brain is None:
+                raise ValueError(f"{rule_id}: needs healthy_brain (use _healthy_image when there is no brain mask)")
+            return M.threshold_at_fpr(healthy, r["fpr"], valid=healthy_brain)
+        return M.threshold_at_fpr(healthy, r["fpr"])
+    if r["kind"] == "oracle":
+        if test_maps is None or test_masks is None:
+            raise ValueError(f"{rule_id}: needs test_maps and test_masks")
+        if r["grid"] == "itermask2":
+            if test_brain is None:
+                raise ValueError(f"{rule_id}: needs test_brain")
+            return M.itermask2_global_dice(test_maps, test_masks, test_brain)[1]
+        return M.best_dice(test_maps, test_masks, grid=r["grid"], valid=test_brain)[1]
+    if r["kind"] == "fixed":
+        key = fixed if fixed is not None else r["key"]
+        if key is None:
+            raise ValueError("paper_fixed: give fixed=<value or PAPER_FIXED key>")
+        if isinstance(key, str):
+            if key not in PAPER_FIXED:
+                raise ValueError(f"paper_fixed: unknown key {key!r}; known: {sorted(PAPER_FIXED)}")
+            return PAPER_FIXED[key]
+        v = float(key)
+        if not math.isfinite(v):
+            raise ValueError("paper_fixed: value must be finite")
+        return v
+    if r["kind"] == "p75":
+        if train_scores is None:
+            raise ValueError("p75_train_normal: needs train_scores")
+        return p75_train_normal(train_scores)
+    raise AssertionError(r)  # pragma: no cover
+

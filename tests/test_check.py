@@ -1,0 +1,36 @@
+"""protocols.check: direction-aware regressions, tolerances, missing cells."""
+
+import pandas as pd
+
+from protocols.check import check, tolerance_for
+
+
+def _f(vals, metric="auroc", mid="auroc|image"):
+    return pd.DataFrame([dict(table_id="t1", method=m, variant="", dataset="d", column_group="", metric=metric,
+                              metric_id=mid, value=v, seed=0) for m, v in vals.items()])
+
+
+def test_regressions_and_tolerance():
+    stored = _f({"a": 0.80, "b": 0.70, "c": 0.60})
+    fresh = _f({"a": 0.79, "b": 0.75})
+    out = check(fresh, stored, {"auroc|image": 0.02})
+    assert len(out) == 1 and out[0].startswith("MISSING") and "method=c" in out[0]
+    out = check(fresh, stored, {"default": 0.005})
+    assert any("REGRESSED" in o and "method=a" in o and "stored=0.8" in o and "fresh=0.79" in o for o in out)
+    assert not any("method=b" in o for o in out)
+    assert any("method=b" in o for o in check(fresh, stored, {"default": 0.005}, two_sided=True))
+
+
+def test_lower_is_better_and_nan():
+    stored = _f({"a": 3.0, "b": 3.0}, "lpips", "lpips|inside_mask")
+    fresh = _f({"a": 2.0, "b": float("nan")}, "lpips", "lpips|inside_mask")
+    out = check(fresh, stored, {})
+    assert len(out) == 1 and "method=b" in out[0] and "fresh=nan" in out[0]
+    assert check(stored, stored, {}) == []
+
+
+def test_tolerance_lookup_order():
+    tol = {"t1:auroc|image": 1.0, "auroc|image": 2.0, "auroc": 3.0, "t1": 4.0, "default": 5.0}
+    assert tolerance_for(tol, "t1", "auroc", "auroc|image") == 1.0
+    assert tolerance_for(tol, "t2", "auroc", "auroc|image") == 2.0
+    assert tolerance_for({"default": 5.0}, "t2", "ap", "ap|image") == 5.0

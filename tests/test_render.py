@@ -1,0 +1,77 @@
+"""protocols.render and protocols.figures: layout, ranking, paper comparison, gaps, files."""
+
+import pandas as pd
+import pytest
+import torch
+
+from benchmark.runstore import ROW_COLUMNS
+from protocols import render as R
+
+
+def _rows():
+    out = []
+    for m, v in [("ra", 0.70), ("vae", 0.20), ("dae", 0.55)]:
+        for s in range(3):
+            out.append(dict(table_id="ra-table1b", method=m, variant="", dataset="fastmri_plus",
+                            column_group="intensity anomaly", metric="auprc", metric_id="auprc|pooled",
+                            value=v + 0.01 * s, scale="fraction", seed=s, run_key=f"k{m}{s}"))
+    out.append(dict(table_id="ra-table1b", method="ra", variant="oracle", dataset="fastmri_plus",
+                    column_group="intensity anomaly", metric="auprc", metric_id="auprc|pooled", value=0.99,
+                    scale="fraction", seed=0))
+    out.append(dict(table_id="other", method="x", metric="auroc", value=1.0))
+    return pd.DataFrame(out)
+
+
+def _paper():
+    return pd.DataFrame([dict(table_id="ra-table1b", method="ra", variant="", dataset="fastmri_plus",
+                              column_group="intensity anomaly", metric="auprc", value="73.7", std="", scale="percent"),
+                         dict(table_id="ra-table1b", method="si-vae", variant="", dataset="fastmri_plus",
+                              column_group="intensity anomaly", metric="auprc", value="27.6", std="", scale="percent")])
+
+
+def test_markdown_ranking_paper_and_missing():
+    md = R.markdown_table(_rows(), table_id="ra-table1b", title="T", paper=_paper())
+    assert "**0.710 ± 0.008**" in md  # ra best (oracle row not ranked)
+    assert "_0.560 ± 0.008_" in md
+    assert "0.990" in md and "**0.990" not in md
+    assert "paper 73.7, Δ −2.7" in md  # ours 0.71 -> 71.0 % vs 73.7
+    assert "No results yet for: si-vae" in md and "– (paper 27.6)" in md
+    assert "auprc|pooled" in md and "| x " not in md
+
+
+def test_lower_is_better_and_empty_frame():
+    rows = pd.DataFrame([dict(table_id="t", method=m, metric="lpips", metric_id="lpips|inside_mask", value=v,
+                              scale="percent", seed=0) for m, v in [("a", 5.0), ("b", 3.0), ("c", 4.0)]])
+    md = R.markdown_table(rows, table_id="t")
+    assert "**3.00**" in md and "_4.00_" in md
+    md = R.markdown_table(pd.DataFrame(columns=ROW_COLUMNS), table_id="t", expected_methods=["ra"])
+    assert "No results yet for: ra" in md
+
+
+def test_render_files(tmp_path):
+    paths = R.render_table(_rows(), table_id="ra-table1b", title="Synthetic 100% & more", out_dir=tmp_path,
+                           footnotes=["LPIPS: AlexNet instead of SqueezeNet"], paper=_paper())
+    assert set(paths) == {"csv", "md", "tex"} and all(p.exists() for p in paths.values())
+    tex = paths["tex"].read_text()
+    assert r"\toprule" in tex and r"\textbf{0.710 $\pm$ 0.008}" in tex and r"\underline{" in tex
+    assert r"100\% \& more" in tex and "AlexNet" in tex and "ORACLE" not in tex
+    csv = pd.read_csv(paths["csv"])
+    assert list(csv.columns[:len(ROW_COLUMNS)]) == ROW_COLUMNS and len(csv) == 10 and "run_key" in csv
+
+
+def test_oracle_footnote_and_real_paper_file():
+    rows = pd.DataFrame([dict(table_id="phanes-table2", method="phanes", dataset="atlas", metric="dice",
+                              metric_id="dice|oracle_test|max1000", value=0.3, scale="fraction", seed=0)])
+    paper = R.load_paper("results/paper_tables.csv")
+    md = R.markdown_table(rows, table_id="phanes-table2", paper=paper)
+    assert "ORACLE" in md and "phanes" in md
+
+
+def test_figure(tmp_path):
+    from protocols.figures import qualitative_figure
+
+    x = torch.rand(2, 1, 16, 16); g = torch.zeros(2, 1, 16, 16); g[:, :, 4:8, 4:8] = 1
+    out = {"ae": {"reconstruction": x * 0.9, "anomaly_map": (x - x * 0.9).abs()},
+           "patchcore": {"reconstruction": None, "anomaly_map": torch.rand(2, 1, 16, 16)}}
+    paths = qualitative_figure(x, g, out, tmp_path / "fig")
+    assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
