@@ -78,7 +78,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(f"{stored_path}: no stored results to compare with; run with --update to create them", file=sys.stderr)
         return 2
     stored = pd.read_csv(stored_path, keep_default_na=False, na_values=[""])
-    problems = check(res.rows, stored, tolerance=args.tolerance)
+    problems = check(res.rows, stored, {"default": args.tolerance})
     for p in problems:
         print(f"REGRESSION {p}", file=sys.stderr)
     print(f"check {args.table_id} [{args.profile}]: {len(res.rows)} cells, {len(problems)} regressions")

@@ -117,13 +117,10 @@ def run_table(table_id: str, *, profile: str = "default", store: str | Path = "r
     if render and not result.rows.empty:
         from protocols.render import render_table
 
-        missing = [f"{m}{'/' + v if v else ''}" for m, v in chosen
-                   if result.rows.query("method == @m and variant == @v").empty] if len(result.rows) else []
         notes = list(spec_table.footnotes) + _deviation_notes(chosen)
-        if missing:
-            notes.append("No results (run failed): " + ", ".join(missing))
         result.outputs = render_table(result.rows, table_id=table_id, title=f"{spec_table.title} [profile {profile}]",
-                                      out_dir=Path(out) / profile, footnotes=notes, paper=None)
+                                      out_dir=Path(out) / profile, footnotes=notes, paper=None,
+                                      expected_methods=[m for m, _ in chosen])
     return result
 
 

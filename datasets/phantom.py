@@ -136,7 +136,7 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], spacing: flo
     """Unit-variance smooth noise: Gaussian noise on a grid every ``spacing`` voxels, smoothly interpolated."""
     low = rng.standard_normal(tuple(int(np.ceil((n - 1) / spacing)) + 3 for n in shape)).astype(np.float32)
     mx, my, mz = (_interp_matrix(n, m, spacing) for n, m in zip(shape, low.shape))
-    f = np.einsum("xa,abc->xbc", mx, low)
+    f = np.einsum("xa,abc->xbc", mx, low)  # einsum, not BLAS: predictable on a busy 2-core machine
     f = np.einsum("yb,xbc->xyc", my, f)
     f = np.einsum("zc,xyc->xyz", mz, f)
     return (f - f.mean()) / (f.std() + 1e-6)
@@ -224,16 +224,18 @@ def synth_subject(split: str, index: int, pathology: str, slices: int, seed: int
         raise ValueError(f"slices_per_subject must be in 1..{nz}, got {slices}")
     z0 = int(np.clip(round(atlas.centre[2] - slices / 2), 0, nz - slices))
     shape = (x1 - x0, y1 - y0, slices)
-    p = np.stack(np.meshgrid(np.arange(x0, x1), np.arange(y0, y1), np.arange(z0, z0 + slices),
-                             indexing="ij")).astype(np.float32)
-
     # healthy anatomy: small random affine about the brain centre + smooth elastic displacement
     scale = np.exp(rng.normal(0.0, 0.04) + rng.normal(0.0, 0.02, 3))
     rot = _rotation(*np.deg2rad(rng.normal(0.0, [2.0, 2.0, 5.0])))
     a = (rot / scale[None, :]).astype(np.float32)  # sampling matrix: a brain scaled by `scale`
     shift = rng.normal(0.0, 1.5, 3)  # voxels (3 mm)
     c = atlas.centre.astype(np.float32).reshape(3, 1, 1, 1)
-    q = np.einsum("ij,jxyz->ixyz", a, p - c) + c + shift.astype(np.float32).reshape(3, 1, 1, 1)
+    axes = [np.arange(lo, lo + n, dtype=np.float32) - c.ravel()[i]
+            for i, (lo, n) in enumerate(zip((x0, y0, z0), shape))]
+    q = np.empty((3, *shape), np.float32)
+    for i in range(3):  # a @ (p - c), separable over the grid axes: no meshgrid needed
+        q[i] = (a[i, 0] * axes[0][:, None, None] + a[i, 1] * axes[1][None, :, None]
+                + a[i, 2] * axes[2][None, None, :]) + (c.ravel()[i] + np.float32(shift[i]))
     q += np.stack([_smooth_field(rng, shape, 8.0) for _ in range(3)]) * np.float32(1.2)
 
     if pathology == "atrophy":  # enlarged ventricles (each one magnified) and a slightly smaller brain
@@ -242,16 +244,19 @@ def synth_subject(split: str, index: int, pathology: str, slices: int, seed: int
             q = _radial_warp(q, centre, alpha * rng.uniform(0.9, 1.1), extent)
         q = c + (q - c) * np.float32(rng.uniform(1.02, 1.05))
 
+    lesional = pathology in LESION_MEANS  # pixel lesions need the ventricles and depth to be placed
+
     def tissue(q: np.ndarray) -> tuple[np.ndarray, ...]:
         brain_f = _sample(atlas.brain, q)
         brain = brain_f > 0.5
         gm = _sample(atlas.gm, q) * brain
         wm = _sample(atlas.wm, q) * brain
-        vent = (_sample(atlas.vent, q) > 0.5) & brain
+        vent = (_sample(atlas.vent, q) > 0.5) & brain if lesional else None
         return brain_f, brain, gm, wm, vent
 
     brain_f, brain, gm, wm, vent = tissue(q)
-    depth = ndimage.distance_transform_edt(brain)  # voxels to the brain surface (in-plane and z)
+    # voxels to the brain surface (in-plane and z); lesion placement and atrophy only
+    depth = ndimage.distance_transform_edt(brain) if pathology != "healthy" else None
     zz = np.arange(slices)[None, None, :]
     mid_z = (zz >= slices * 0.3) & (zz <= slices * 0.7)
     seg = None
@@ -309,26 +314,29 @@ def synth_subject(split: str, index: int, pathology: str, slices: int, seed: int
     gm = np.clip(gm, 0.0, 1.0)
     csf = np.clip(brain_f - gm - wm, 0.0, 1.0) * brain
 
+    # tissue and lesion texture are anatomy, shared by the contrasts; bias, gain and noise are per scan
+    texture = 1.0 + 0.03 * _smooth_field(rng, shape, 3.0)
+    soft: dict[int, np.ndarray] = {}
+    if seg is not None:
+        lesion_texture = 1.0 + 0.06 * _smooth_field(rng, shape, 2.0)
+        for label in LESION_MEANS[pathology]:  # partial volume at the lesion border
+            soft[label] = ndimage.gaussian_filter((seg == label).astype(np.float32), 0.6)
+        soft_sum = sum(soft.values())
     channels = {}
     for k, name in enumerate(CHANNELS):
         mu = (np.asarray(TISSUE_MEANS[name]) * rng.uniform(0.94, 1.06, 3)).astype(np.float32)  # jitter
-        img = csf * mu[0] + gm * mu[1] + wm * mu[2]
-        img = img * (1.0 + 0.03 * _smooth_field(rng, shape, 3.0))  # fine tissue texture
-        if seg is not None:
-            soft_sum = np.zeros(shape, np.float32)
-            value = np.zeros(shape, np.float32)
-            for label, means in LESION_MEANS[pathology].items():
-                soft = ndimage.gaussian_filter((seg == label).astype(np.float32), 0.6)  # partial volume
-                soft_sum += soft
-                value += soft * np.float32(means[k] * rng.uniform(0.92, 1.08))
-            value *= 1.0 + 0.06 * _smooth_field(rng, shape, 2.0)  # heterogeneous lesion texture
-            img = img * (1.0 - soft_sum) + value
-        img = img * np.exp(0.12 * _smooth_field(rng, shape, 24.0))  # smooth multiplicative bias field
-        gain = rng.uniform(600.0, 1400.0)
-        img = img * gain
-        sigma = rng.uniform(0.01, 0.025) * gain * 0.6
-        noisy = np.hypot(img + sigma * rng.standard_normal(shape), sigma * rng.standard_normal(shape))  # Rician
-        channels[name] = np.where(brain, np.maximum(noisy, 1e-3 * gain), 0.0).astype(np.float32)
+        img = (csf * mu[0] + gm * mu[1] + wm * mu[2]) * texture
+        if soft:
+            value = sum(m * np.float32(LESION_MEANS[pathology][label][k] * rng.uniform(0.92, 1.08))
+                        for label, m in soft.items())
+            img = img * (1.0 - soft_sum) + value * lesion_texture
+        img *= np.exp(0.12 * _smooth_field(rng, shape, 24.0))  # smooth multiplicative bias field
+        gain = np.float32(rng.uniform(600.0, 1400.0))
+        img *= gain
+        sigma = np.float32(rng.uniform(0.01, 0.025) * gain * 0.6)
+        noise = rng.standard_normal((2, *shape), dtype=np.float32) * sigma
+        noisy = np.hypot(img + noise[0], noise[1])  # Rician magnitude noise
+        channels[name] = np.where(brain, np.maximum(noisy, 1e-3 * gain), np.float32(0.0)).astype(np.float32)
 
     affine = atlas.affine.copy()
     affine[:3, 3] = atlas.affine[:3, :3] @ np.array([x0, y0, z0]) + atlas.affine[:3, 3]

@@ -71,13 +71,13 @@ def collect(method: Method, slices, *, batch_size: int = 32, progress: bool = Tr
 
 # The metric ids this module writes (footnoted by the tables; vocabulary of specs/evaluation.md).
 STANDARD_METRICS = {
-    "auroc": ("auroc|image|method_score", "image AUROC of the method's own image score over all test slices"),
-    "ap": ("ap|image|method_score", "image AP (sklearn) of the method's own image score"),
-    "auroc_pixel": ("auroc_pixel|pooled|no_mask", "pixel AUROC, all pixels of all test slices pooled, no brain mask"),
-    "ap_pixel": ("ap_pixel|pooled|no_mask", "pixel AP (sklearn), all pixels of all test slices pooled"),
-    "dice": ("dice|pooled|fpr@5%_healthy_brain",
+    "auroc": ("auroc|image", "image AUROC of the method's own image score over all test slices"),
+    "ap": ("ap|image", "image AP (sklearn) of the method's own image score"),
+    "auroc_pixel": ("auroc_pixel|pooled", "pixel AUROC, all pixels of all test slices pooled, no brain mask"),
+    "ap_pixel": ("ap_pixel|pooled", "pixel AP (sklearn), all pixels of all test slices pooled"),
+    "dice": ("dice|fpr@5%_healthy_brain",
              "pooled Dice at the threshold giving 5 % false-positive brain pixels on healthy validation"),
-    "dice_oracle": ("dice|pooled|oracle_test|max1000",
+    "dice_oracle": ("dice|oracle_test|max1000",
                     "best pooled Dice over 1000 thresholds in [0, max] on the test set (oracle)"),
 }
 
@@ -87,7 +87,9 @@ def standard_rows(test: ScoreSet, healthy_val: ScoreSet | None, *, fpr: float = 
     rows: list[dict[str, Any]] = []
 
     def add(metric: str, value: float, note: str = "", column_group: str = "") -> None:
-        rows.append({"metric": metric, "metric_id": STANDARD_METRICS[metric][0], "value": float(value),
+        # both Dice rows share the canonical metric "dice"; the metric_id tells calibrated from oracle
+        rows.append({"metric": "dice" if metric.startswith("dice") else metric,
+                     "metric_id": STANDARD_METRICS[metric][0], "value": float(value),
                      "n": len(test), "note": note, "column_group": column_group, "scale": "fraction"})
 
     image = M.image_auroc_ap(test.scores, test.labels)
@@ -98,14 +100,14 @@ def standard_rows(test: ScoreSet, healthy_val: ScoreSet | None, *, fpr: float = 
         auroc_px, ap_px = M.pooled_pixel_auroc_ap(test.maps, test.lesion)
         add("auroc_pixel", auroc_px)
         add("ap_pixel", ap_px)
-        best, thr = M.best_dice(test.maps, test.lesion, grid="max1000")
-        add("dice_oracle", best, note=f"oracle threshold {thr:.4g} chosen on the test set")
         if healthy_val is not None and len(healthy_val):
             t = M.threshold_at_fpr(healthy_val.maps, fpr, valid=healthy_val.brain > 0.5)
             add("dice", M.dice(test.maps > t, test.lesion), note=f"threshold {t:.4g} from {len(healthy_val)} "
                                                                    "healthy validation slices")
         else:
             add("dice", float("nan"), note="no healthy validation slices to calibrate the threshold")
+        best, thr = M.best_dice(test.maps, test.lesion, grid="max1000")
+        add("dice_oracle", best, note=f"oracle threshold {thr:.4g} chosen on the test set")
     else:
         for m in ("auroc_pixel", "ap_pixel", "dice", "dice_oracle"):
             add(m, float("nan"), note="no lesion pixels in the test set")

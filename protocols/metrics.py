@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -72,9 +72,14 @@ def _scores(x: Any, name: str = "scores") -> torch.Tensor:
         t = t.to(torch.float32)
     elif not torch.is_floating_point(t):
         t = t.to(torch.float64)
-    if t.numel() and not bool(torch.isfinite(t).all()):
+    if t.numel() and not _all_finite(t):
         raise ValueError(f"{name}: contains NaN or Inf ({int((~torch.isfinite(t)).sum())} values)")
     return t
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    # numpy on CPU: torch's elementwise reductions are several times slower on a shared 2-core box
+    return bool(np.isfinite(t.numpy()).all()) if t.device.type == "cpu" else bool(torch.isfinite(t).all())
 
 
 def _binary(x: Any, name: str = "labels") -> torch.Tensor:
@@ -85,19 +90,27 @@ def _binary(x: Any, name: str = "labels") -> torch.Tensor:
     if t.is_complex():
         raise TypeError(f"{name}: complex dtype {t.dtype}")
     if t.numel():
-        if torch.is_floating_point(t) and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name}: contains NaN or Inf")
-        bad = (t != 0) & (t != 1)
-        if bool(bad.any()):
+        if t.device.type == "cpu":
+            a = t.numpy()
+            ok = np.count_nonzero(a == 0) + np.count_nonzero(a == 1) == a.size
+        else:
+            ok = not bool(((t != 0) & (t != 1)).any())
+        if not ok:
+            if torch.is_floating_point(t) and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name}: contains NaN or Inf")
+            bad = (t != 0) & (t != 1)
             vals = torch.unique(t[bad])[:5].tolist()
             raise ValueError(f"{name}: must be binary {{0, 1}}; found other values, e.g. {vals}")
+    if t.device.type == "cpu":
+        return torch.from_numpy(t.numpy() != 0)
     return t != 0
 
 
 def _valid(x: Any, like: torch.Tensor, name: str = "valid") -> torch.Tensor:
     """Region of interest; numeric masks are binarised at > 0.5 (soft brain borders)."""
     t = _as_tensor(x, name)
-    t = t if t.dtype == torch.bool else (t > 0.5)
+    if t.dtype != torch.bool:
+        t = torch.from_numpy(t.numpy() > 0.5) if t.device.type == "cpu" else (t > 0.5)
     t = t.to(like.device)
     try:
         t = torch.broadcast_to(t, like.shape)
@@ -115,7 +128,7 @@ def _pair(scores: Any, labels: Any, valid: Any = None, *, sname: str = "scores",
         raise ValueError(f"{sname} shape {tuple(s.shape)} != {lname} shape {tuple(y.shape)}")
     if valid is not None:
         v = _valid(valid, s)
-        s, y = s[v], y[v]
+        s, y = _select(s, v), _select(y, v)
     s, y = s.reshape(-1), y.reshape(-1)
     if s.numel() == 0:
         raise ValueError(f"{sname}: no element to evaluate (empty input or empty valid mask)")
@@ -129,8 +142,13 @@ def _sort(t: torch.Tensor) -> torch.Tensor:
     return torch.sort(t).values
 
 
-def _split_sorted(s: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return _sort(s[y]), _sort(s[~y])
+def _select(t: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Boolean selection (flattened); numpy on CPU, ~10x faster than torch's there."""
+    if t.device.type == "cpu":
+        return torch.from_numpy(np.ascontiguousarray(t.numpy()[m.numpy()]))
+    return t[m]
+
+
 
 
 def _nan(reason: str, stacklevel: int = 3) -> float:
@@ -160,7 +178,14 @@ class _Ranked:
 
 
 def _rank(s: torch.Tensor, y: torch.Tensor) -> _Ranked:
-    pos, neg = _split_sorted(s, y)
+    if s.device.type == "cpu":
+        return _rank_numpy(s.numpy(), y.numpy())
+    return _rank_torch(s, y)
+
+
+def _rank_torch(s: torch.Tensor, y: torch.Tensor) -> _Ranked:
+    """Device path (CUDA): pure torch, same result as the numpy path (tested on CPU)."""
+    pos, neg = torch.sort(s[y]).values, torch.sort(s[~y]).values
     if pos.numel():
         u, c = torch.unique_consecutive(pos, return_counts=True)
     else:
@@ -170,6 +195,23 @@ def _rank(s: torch.Tensor, y: torch.Tensor) -> _Ranked:
     neg_lt = torch.searchsorted(neg, u, right=False)
     neg_le = torch.searchsorted(neg, u, right=True)
     return _Ranked(pos, neg, u, c, pos_ge, neg_lt, neg_le)
+
+
+def _rank_numpy(s: np.ndarray, y: np.ndarray) -> _Ranked:
+    """CPU twin of :func:`_rank` (numpy's SIMD sort and vectorised indexing), same fields as tensors."""
+    pos = np.sort(s[y], kind="quicksort")
+    neg = np.sort(s[~y], kind="quicksort")
+    if pos.size:
+        first = np.flatnonzero(np.r_[True, pos[1:] != pos[:-1]])
+        u = pos[first]
+        c = np.diff(np.r_[first, pos.size]).astype(np.int64)
+    else:
+        first, u, c = np.zeros(0, np.int64), pos, np.zeros(0, np.int64)
+    pos_ge = (pos.size - first).astype(np.int64)
+    neg_lt = np.searchsorted(neg, u, side="left").astype(np.int64)
+    neg_le = np.searchsorted(neg, u, side="right").astype(np.int64)
+    f = torch.from_numpy
+    return _Ranked(f(pos), f(neg), f(u), f(c), f(pos_ge), f(neg_lt), f(neg_le))
 
 
 def _auroc_from(r: _Ranked) -> float:
@@ -355,15 +397,17 @@ def best_dice(maps: Any, masks: Any, *, grid: str | Sequence[float] = "max1000",
         return float(d[k].item()), thr
     mx = max(float(r.pos[-1]), float(r.neg[-1]) if r.N else float("-inf"))
     th = threshold_grid(grid, mx)
-    d, _ = _dice_on_grid(r, th.to(device=r.pos.device, dtype=r.pos.dtype))
+    d, _ = _dice_on_grid(r, th.to(device=r.pos.device))
     k = int(torch.argmax(d).item())
     return float(d[k].item()), float(th[k].item())
 
 
 def _dice_on_grid(r: _Ranked, th: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled Dice at every threshold (``> t``) from the sorted classes: O(T log n)."""
-    tp = (r.P - torch.searchsorted(r.pos, th, right=True)).to(torch.float64)
-    fp = (r.N - torch.searchsorted(r.neg, th, right=True)).to(torch.float64)
+    """Pooled Dice at every threshold (``> t``) from the sorted classes: O(T log n). Compared in float64
+    so a float32 map meets a float64 grid value exactly as numpy would compare them."""
+    th = th.to(torch.float64)
+    tp = (r.P - torch.searchsorted(r.pos.to(torch.float64), th, right=True)).to(torch.float64)
+    fp = (r.N - torch.searchsorted(r.neg.to(torch.float64), th, right=True)).to(torch.float64)
     denom = tp + fp + r.P
     return 2.0 * tp / denom, denom
 
@@ -378,9 +422,7 @@ def threshold_at_fpr(healthy_maps: Any, fpr: float = 0.05, valid: Any = None) ->
     if not (0.0 <= float(fpr) <= 1.0):
         raise ValueError(f"fpr must be in [0, 1], got {fpr}")
     s = _scores(healthy_maps, "healthy_maps")
-    if valid is not None:
-        s = s[_valid(valid, s)]
-    s = s.reshape(-1)
+    s = _select(s, _valid(valid, s)) if valid is not None else s.reshape(-1)
     n = int(s.numel())
     if n == 0:
         raise ValueError("healthy_maps: no pixel to calibrate on (empty input or empty valid mask)")
@@ -503,7 +545,7 @@ def itermask2_global_dice(maps: Any, gt: Any, brain: Any, *, grid: str | Sequenc
         k = int(torch.argmax(torch.nan_to_num(mean, nan=-1.0)).item())
     elif nan_policy == "official":
         mean = d.mean(0)
-        k = int(np.argmax(mean.numpy()))  # numpy: first NaN wins
+        k = int(np.argmax(mean.cpu().numpy()))  # numpy: first NaN wins
     else:
         raise ValueError(f"nan_policy must be 'omit' or 'official', got {nan_policy!r}")
     return float(mean[k].item()), float(th[k].item())

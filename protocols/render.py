@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import jinja2
-import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
@@ -355,4 +354,3 @@ def load_paper(path: str | Path = "results/paper_tables.csv") -> pd.DataFrame:
 
 
 __all__.append("load_paper")
-_ = np  # numpy kept for callers that pass numpy-backed frames

@@ -228,3 +228,21 @@ def test_pooled_speed_smoke():
     t = time.perf_counter()
     M.pooled_pixel_auroc_ap(maps, masks)
     assert time.perf_counter() - t < 1.0
+
+
+def test_torch_device_path_equals_numpy_path():
+    """The CUDA code path (pure torch) gives the same ranking statistics as the CPU numpy path."""
+    s, y = _rand(11, 5000, 40, p=0.1)
+    st, yt = torch.tensor(s), torch.tensor(y)
+    a, b = M._rank_torch(st, yt), M._rank_numpy(s, y)
+    assert M._auroc_from(a) == M._auroc_from(b) and M._ap_from(a) == M._ap_from(b)
+    for f in ("pos", "neg", "u", "c", "pos_ge", "neg_lt", "neg_le"):
+        assert torch.equal(getattr(a, f), getattr(b, f)), f
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    s, y = _rand(12, 20000, 100)
+    a = M.pooled_pixel_auroc_ap(torch.tensor(s).cuda(), torch.tensor(y).cuda())
+    assert a == pytest.approx(M.pooled_pixel_auroc_ap(s, y), abs=1e-12)
+    assert M.best_dice(torch.tensor(s).cuda(), torch.tensor(y).cuda())[0] == pytest.approx(M.best_dice(s, y)[0])

@@ -111,13 +111,18 @@ class FastMRIPlusAdapter(DatasetAdapter):
                 continue  # not part of fastMRI+: no labels at all
             rec = ann.get(p.stem, {"global": [], "boxes": {}})
             findings = [finding_name(g) for g in rec["global"] if finding_name(g) not in NORMAL_LABELS]
-            boxes = {z: [b for b in bs] for z, bs in rec["boxes"].items()}
-            local = sorted({finding_name(b[0]) for bs in boxes.values() for b in bs} - NORMAL_LABELS)
+            boxes: dict[int, list] = {}
+            normal_boxes: dict[int, list] = {}
+            for z, bs in rec["boxes"].items():
+                for b in bs:
+                    (normal_boxes if finding_name(b[0]) in NORMAL_LABELS else boxes).setdefault(z, []).append(b)
+            local = sorted({finding_name(b[0]) for bs in boxes.values() for b in bs})
             pathology = findings[0] if findings else ("local" if local else "healthy")
             out.append(Subject(id=p.stem, files={"h5": p, "annotations": ann_path}, split="all", pathology=pathology,
                                meta={"series": m.group("series"), "channel": series_channel(m.group("series")),
                                      "global": [finding_name(g) for g in rec["global"]], "global_findings": findings,
-                                     "boxes": boxes, "local_findings": local, "skull_stripped": False}))
+                                     "boxes": boxes, "normal_boxes": normal_boxes, "local_findings": local,
+                                     "skull_stripped": False}))
         return out
 
     def load(self, subject: Subject) -> Volume:
@@ -144,9 +149,7 @@ class FastMRIPlusAdapter(DatasetAdapter):
             if not 0 <= z < flipped.shape[0]:
                 raise DataError(subject.files["annotations"], f"{subject.id}: box on slice {z} but the volume has "
                                                              f"{flipped.shape[0]} slices")
-            for label, x, y, bw, bh in boxes:
-                if finding_name(label) in NORMAL_LABELS:
-                    continue
+            for label, x, y, bw, bh in boxes:  # anomalous boxes only; "Normal variant" boxes are in normal_boxes
                 lesion[z, max(y, 0):min(y + bh, h), max(x, 0):min(x + bw, w)] = 1
         channel = subject.meta.get("channel", "t1")
         return Volume(channels=LazyChannels({channel: lambda: vol}, aliases={"rss": channel}),

@@ -1,0 +1,399 @@
+"""The per-paper preprocessing recipes, named and versioned (``name@vN``), plus the slice rules they need.
+
+The core :class:`datasets.recipes.Recipe` normalises per volume over the brain, picks slices with a
+split-independent rule, pads with a constant and area-resizes. The papers need more, so
+:class:`PaperRecipe` extends it (without touching the core):
+
+* slice choice that depends on the split (IterMask2: train/val = tumour-free slices in z 70–89, test =
+  the one slice with the largest tumour; LGG dev benchmark: train/val tumour-free, test all);
+* normalisation per slice (RA/PHANES) or with the IterMask2 intensity map; 8-bit PNG round trip;
+* resampling to 1 mm (AFSC's HCP 0.7 mm); padding with the slice minimum or no padding at all;
+  bilinear / nearest resizes; the mask rules each paper's loader implies (area > 0, nearest, bilinear > 0);
+* 3×3 tiles (ProxyAno IDRiD); boxes taken from annotations (fastMRI+) instead of mask components.
+
+Any change to what a recipe produces must bump its ``version``: the id is part of the store cache key
+and of every result row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from benchmark.errors import DataError
+from datasets.base import Subject, Volume
+from datasets.recipes import (Recipe, SliceRule, axial, check_finite, lesion_boxes, minmax, pad_to_square,
+                              percentile_normalise, resize, rule_every_brain_slice, rule_range, zscore)
+from datasets.store import PreparedSlice
+
+# ---------------------------------------------------------------------------------------------------
+# slice rules (volume, brain) → candidate z indices
+
+
+def rule_all_slices() -> SliceRule:
+    """Every axial slice, brain or not (AFSC's literal "all axial slices")."""
+    def rule(vol: Volume, brain: np.ndarray) -> list[int]:
+        return list(range(brain.shape[-1]))
+    return rule
+
+
+def rule_mid_index() -> SliceRule:
+    """``n_slices // 2`` of the stored volume (RA/PHANES "middle axial slice", as the protocols read it)."""
+    def rule(vol: Volume, brain: np.ndarray) -> list[int]:
+        return [brain.shape[-1] // 2]
+    return rule
+
+
+def rule_index(z: int) -> SliceRule:
+    """One fixed index (PHANES ATLAS: axial slice 95 of the MNI volume)."""
+    return rule_range(z, z + 1)
+
+
+def rule_band(n: int = 20) -> SliceRule:
+    """``n`` consecutive slices centred on the brain mask's z-midpoint (IterMask2 proposal for ATLAS/ISLES,
+    mirroring BraTS's z 70–89)."""
+    def rule(vol: Volume, brain: np.ndarray) -> list[int]:
+        zs = np.flatnonzero((brain > 0).reshape(-1, brain.shape[-1]).any(axis=0))
+        if zs.size == 0:
+            return []
+        mid = (int(zs.min()) + int(zs.max())) // 2
+        lo = max(0, mid - n // 2)
+        return list(range(lo, min(brain.shape[-1], lo + n)))
+    return rule
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2-D resizing with the interpolation each paper's loader used
+
+
+def resize2d(x: np.ndarray, size: int, mode: str) -> np.ndarray:
+    """[H, W] → [size, size]. ``bilinear`` antialiases when shrinking (as PIL/torchvision resize an image);
+    ``area`` is average pooling (MONAI ``Resized`` default); ``nearest`` keeps label values."""
+    if x.shape == (size, size):
+        return np.asarray(x, dtype=np.float32)
+    if mode == "area":
+        return resize(x, size, "area")
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None]
+    if mode == "bilinear":
+        shrink = x.shape[0] > size or x.shape[1] > size
+        t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
+    elif mode == "nearest":
+        t = F.interpolate(t, size=(size, size), mode="nearest-exact")
+    else:
+        raise ValueError(f"unknown resize mode {mode!r}")
+    return t[0, 0].numpy()
+
+
+def itermask2_intensity(v: np.ndarray, upper_per: float = 0.9, lower_per: float = 0.02) -> np.ndarray:
+    """IterMask2 ``brats_preprocess.py``: with n_b non-zero of N voxels, upper = percentile(V, 100(1 − 0.1 n_b/N)),
+    lower = percentile(V, 100 · 0.02 n_b/N), V' = (V − (upper − lower)/2) · 6/(upper − lower). For
+    skull-stripped BraTS: background → −3, the brain's ~90th percentile → +3; no clipping."""
+    nb, n = float(np.count_nonzero(v > 0)), float(v.size)
+    upper = float(np.percentile(v, 100.0 * (1.0 - (1.0 - upper_per) * nb / n)))
+    lower = float(np.percentile(v, 100.0 * lower_per * nb / n))
+    if upper <= lower:
+        raise DataError("volume", f"IterMask2 intensity map undefined (upper {upper} <= lower {lower})")
+    return ((v - (upper - lower) / 2.0) * 6.0 / (upper - lower)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+SELECT_MODES = {"all", "healthy", "max_lesion", "lesion"}
+NORMS = {"p98", "p99", "p99.5", "zscore", "zscore_all", "itermask2", "u8", "minmax", "none"}
+
+
+@dataclass(frozen=True)
+class PaperRecipe(Recipe):
+    """A :class:`Recipe` with the extra steps the papers need (see the module docstring)."""
+
+    select: tuple[tuple[str, str], ...] = (("*", "all"),)  # split → all | healthy | max_lesion | lesion
+    norm_scope: str = "volume"  # volume | slice
+    norm_region: str = "brain"  # brain | nonzero: voxels the percentile / z-score statistics use
+    resample_mm: float | None = None  # isotropic target spacing for 3-D volumes (None: keep)
+    pad: str = "value"  # value (pad_value) | min (slice minimum) | none (direct resize: aspect changes)
+    image_interp: str = "area"  # area | bilinear | nearest
+    mask_rule: str = "area>=0.5"  # area>=0.5 | area>0 | nearest | bilinear>0
+    brain_rule: str = "auto"  # auto (adapter mask, else head mask if not skull-stripped, else >0) | nonzero | head | ones
+    quantise_u8: bool = False  # 8-bit PNG round trip after normalisation (RA/PHANES stored PNGs)
+    tiles: int = 1  # t×t non-overlapping tiles per 2-D image (ProxyAno IDRiD: 3)
+    boxes: str = "components"  # components (of the stored mask) | annotations (subject.meta['boxes'], fastMRI+)
+    spec: str = ""  # where the choices come from
+
+    def __post_init__(self):
+        for split, mode in self.select:
+            if mode not in SELECT_MODES:
+                raise ValueError(f"recipe {self.id}: select mode {mode!r} for {split!r}; known {sorted(SELECT_MODES)}")
+        if self.normalise not in NORMS:
+            raise ValueError(f"recipe {self.id}: unknown normalisation {self.normalise!r}; known {sorted(NORMS)}")
+
+    # -- helpers -------------------------------------------------------------------------------------
+
+    def mode_for(self, split: str) -> str:
+        table = dict(self.select)
+        return table.get(split, table.get("*", "all"))
+
+    def _normalise(self, x: np.ndarray, region: np.ndarray) -> np.ndarray:
+        n = self.normalise
+        if n in ("p98", "p99", "p99.5"):
+            return percentile_normalise(x, float(n[1:]), region)
+        if n == "zscore":
+            return zscore(x, region)
+        if n == "zscore_all":
+            sel = x[region > 0]
+            if sel.size == 0:
+                sel = x.ravel()
+            sd = float(sel.std())
+            return ((x - float(sel.mean())) / (sd if sd > 0 else 1.0)).astype(np.float32)
+        if n == "itermask2":
+            return itermask2_intensity(x)
+        if n == "u8":
+            return x / 255.0
+        if n == "minmax":
+            return minmax(x)
+        return x
+
+    def _brain(self, vol: Volume, subject: Subject, first: np.ndarray) -> np.ndarray:
+        from datasets.adapters._common import head_mask
+
+        rule = self.brain_rule
+        if rule == "auto":
+            if vol.brain is not None:
+                return np.asarray(vol.brain, dtype=np.float32)
+            rule = "head" if subject.meta.get("skull_stripped") is False else "nonzero"
+        if rule == "head":
+            return head_mask(first).astype(np.float32)
+        if rule == "ones":
+            return np.ones(first.shape, np.float32)
+        return (first > 0).astype(np.float32)
+
+    def _resample(self, chans, lesion, brain, spacing):
+        if not self.resample_mm or len(spacing) != 3 or chans[0].ndim != 3:
+            return chans, lesion, brain
+        factors = [s / self.resample_mm for s in spacing]
+        if all(abs(f - 1.0) < 1e-2 for f in factors):
+            return chans, lesion, brain
+        chans = [ndimage.zoom(c, factors, order=1) for c in chans]
+        brain = ndimage.zoom(brain, factors, order=0)
+        lesion = None if lesion is None else ndimage.zoom(lesion, factors, order=0)
+        return chans, lesion, brain
+
+    def _fit(self, a: np.ndarray, pad_value: float, mode: str) -> np.ndarray:
+        if self.pad != "none":
+            a = pad_to_square(a, pad_value)
+        return resize2d(a, self.size, mode)
+
+    def _mask(self, m: np.ndarray) -> np.ndarray:
+        m = m.astype(np.float32)
+        if self.mask_rule == "area>=0.5":
+            return (self._fit(m, 0.0, "area") >= 0.5).astype(np.uint8)
+        if self.mask_rule == "area>0":
+            return (self._fit(m, 0.0, "area") > 1e-6).astype(np.uint8)
+        if self.mask_rule == "nearest":
+            return (self._fit(m, 0.0, "nearest") > 0).astype(np.uint8)
+        if self.mask_rule == "bilinear>0":
+            return (self._fit(m, 0.0, "bilinear") > 1e-6).astype(np.uint8)
+        raise ValueError(f"recipe {self.id}: unknown mask rule {self.mask_rule!r}")
+
+    def _box_transform(self, h: int, w: int) -> Callable[[int, int, int, int], list[int]]:
+        """Display-frame box (x, y, w, h) → [x0, y0, x1, y1] in stored pixels (after pad + resize)."""
+        s = max(h, w) if self.pad != "none" else None
+        oy, ox = ((s - h) // 2, (s - w) // 2) if s else (0, 0)
+        sy, sx = (self.size / s, self.size / s) if s else (self.size / h, self.size / w)
+
+        def tf(x: int, y: int, bw: int, bh: int) -> list[int]:
+            x0, y0 = int(np.floor((x + ox) * sx)), int(np.floor((y + oy) * sy))
+            x1, y1 = int(np.ceil((x + bw + ox) * sx)), int(np.ceil((y + bh + oy) * sy))
+            clip = lambda v: int(min(max(v, 0), self.size))  # noqa: E731
+            return [clip(x0), clip(y0), clip(x1), clip(y1)]
+        return tf
+
+    # -- main ----------------------------------------------------------------------------------------
+
+    def slices(self, vol: Volume, subject: Subject, split: str) -> list[PreparedSlice]:
+        src = vol.source or subject.id
+        chans = [check_finite(np.asarray(vol.channel(c), dtype=np.float32), str(subject.files.get(c, src)))
+                 for c in self.channels]
+        shape = chans[0].shape
+        for c, arr in zip(self.channels, chans):
+            if arr.shape != shape:
+                raise DataError(subject.files.get(c, src), f"{c} shape {arr.shape} differs from {self.channels[0]} {shape}")
+        lesion = None if vol.lesion is None else np.asarray(vol.lesion)
+        if lesion is not None and lesion.shape != shape:
+            raise DataError(subject.files.get("seg", src), f"mask shape {lesion.shape} differs from image shape {shape}")
+        brain = self._brain(vol, subject, chans[0])
+        if brain.shape != shape:
+            raise DataError(subject.files.get("brainmask", src), f"brain mask shape {brain.shape} differs from {shape}")
+        chans, lesion, brain = self._resample(chans, lesion, brain, vol.spacing)
+        region = brain if self.norm_region == "brain" else (chans[0] > 0).astype(np.float32)
+        if self.norm_scope == "volume":
+            chans = [self._normalise(a, region) for a in chans]
+
+        global_findings = list(subject.meta.get("global_findings", []))
+        unannotated = lesion is None and subject.pathology != "healthy"
+
+        if chans[0].ndim == 2:
+            cands = [0]
+            take = lambda a, z: a  # noqa: E731
+            native_les = (lambda z: bool(lesion.any())) if lesion is not None else (lambda z: False)
+        else:
+            cands = self.slice_rule(vol, brain)
+            take = axial
+            les_area = lesion.reshape(-1, lesion.shape[-1]).sum(axis=0) if lesion is not None else None
+            native_les = (lambda z: bool(les_area[z] > 0)) if les_area is not None else (lambda z: False)
+
+        mode = self.mode_for(split)
+        if mode in ("max_lesion", "lesion") and lesion is None:
+            raise DataError(src, f"recipe {self.id} needs a lesion mask to choose {split} slices, but this subject has none")
+        if mode == "healthy" and unannotated:
+            raise DataError(src, f"recipe {self.id} keeps only lesion-free {split} slices, but this {subject.pathology} "
+                                 "subject has no lesion mask to tell them apart")
+        if mode == "healthy":
+            cands = [z for z in cands if not native_les(z) and not global_findings and not unannotated]
+        elif mode == "lesion":
+            cands = [z for z in cands if native_les(z)]
+        elif mode == "max_lesion":
+            areas = [(int(np.count_nonzero(take(lesion, z))), z) for z in cands]
+            best = max(areas, key=lambda t: (t[0], -t[1]), default=(0, None))
+            cands = [best[1]] if best[0] > 0 else []  # no tumour in the band: subject skipped (IterMask2)
+
+        numbers = subject.meta.get("slice_numbers")
+        out: list[PreparedSlice] = []
+        for z in cands:
+            imgs = [take(a, z) for a in chans]
+            b2 = take(brain, z)
+            l2 = take(lesion, z) if lesion is not None else None
+            if self.norm_scope == "slice":
+                r2 = b2 if self.norm_region == "brain" else (imgs[0] > 0).astype(np.float32)
+                imgs = [self._normalise(a, r2) for a in imgs]
+            if self.quantise_u8:
+                imgs = [np.round(np.clip(a, 0.0, 1.0) * 255.0) / 255.0 for a in imgs]
+            h, w = imgs[0].shape
+            for t, (ys, xs) in enumerate(_tiles(h, w, self.tiles)):
+                ti = [a[ys, xs] for a in imgs]
+                pad_v = [float(a.min()) if self.pad == "min" else self.pad_value for a in ti]
+                img = np.stack([self._fit(a, pv, self.image_interp) for a, pv in zip(ti, pad_v)])
+                bs = np.clip(self._fit(b2[ys, xs].astype(np.float32), 0.0, "area"), 0.0, 1.0)
+                les = self._mask(l2[ys, xs]) if l2 is not None else None
+                n_les = int(les.sum()) if les is not None else 0
+                labels: list[str] = []
+                boxes: list[list[int]] = []
+                if self.boxes == "annotations":
+                    tf = self._box_transform(h, w)
+                    for label, x, y, bw, bh in subject.meta.get("boxes", {}).get(int(z), []):
+                        boxes.append(tf(x, y, bw, bh))
+                        labels.append(label.lower())
+                elif les is not None and n_les:
+                    boxes = lesion_boxes(les)
+                anomalous = n_les >= self.min_lesion_pixels or bool(global_findings) or unannotated or bool(labels)
+                if not anomalous:
+                    pathology = "healthy"
+                elif global_findings or labels:
+                    pathology = "|".join(global_findings + sorted(set(labels)))
+                else:
+                    pathology = subject.pathology
+                number = int(numbers[z]) if numbers is not None and chans[0].ndim == 3 else int(z)
+                out.append(PreparedSlice(
+                    image=img.astype(np.float32), brain=bs.astype(np.float32), lesion=les, subject=subject.id,
+                    slice=t if self.tiles > 1 else number, split=split, label=int(anomalous), pathology=pathology,
+                    boxes=boxes, source=str(vol.source)))
+        return out
+
+
+def _tiles(h: int, w: int, t: int) -> list[tuple[slice, slice]]:
+    """Non-overlapping t×t grid of floor-sized tiles (the last row/column drops the remainder)."""
+    if t <= 1:
+        return [(slice(0, h), slice(0, w))]
+    th, tw = h // t, w // t
+    return [(slice(i * th, (i + 1) * th), slice(j * tw, (j + 1) * tw)) for i in range(t) for j in range(t)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# the named recipes
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def _add(r: Recipe) -> Recipe:
+    if r.name in RECIPES:
+        raise KeyError(f"recipe {r.name!r} defined twice")
+    RECIPES[r.name] = r
+    return r
+
+
+_AFSC = dict(normalise="p99.5", resample_mm=1.0, pad="value", image_interp="bilinear", mask_rule="nearest",
+             brain_rule="nonzero", size=128,
+             spec="protocols/afsc.md §3: per-volume 99.5th pct of brain voxels, clip; HCP 0.7→1 mm; pad square; "
+                  "bilinear image / nearest mask; 128 px")
+AFSC_T2 = _add(PaperRecipe("afsc_t2", 1, ("t2",), rule_all_slices(), **_AFSC))
+AFSC_T2_BRAIN = _add(PaperRecipe("afsc_t2_brain", 1, ("t2",), rule_every_brain_slice(1e-9), **_AFSC))
+
+_ITERMASK2_BRATS = dict(
+    select=(("train", "healthy"), ("val", "healthy"), ("test", "max_lesion"), ("*", "all")),
+    normalise="itermask2", norm_scope="volume", pad="min", image_interp="area", mask_rule="area>0",
+    brain_rule="nonzero", size=128,
+    spec="protocols/itermask2.md §2: z 70–89; train/val tumour-free slices, test = largest-tumour slice; "
+         "V' = 6V/upper − 3; area resize to 128, GT = area-resized seg > 0, soft brain mask")
+ITERMASK2_BRATS = {m: _add(PaperRecipe(f"itermask2_brats_{m}", 1, (m,), rule_range(70, 90), **_ITERMASK2_BRATS))
+                   for m in ("flair", "t1", "t1ce", "t2")}
+
+_ITERMASK2_PROPOSED = dict(
+    select=(("train", "healthy"), ("val", "healthy"), ("test", "max_lesion"), ("*", "all")),
+    normalise="zscore_all", norm_scope="volume", pad="min", image_interp="area", mask_rule="area>0",
+    brain_rule="auto", size=128,
+    spec="protocols/itermask2.md §3 (proposal): 20-slice band at the brain z-midpoint; z-score over brain voxels "
+         "applied to the whole volume; pad with background to square; area resize to 128")
+ITERMASK2_ATLAS = _add(PaperRecipe("itermask2_atlas_t1", 1, ("t1",), rule_band(20), **_ITERMASK2_PROPOSED))
+ITERMASK2_ISLES = _add(PaperRecipe("itermask2_isles_flair", 1, ("flair",), rule_band(20), **_ITERMASK2_PROPOSED))
+
+_RA = dict(normalise="p98", norm_scope="slice", norm_region="nonzero", quantise_u8=True, pad="min",
+           image_interp="bilinear", mask_rule="bilinear>0", brain_rule="auto", size=128)
+RA_MID_T1 = _add(PaperRecipe(
+    "ra_mid_t1", 1, ("t1",), rule_mid_index(), boxes="annotations", **_RA,
+    spec="protocols/ra.md §2 + README resolution 12: middle axial slice n//2; 98th pct of pixels > 0, clip, 8-bit; "
+         "pad with the minimum, bilinear to 128; fastMRI+ boxes in the flipped frame; brain = head mask"))
+PHANES_ATLAS = _add(PaperRecipe(
+    "phanes_atlas_sl95", 1, ("t1",), rule_index(95), **_RA,
+    spec="protocols/phanes.md §3: ATLAS axial slice 95; 98th pct of pixels > 0, clip, 8-bit; pad with the minimum, "
+         "bilinear to 128; mask resized the same way then > 0"))
+
+_PROXY = dict(normalise="u8", norm_scope="slice", pad="none", image_interp="bilinear", mask_rule="nearest",
+              brain_rule="ones", size=256)
+PROXYANO_GREY = _add(PaperRecipe(
+    "proxyano_grey256", 1, ("grey",), rule_mid_index(), **_PROXY,
+    spec="protocols/proxyano.md §1.1/1.2: grey, direct resize to 256 (no padding), /255"))
+PROXYANO_IDRID = _add(PaperRecipe(
+    "proxyano_idrid_tiles256", 1, ("grey",), rule_mid_index(), tiles=3, **_PROXY,
+    spec="protocols/proxyano.md §1.3: 3×3 floor tiles per image, grey, 256 px, masks nearest then > 0"))
+
+LGG_FLAIR = _add(PaperRecipe(
+    "lgg_flair", 1, ("flair",), rule_all_slices(),
+    select=(("train", "healthy"), ("val", "healthy"), ("test", "all"), ("*", "all")),
+    normalise="p98", norm_scope="volume", pad="value", image_interp="area", mask_rule="area>=0.5",
+    brain_rule="head", size=128,
+    spec="suite dev benchmark: FLAIR (tif channel 1); per-patient 98th pct of head pixels, clip; train/val "
+         "tumour-free slices, test every slice; area resize"))
+
+
+def get_recipe(name: str) -> Recipe:
+    """By name (``ra_mid_t1``) or id (``ra_mid_t1@v1``; the version must match)."""
+    base, _, ver = name.partition("@v")
+    if base not in RECIPES:
+        raise KeyError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
+    r = RECIPES[base]
+    if ver and int(ver) != r.version:
+        raise KeyError(f"recipe {base!r} is at v{r.version}, not v{ver}")
+    return r
+
+
+def with_size(recipe: Recipe, size: int) -> Recipe:
+    """The same recipe at another size, under its own name (the id is the store's cache key)."""
+    if size == recipe.size:
+        return recipe
+    return dataclasses.replace(recipe, name=f"{recipe.name}_s{size}", size=size)

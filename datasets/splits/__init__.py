@@ -1,0 +1,274 @@
+"""Subject-level split functions for :func:`datasets.base.prepare` (``split_fn(subjects) -> {id: split}``).
+
+Official lists (RA, PHANES, IterMask2 BraTS2021) are the CSVs copied verbatim into this folder; the
+suite-defined splits (IterMask2 ATLAS/ISLES, LGG) are seeded and committed here as CSV too, so a split
+never changes when code or data order does. ``None`` means "not used by this setup" (prepare skips it).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from benchmark.errors import DataError
+from datasets.base import Subject
+
+HERE = Path(__file__).resolve().parent
+SplitFn = Callable[[list[Subject]], dict[str, "str | None"]]
+
+
+@lru_cache(maxsize=None)
+def read_csv(rel: str) -> tuple[dict[str, str], ...]:
+    """Rows of a committed split CSV (relative to this folder), cached."""
+    path = HERE / rel
+    if not path.is_file():
+        raise DataError(path, "split list missing from the installation")
+    with open(path, newline="") as fh:
+        return tuple(csv.DictReader(fh))
+
+
+# ---------------------------------------------------------------------------------------------------
+# generic
+
+
+def official() -> SplitFn:
+    """The split the adapter read from the release's own layout (or ``all``)."""
+    return lambda subjects: {s.id: s.split for s in subjects}
+
+
+def all_as(split: str) -> SplitFn:
+    """Every subject into one split (AFSC: all BraTS2017 / MS-SEG scans are test)."""
+    return lambda subjects: {s.id: split for s in subjects}
+
+
+def from_lists(lists: dict[str, Iterable[str]], *, key: Callable[[Subject], str] = lambda s: s.id) -> SplitFn:
+    """Subjects named in ``lists[split]`` go to that split; unlisted subjects are left out."""
+    lookup: dict[str, str] = {}
+    for split, ids in lists.items():
+        for i in ids:
+            if i in lookup and lookup[i] != split:
+                raise ValueError(f"id {i} is in both {lookup[i]} and {split}")
+            lookup[i] = split
+    return lambda subjects: {s.id: lookup.get(key(s)) for s in subjects}
+
+
+def holdout(fraction: float = 0.05, seed: int = 0, *, held: str = "val", rest: str = "train",
+            group: str | None = None) -> SplitFn:
+    """Seeded subject-level hold-out (suite rule for the calibration set of AFSC/ProxyAno training normals).
+
+    ``group`` names a ``Subject.meta`` key (e.g. ``patient``) so all scans of one patient stay together.
+    """
+    def fn(subjects: list[Subject]) -> dict[str, str | None]:
+        gid = {s.id: str(s.meta.get(group, s.id)) if group else s.id for s in subjects}
+        groups = sorted(set(gid.values()))
+        order = np.random.default_rng(seed).permutation(len(groups))
+        n_held = max(1, int(round(fraction * len(groups)))) if len(groups) > 1 else 0
+        held_set = {groups[i] for i in order[:n_held]}
+        return {s.id: held if gid[s.id] in held_set else rest for s in subjects}
+    return fn
+
+
+# ---------------------------------------------------------------------------------------------------
+# official lists
+
+
+def itermask2_brats2021() -> SplitFn:
+    """IterMask2's 990 / 128 / 133 BraTS2021 subject lists."""
+    return from_lists({sp: [r["subject_id"] for r in read_csv(f"itermask2/brats2021_{sp}.csv")]
+                       for sp in ("train", "val", "test")})
+
+
+_ATLAS_SUB = re.compile(r"(sub-r\d+s\d+)")
+
+
+def atlas_ids(rel: str = "phanes/atlas_train.csv") -> list[str]:
+    return [_ATLAS_SUB.search(r["filename"]).group(1) for r in read_csv(rel)]
+
+
+def phanes_atlas() -> SplitFn:
+    """PHANES Table 2: the 655 ATLAS training cases are all test images (no ATLAS image is trained on)."""
+    return from_lists({"test": atlas_ids()})
+
+
+def ra_fastmri(train_list: str = "bkp") -> SplitFn:
+    """fastMRI+ for RA/PHANES: normal train (131; ``train_list='official'``: the config's 130), val 15,
+    test = 30 normals + the global-detection (50) and localisation (92) images."""
+    rows = read_csv("ra/fastmri_normal_splits.csv")
+    lists: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for r in rows:
+        lists[r["split"]].append(r["file_id"])
+    if train_list == "official":
+        used = {r["subject_or_file_id"] for r in read_csv("ra/train_ixi_fastmri_official.csv") if r["dataset"] != "ixi"}
+        lists["train"] = [i for i in lists["train"] if i in used]
+    elif train_list != "bkp":
+        raise ValueError("train_list must be 'bkp' (712 = 131 + 581, default) or 'official' (711)")
+    test = set(lists["test"]) | {r["file_id"] for r in read_csv("ra/global_detection_test.csv")}
+    test |= {r["file_id"] for r in read_csv("ra/localization_boxes.csv")}
+    lists["test"] = sorted(test)
+    return from_lists(lists)
+
+
+def ra_ixi() -> SplitFn:
+    """IXI for RA/PHANES: the 581 listed subjects are all training data."""
+    return from_lists({"train": [r["ixi_subject_id"] for r in read_csv("ra/ixi_t1_png_all.csv")]})
+
+
+# ---------------------------------------------------------------------------------------------------
+# suite-defined, committed
+
+
+def make_itermask2_atlas2(seed: int = 0) -> list[dict[str, str]]:
+    """ATLAS (655 labelled cases, the PHANES list as universe): rng(seed) permutation of the sorted ids
+    cut at the BraTS proportions 79.1 / 10.2 / 10.6 % → 518 / 67 / 70 (protocols/itermask2.md §3.6)."""
+    ids = sorted(set(atlas_ids()))
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_train, n_val = int(round(0.791 * len(ids))), int(round(0.102 * len(ids)))
+    out = []
+    for rank, i in enumerate(order):
+        split = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
+        out.append({"subject_id": ids[i], "split": split})
+    return sorted(out, key=lambda r: r["subject_id"])
+
+
+def itermask2_atlas2() -> SplitFn:
+    rows = read_csv("itermask2/atlas2_suite_split.csv")
+    return from_lists({sp: [r["subject_id"] for r in rows if r["split"] == sp] for sp in ("train", "val", "test")})
+
+
+def make_itermask2_isles2015(seed: int = 0, folds: int = 4, n_val: int = 3) -> list[dict[str, str]]:
+    """ISLES SISS 28 cases, 4-fold subject-level CV: rng(seed) permutation; fold k tests 7 cases; τ comes
+    from the healthy slices of the first ``n_val`` remaining cases in permutation order."""
+    ids = [f"training{i:02d}" for i in range(1, 29)]
+    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    per = len(ids) // folds
+    out = []
+    for k in range(folds):
+        test = order[k * per:(k + 1) * per]
+        others = [i for i in order if i not in test]
+        val = others[:n_val]
+        for sid in ids:
+            split = "test" if sid in test else "val" if sid in val else "train"
+            out.append({"fold": str(k), "subject_id": sid, "split": split})
+    return out
+
+
+def itermask2_isles2015(fold: int = 0) -> SplitFn:
+    rows = [r for r in read_csv("itermask2/isles2015_cv4.csv") if int(r["fold"]) == fold]
+    if not rows:
+        raise ValueError(f"ISLES fold {fold} not in isles2015_cv4.csv (folds 0–3)")
+    return from_lists({sp: [r["subject_id"] for r in rows if r["split"] == sp] for sp in ("train", "val", "test")})
+
+
+def lgg() -> SplitFn:
+    """LGG dev benchmark: committed patient-level split (``lgg/lgg_patients.csv``)."""
+    rows = read_csv("lgg/lgg_patients.csv")
+    return from_lists({sp: [r["folder"] for r in rows if r["split"] == sp] for sp in ("train", "val", "test")})
+
+
+# ---------------------------------------------------------------------------------------------------
+# ProxyAno reconstructions (protocols/proxyano.md)
+
+
+def proxyano_oct() -> SplitFn:
+    """OCT2017: NORMAL scans of the official train split train; all 1,000 official test (test ∪ val) scans test."""
+    return lambda subjects: {s.id: ("train" if s.pathology == "healthy" else None) if s.split == "train" else "test"
+                             for s in subjects}
+
+
+def proxyano_idrid(test: str = "all81") -> SplitFn:
+    """IDRiD: train = grade-0 images of B's training set (134); test = part A (``all81``: train+test folders,
+    the suite default; ``test27``: A's test folder only)."""
+    if test not in ("all81", "test27"):
+        raise ValueError("test must be 'all81' or 'test27'")
+
+    def fn(subjects: list[Subject]) -> dict[str, str | None]:
+        out: dict[str, str | None] = {}
+        for s in subjects:
+            if s.meta.get("part") == "B":
+                out[s.id] = "train" if s.split == "train" and s.pathology == "healthy" else None
+            else:
+                out[s.id] = "test" if test == "all81" or s.split == "test" else None
+        return out
+    return fn
+
+
+def phash(path: Path) -> int:
+    """64-bit DCT perceptual hash of the grey image (near-duplicate detection across Kaggle sets)."""
+    from PIL import Image
+    from scipy.fft import dctn
+
+    from datasets.images import read_grey
+
+    g = read_grey(path, colour="convert")
+    small = np.asarray(Image.fromarray(g.astype(np.uint8)).resize((32, 32), Image.Resampling.BILINEAR), np.float32)
+    d = dctn(small, norm="ortho")[:8, :8].ravel()
+    bits = d > np.median(d[1:])
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def near_duplicate_groups(hashes: list[int], max_distance: int = 4) -> list[int]:
+    """Group index per item: items within ``max_distance`` bits are merged (union-find)."""
+    h = np.array(hashes, dtype=np.uint64)
+    parent = list(range(len(h)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(len(h)):
+        close = np.flatnonzero(np.bitwise_count(h[i + 1:] ^ h[i]) <= max_distance) + i + 1
+        for j in close:
+            ri, rj = find(i), find(int(j))
+            if ri != rj:
+                parent[rj] = ri
+    return [find(i) for i in range(len(h))]
+
+
+def proxyano_brain(variant: str = "bt_default", seed: int = 0) -> SplitFn:
+    """ProxyAno brain split (``bt_default``): de-duplicate all images (pHash, Hamming ≤ 4; a duplicate
+    group with both labels is dropped), shuffle normals with ``seed``, 400 train (scaled by n/598 when
+    fewer than the full 598 normals are present), rest test; the same number of test abnormals sampled
+    with ``seed``. ``bt_train500``: 500 train normals; ``bt_test500abn``: 500 test abnormals."""
+    if variant not in ("bt_default", "bt_train500", "bt_test500abn"):
+        raise ValueError(f"unknown ProxyAno brain split {variant!r}")
+
+    def fn(subjects: list[Subject]) -> dict[str, str | None]:
+        subs = sorted(subjects, key=lambda s: s.id)
+        groups = near_duplicate_groups([phash(s.files["image"]) for s in subs])
+        keep: dict[int, Subject] = {}
+        mixed: set[int] = set()
+        for g, s in zip(groups, subs):
+            if g in keep and (keep[g].pathology == "healthy") != (s.pathology == "healthy"):
+                mixed.add(g)
+            keep.setdefault(g, s)
+        uniq = [s for g, s in keep.items() if g not in mixed]
+        normals = sorted((s.id for s in uniq if s.pathology == "healthy"))
+        abnormals = sorted((s.id for s in uniq if s.pathology != "healthy"))
+        rng = np.random.default_rng(seed)
+        normals = [normals[i] for i in rng.permutation(len(normals))]
+        full = 598
+        n_train = {"bt_default": 400, "bt_train500": 500, "bt_test500abn": 400}[variant]
+        if len(normals) < full:
+            n_train = int(round(len(normals) * n_train / full))
+        train, test_norm = normals[:n_train], normals[n_train:]
+        n_abn = min(len(abnormals), 500 if variant == "bt_test500abn" else len(test_norm))
+        test_abn = [abnormals[i] for i in np.random.default_rng(seed).permutation(len(abnormals))[:n_abn]]
+        lookup = {**{i: "train" for i in train}, **{i: "test" for i in test_norm + test_abn}}
+        return {s.id: lookup.get(s.id) for s in subjects}
+    return fn
+
+
+SPLITS: dict[str, Callable[..., SplitFn]] = {
+    "official": official, "all_as": all_as, "holdout": holdout,
+    "itermask2_brats2021": itermask2_brats2021, "itermask2_atlas2": itermask2_atlas2,
+    "itermask2_isles2015": itermask2_isles2015, "phanes_atlas": phanes_atlas, "ra_fastmri": ra_fastmri,
+    "ra_ixi": ra_ixi, "lgg": lgg, "proxyano_oct": proxyano_oct, "proxyano_idrid": proxyano_idrid,
+    "proxyano_brain": proxyano_brain,
+}
