@@ -78,9 +78,20 @@ class DatasetAdapter(ABC):
         h = hashlib.sha256()
         for s in subjects:
             for role, p in sorted(s.files.items()):
-                st = Path(p).stat()
+                try:
+                    st = Path(p).stat()
+                except OSError as err:
+                    raise DataError(p, f"cannot read ({err.strerror or err})") from err
                 h.update(f"{s.id}|{role}|{Path(p).name}|{st.st_size}|{int(st.st_mtime)}|{s.split}".encode())
         return h.hexdigest()[:16]
+
+
+def _describe(value: Any) -> str:
+    """Stable text for a recipe field; a slice-rule closure is named with its captured parameters."""
+    if callable(value):
+        cells = [c.cell_contents for c in (getattr(value, "__closure__", None) or ())]
+        return f"{getattr(value, '__qualname__', type(value).__name__)}{cells}"
+    return repr(value)
 
 
 def prepare(adapter: DatasetAdapter, recipe: "Any", *, cache_dir: str | Path | None = None,
@@ -96,7 +107,10 @@ def prepare(adapter: DatasetAdapter, recipe: "Any", *, cache_dir: str | Path | N
         raise DataError(adapter.root, f"no {adapter.name} subjects found; expected layout: {adapter.layout}")
     splits = split_fn(subjects) if split_fn else {s.id: s.split for s in subjects}
     src = adapter.source_fingerprint(subjects)
-    key = hashlib.sha256(f"{adapter.name}|{recipe.id}|{src}|{sorted(splits.items())}".encode()).hexdigest()[:12]
+    # every recipe field, not only its id, so two same-named recipes of different size never share a store
+    fields = {k: _describe(v) for k, v in getattr(recipe, "__dict__", {}).items()}
+    key = hashlib.sha256(f"{adapter.name}|{recipe.id}|{sorted(fields.items(), key=str)}|{src}|"
+                         f"{sorted(splits.items(), key=str)}".encode()).hexdigest()[:12]
     cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE / "stores"
     path = cache_dir / f"{adapter.name}-{recipe.name}-{key}"
     if not force and (path / "meta.json").exists():

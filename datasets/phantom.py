@@ -98,8 +98,8 @@ def _atlas() -> _Atlas:
     brain1 = (t1 > 0).astype(np.float32)  # the template is skull-stripped: T1 > 0 is the brain
     brain, gm, wm = _block_mean(brain1), _block_mean(gm1 * brain1), _block_mean(wm1 * brain1)
     for z in range(brain.shape[2]):  # the stripping left basal cisterns out: holes in axial slices → CSF
-        filled = ndimage.binary_fill_holes(brain[:, :, z] > 0.5)
-        brain[:, :, z] = np.where(filled, np.maximum(brain[:, :, z], 1.0), brain[:, :, z])
+        inside = brain[:, :, z] > 0.5
+        brain[:, :, z][ndimage.binary_fill_holes(inside) & ~inside] = 1.0
     csf = np.clip(brain - gm - wm, 0.0, 1.0)
     deep = ndimage.distance_transform_edt(brain > 0.5) * SPACING_MM > 14.0
     lab, _ = ndimage.label((csf > 0.5) & deep)
@@ -262,7 +262,7 @@ def synth_subject(split: str, index: int, pathology: str, slices: int, seed: int
     seg = None
 
     if pathology == "tumour":
-        r_out = rng.uniform(5.0, 10.0) * rng.uniform(0.8, 1.2, 3)  # oedema extent, 10-20 mm
+        r_out = rng.uniform(5.0, 13.0) * rng.uniform(0.8, 1.2, 3)  # oedema extent, 10-26 mm
         r_out[2] = min(r_out[2], max(1.5, slices * 0.45))
         centre = _pick(rng, (wm > 0.5) & ~vent & (depth > r_out[:2].mean() * 0.6 + 2) & mid_z,
                        (wm > 0.3) & (depth > 3) & mid_z, brain)

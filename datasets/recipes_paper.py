@@ -397,3 +397,57 @@ def with_size(recipe: Recipe, size: int) -> Recipe:
     if size == recipe.size:
         return recipe
     return dataclasses.replace(recipe, name=f"{recipe.name}_s{size}", size=size)
+
+
+# ---------------------------------------------------------------------------------------------------
+# setups: dataset × recipe × split, the unit a protocol prepares
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One prepared store of a paper: which adapter (and options), which recipe, which subject split."""
+
+    id: str
+    dataset: str
+    recipe: str
+    split: Callable[[], Callable]  # factory → split_fn(subjects) -> {id: split}
+    adapter_kwargs: tuple[tuple[str, object], ...] = ()
+    note: str = ""
+
+    def prepare(self, root, *, cache_dir=None, skip_bad: bool = False, force: bool = False, size: int | None = None):
+        from benchmark.registry import get_dataset
+        from datasets.base import prepare
+
+        adapter = get_dataset(self.dataset)(root, **dict(self.adapter_kwargs))
+        rec = get_recipe(self.recipe)
+        rec = with_size(rec, size) if size else rec
+        return prepare(adapter, rec, cache_dir=cache_dir, skip_bad=skip_bad, split_fn=self.split(), force=force)
+
+
+def _setups() -> dict[str, Setup]:
+    from datasets import splits as sp
+
+    out = [
+        Setup("afsc-hcp", "hcp", "afsc_t2", lambda: sp.holdout(0.05, 0), note="train + seeded 5 % val (calibration)"),
+        Setup("afsc-brats2017", "brats2017", "afsc_t2", lambda: sp.all_as("test")),
+        Setup("afsc-msseg2015", "msseg2015", "afsc_t2", lambda: sp.all_as("test"), note="rater 1"),
+        *[Setup(f"itermask2-brats2021-{m}", "brats2021", f"itermask2_brats_{m}", sp.itermask2_brats2021)
+          for m in ("flair", "t1", "t1ce", "t2")],
+        Setup("itermask2-atlas2", "atlas2", "itermask2_atlas_t1", sp.itermask2_atlas2, note="suite split 518/67/70"),
+        *[Setup(f"itermask2-isles2015-fold{k}", "isles2015", "itermask2_isles_flair",
+                (lambda k=k: sp.itermask2_isles2015(k)), note="suite 4-fold CV") for k in range(4)],
+        Setup("ra-fastmri", "fastmri_plus", "ra_mid_t1", lambda: sp.ra_fastmri("bkp"),
+              adapter_kwargs=(("series", ("AXT1",)),), note="131/15/30 normals + global/local test images"),
+        Setup("ra-fastmri-711", "fastmri_plus", "ra_mid_t1", lambda: sp.ra_fastmri("official"),
+              adapter_kwargs=(("series", ("AXT1",)),), note="the config's 130 training normals"),
+        Setup("ra-ixi", "ixi", "ra_mid_t1", sp.ra_ixi, note="581 IXI T1 training subjects"),
+        Setup("phanes-atlas2", "atlas2", "phanes_atlas_sl95", sp.phanes_atlas, note="655 test slices (z = 95)"),
+        Setup("proxyano-brain", "brain_mri_tumor", "proxyano_grey256", lambda: sp.proxyano_brain("bt_default")),
+        Setup("proxyano-oct2017", "oct2017", "proxyano_grey256", sp.proxyano_oct),
+        Setup("proxyano-idrid", "idrid", "proxyano_idrid_tiles256", lambda: sp.proxyano_idrid("all81")),
+        Setup("lgg-dev", "lgg", "lgg_flair", sp.lgg),
+    ]
+    return {s.id: s for s in out}
+
+
+SETUPS: dict[str, Setup] = _setups()

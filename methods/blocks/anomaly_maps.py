@@ -33,7 +33,9 @@ def clahe(x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
     out = np.empty_like(arr)
     for b in range(arr.shape[0]):
         for c in range(arr.shape[1]):  # a 3-D array would be treated as a volume, so go plane by plane
-            out[b, c] = exposure.equalize_adapthist(arr[b, c], **kwargs)
+            plane = arr[b, c]
+            # skimage silently turns NaN into finite values; keep it NaN so that ScoreOutput.validate sees it
+            out[b, c] = exposure.equalize_adapthist(plane, **kwargs) if np.isfinite(plane).all() else np.nan
     return torch.from_numpy(out).to(x.device)
 
 

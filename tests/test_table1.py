@@ -1,0 +1,82 @@
+"""table1 end to end on the smoke profile: phantom → train → score → run store → rendered table → check."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmark.cli import main
+from benchmark.runner import run_table
+from protocols.check import check
+
+REPO = Path(__file__).resolve().parent.parent
+STORED = REPO / "results" / "smoke" / "table1.csv"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("table1")
+    res = run_table("table1", profile="smoke", store=tmp / "runs", out=tmp / "out", progress=False)
+    return tmp, res
+
+
+def test_every_method_produces_every_metric(smoke_run):
+    _, res = smoke_run
+    assert not res.failures, res.failures
+    rows = res.rows
+    assert set(rows["method"]) == {"ae", "ra", "itermask2"}
+    ids = set(rows["metric_id"])
+    assert {"auroc|image", "auroc_pixel|pooled", "ap_pixel|pooled", "dice|fpr@5%_healthy_brain",
+            "dice|oracle_test|max1000"} <= ids
+    assert rows["value"].notna().all()
+    for col in ("git_sha", "device", "dataset_fingerprint", "config", "train_wall_s"):
+        assert rows[col].astype(str).str.len().gt(0).all(), col
+
+
+def test_tables_are_rendered(smoke_run):
+    _, res = smoke_run
+    md = Path(res.outputs["md"]).read_text()
+    tex = Path(res.outputs["tex"]).read_text()
+    assert "| ae" in md and "oracle" in md.lower()
+    assert "\\toprule" in tex and "\\bottomrule" in tex
+    assert len(pd.read_csv(res.outputs["csv"])) == len(res.rows)
+
+
+def test_rerun_skips_finished_runs(smoke_run):
+    tmp, first = smoke_run
+    again = run_table("table1", profile="smoke", store=tmp / "runs", out=tmp / "out2", progress=False)
+    assert again.ran == [] and len(again.skipped) == 3
+    pd.testing.assert_frame_equal(again.rows.sort_values(["method", "metric_id"]).reset_index(drop=True),
+                                  first.rows.sort_values(["method", "metric_id"]).reset_index(drop=True))
+
+
+def test_no_regression_against_stored_smoke_results(smoke_run):
+    """The CI regression check: fresh smoke numbers vs results/smoke/table1.csv (what `phbench check` runs)."""
+    _, res = smoke_run
+    if not STORED.exists():
+        pytest.fail(f"{STORED} missing: create it with `phbench check --update`")
+    stored = pd.read_csv(STORED, keep_default_na=False, na_values=[""])
+    problems = check(res.rows, stored, {"default": 0.05})
+    assert problems == []
+
+
+def test_check_detects_a_regression(smoke_run):
+    _, res = smoke_run
+    worse = res.rows.copy()
+    sel = (worse["method"] == "ae") & (worse["metric_id"] == "auroc_pixel|pooled")
+    worse.loc[sel, "value"] -= 0.2
+    problems = check(worse, res.rows, {"default": 0.05})
+    assert len(problems) == 1 and "method=ae" in problems[0] and "auroc_pixel|pooled" in problems[0]
+
+
+def test_cli_check_exit_codes(smoke_run, tmp_path):
+    tmp, res = smoke_run
+    stored = tmp_path / "stored.csv"
+    res.rows.to_csv(stored, index=False)
+    args = ["check", "--profile", "smoke", "--store", str(tmp / "runs"), "--out", str(tmp / "out3"),
+            "--stored", str(stored)]
+    assert main(args) == 0
+    bad = res.rows.copy()
+    bad.loc[bad["metric_id"] == "ap|image", "value"] += 0.5  # stored better than fresh → regression
+    bad.to_csv(stored, index=False)
+    assert main(args) == 1
