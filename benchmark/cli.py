@@ -88,7 +88,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_data_info(args: argparse.Namespace) -> int:
     from datasets.info import data_info
 
-    print(data_info(args.dataset, Path(args.root) if args.root else None, Path(args.preview) if args.preview else None))
+    print(data_info(args.dataset, Path(args.root) if args.root else None, Path(args.preview) if args.preview else None,
+                    recipe=args.recipe, full=args.full))
     return 0
 
 
@@ -127,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("dataset")
     di.add_argument("--root", default=None, help="the release's root folder")
     di.add_argument("--preview", default=None, help="PNG path (default: out/preview-<dataset>.png)")
+    di.add_argument("--recipe", default=None, help="preprocessing recipe id (default: the dataset's own)")
+    di.add_argument("--full", action="store_true", help="prepare every subject, not only a preview sample")
     di.set_defaults(func=_cmd_data_info)
     return p
 

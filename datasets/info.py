@@ -96,20 +96,67 @@ def render_preview(items: list[tuple[str, Any]], out_png: str | Path, title: str
     plt.close(fig)
 
 
-def data_info(name: str, root: str | Path, out_png: str | Path, recipe: Any = None, *, n_preview: int = 8,
-              full: bool = False, cache_dir: str | Path | None = None) -> str:
-    """Counts per split / pathology (+ release facts) as text, and a preview PNG at ``out_png``.
+REPO = Path(__file__).resolve().parents[1]
 
-    ``recipe``: a Recipe, a recipe name/id, or None for the adapter's default. ``full=True`` prepares the
-    whole store (official splits) and adds slice counts per split × pathology.
-    """
+# where the shared development data (data/README.md) keeps each set, for ``root=None``
+SHARED_FOLDERS = {
+    "lgg": "lgg-mri-segmentation", "ixi": "ixi", "brats": "brats", "brats2023": "brats", "brats2024": "brats",
+    "brain_tumor_detection": "brain-mri-images-for-brain-tumor-detection",
+    "brain_tumor_classification": "brain-tumor-classification-mri", "brain_mri_tumor": ".",
+    "oct2017": "kermany-oct2017", "idrid": "idrid",
+}
+
+
+def default_root(name: str, layout: str) -> Path:
+    """``root=None``: the generated phantom, or the set's folder in the shared data, else a clear error."""
+    import os
+
+    if name == "phantom":
+        from benchmark.profiles import get_profile
+        from datasets.base import DEFAULT_CACHE
+        from datasets.phantom import write_phantom
+
+        return write_phantom(DEFAULT_CACHE / "phantom", **get_profile("smoke").phantom)
+    shared = Path(os.environ.get("PHBENCH_SHARED_DATA", REPO.parent / "shared" / "data"))
+    if name in SHARED_FOLDERS and (shared / SHARED_FOLDERS[name]).is_dir():
+        return (shared / SHARED_FOLDERS[name]).resolve()
+    raise DataError(f"phbench data info {name}", f"no --root given and no default copy; pass --root <folder> "
+                                                 f"laid out as {layout}")
+
+
+def resolve_recipe(name: str) -> Any:
+    """A recipe by name or id: the paper recipes, else the phantom's ``phantom-<modality>[-<size>]``."""
     from datasets.recipes_paper import get_recipe
 
-    adapter = get_dataset(name)(root)
+    try:
+        return get_recipe(name)
+    except KeyError:
+        base = name.partition("@v")[0]
+        if base.startswith("phantom-"):
+            from datasets.phantom import phantom_recipe
+
+            parts = base.split("-")
+            return phantom_recipe(parts[1], int(parts[2]) if len(parts) > 2 else 128)
+        raise
+
+
+def data_info(name: str, root: str | Path | None, out_png: str | Path | None = None, recipe: Any = None, *,
+              n_preview: int = 8, full: bool = False, cache_dir: str | Path | None = None) -> str:
+    """Counts per split / pathology (+ release facts) as text, and a preview PNG at ``out_png``
+    (default ``out/preview-<dataset>.png``).
+
+    ``root=None`` uses the shared development copy when there is one. ``recipe``: a Recipe, a recipe
+    name/id, or None for the adapter's default. ``full=True`` prepares the whole store (official splits)
+    and adds slice counts per split × pathology.
+    """
+    cls = get_dataset(name)
+    root = Path(root) if root is not None else default_root(name, cls.layout)
+    out_png = Path(out_png) if out_png is not None else REPO / "out" / f"preview-{name}.png"
+    adapter = cls(root)
     subjects = adapter.subjects()
     if not subjects:
         raise DataError(root, f"no {name} subjects found; expected layout: {adapter.layout}")
-    rec = recipe if (recipe is not None and not isinstance(recipe, str)) else get_recipe(recipe or adapter.default_recipe)
+    rec = resolve_recipe(recipe or adapter.default_recipe) if recipe is None or isinstance(recipe, str) else recipe
     lines = [f"{name}: {adapter.title}", f"  root:   {Path(root)}", f"  source: {adapter.url}",
              f"  layout: {adapter.layout}", f"  recipe: {rec.id}", "", f"subjects: {len(subjects)}"]
     split_of = lambda s: s.split or "unsplit"  # noqa: E731
@@ -135,9 +182,8 @@ def data_info(name: str, root: str | Path, out_png: str | Path, recipe: Any = No
         if best is not None:
             tag = f"{best.pathology}" if best.label else "healthy"
             items.append((f"{s.id[-28:]} z={best.slice}\n{tag[:34]}", best))
-    lines += ["", f"preview ({rec.id}): {len(items)} subjects, slices by label/pathology: "
-              + (", ".join(f"{'anomalous' if lab else 'normal'}/{p} {n}" for (lab, p), n in sorted(slice_counts.items()))
-                 or "none")]
+    by_label = ", ".join(f"{'anomalous' if lab else 'normal'}/{p} {n}" for (lab, p), n in sorted(slice_counts.items()))
+    lines += ["", f"preview ({rec.id}): {len(items)} subjects, slices by label/pathology: {by_label or 'none'}"]
     lines += [f"  skipped: {e}" for e in errors]
     if full:
         from datasets.base import prepare

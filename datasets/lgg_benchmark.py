@@ -31,7 +31,8 @@ def default_root() -> Path | None:
     return cand if cand.is_dir() else None
 
 
-def make_lgg_split(folders: list[str], seed: int = SEED, n_test: int = N_TEST, n_val: int = N_VAL) -> list[dict[str, str]]:
+def make_lgg_split(folders: list[str], seed: int = SEED, n_test: int = N_TEST,
+                   n_val: int = N_VAL) -> list[dict[str, str]]:
     """Patient folders → rows (folder, patient, split): rng(seed) permutation of the sorted folders;
     the first ``n_test`` test, the next ``n_val`` val, the rest train."""
     folders = sorted(set(folders))

@@ -120,7 +120,8 @@ class PaperRecipe(Recipe):
     pad: str = "value"  # value (pad_value) | min (slice minimum) | none (direct resize: aspect changes)
     image_interp: str = "area"  # area | bilinear | nearest
     mask_rule: str = "area>=0.5"  # area>=0.5 | area>0 | nearest | bilinear>0
-    brain_rule: str = "auto"  # auto (adapter mask, else head mask if not skull-stripped, else >0) | nonzero | head | ones
+    # auto: the adapter's mask, else a head mask when meta says not skull-stripped, else > 0 | nonzero | head | ones
+    brain_rule: str = "auto"
     quantise_u8: bool = False  # 8-bit PNG round trip after normalisation (RA/PHANES stored PNGs)
     tiles: int = 1  # t×t non-overlapping tiles per 2-D image (ProxyAno IDRiD: 3)
     boxes: str = "components"  # components (of the stored mask) | annotations (subject.meta['boxes'], fastMRI+)
@@ -223,17 +224,22 @@ class PaperRecipe(Recipe):
         shape = chans[0].shape
         for c, arr in zip(self.channels, chans):
             if arr.shape != shape:
-                raise DataError(subject.files.get(c, src), f"{c} shape {arr.shape} differs from {self.channels[0]} {shape}")
+                raise DataError(subject.files.get(c, src),
+                                f"{c} shape {arr.shape} differs from {self.channels[0]} {shape}")
         lesion = None if vol.lesion is None else np.asarray(vol.lesion)
         if lesion is not None and lesion.shape != shape:
-            raise DataError(subject.files.get("seg", src), f"mask shape {lesion.shape} differs from image shape {shape}")
+            raise DataError(subject.files.get("seg", src),
+                            f"mask shape {lesion.shape} differs from image shape {shape}")
         brain = self._brain(vol, subject, chans[0])
         if brain.shape != shape:
             raise DataError(subject.files.get("brainmask", src), f"brain mask shape {brain.shape} differs from {shape}")
         chans, lesion, brain = self._resample(chans, lesion, brain, vol.spacing)
         region = brain if self.norm_region == "brain" else (chans[0] > 0).astype(np.float32)
         if self.norm_scope == "volume":
-            chans = [self._normalise(a, region) for a in chans]
+            try:
+                chans = [self._normalise(a, region) for a in chans]
+            except DataError as err:  # a normaliser only knows the array, not the file
+                raise DataError(src, err.cause) from err
 
         global_findings = list(subject.meta.get("global_findings", []))
         unannotated = lesion is None and subject.pathology != "healthy"
@@ -250,10 +256,11 @@ class PaperRecipe(Recipe):
 
         mode = self.mode_for(split)
         if mode in ("max_lesion", "lesion") and lesion is None:
-            raise DataError(src, f"recipe {self.id} needs a lesion mask to choose {split} slices, but this subject has none")
+            raise DataError(src, f"recipe {self.id} needs a lesion mask to choose {split} slices, "
+                                 "but this subject has none")
         if mode == "healthy" and unannotated:
-            raise DataError(src, f"recipe {self.id} keeps only lesion-free {split} slices, but this {subject.pathology} "
-                                 "subject has no lesion mask to tell them apart")
+            raise DataError(src, f"recipe {self.id} keeps only lesion-free {split} slices, but this "
+                                 f"{subject.pathology} subject has no lesion mask to tell them apart")
         if mode == "healthy":
             cands = [z for z in cands if not native_les(z) and not global_findings and not unannotated]
         elif mode == "lesion":

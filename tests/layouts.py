@@ -13,7 +13,7 @@ import numpy as np
 LPS_1MM = np.diag([-1.0, -1.0, 1.0, 1.0])  # BraTS-like affine (stored L-P-S)
 
 
-def phantom(shape=(32, 32, 24), lesion_value: float | None = 2.0, seed: int = 0, lesion_z=None):
+def phantom(shape=(32, 32, 24), lesion_value: float | None = 2.0, seed: int = 0, lesion_z=None, lesion_r2=0.08):
     """(image, lesion mask) float32 / uint8: ellipsoid brain ~100 ± 10, optional lesion ball."""
     rng = np.random.default_rng(seed)
     x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
@@ -22,7 +22,7 @@ def phantom(shape=(32, 32, 24), lesion_value: float | None = 2.0, seed: int = 0,
     les = np.zeros(shape, np.uint8)
     if lesion_value is not None:
         cz = 0.0 if lesion_z is None else lesion_z
-        les = (((x - 0.2) ** 2 + (y + 0.1) ** 2 + (z - cz) ** 2) < 0.08) & brain
+        les = (((x - 0.2) ** 2 + (y + 0.1) ** 2 + (z - cz) ** 2) < lesion_r2) & brain
         img[les] *= lesion_value
         les = les.astype(np.uint8)
     return img, les
@@ -38,10 +38,10 @@ def save_nifti(path: Path, arr: np.ndarray, affine=LPS_1MM, dtype=None) -> Path:
 
 
 def write_brats(root: Path, case: str, *, naming: str = "2021", shape=(32, 32, 24), labels=(1, 2, 4),
-                modalities=None, seg: bool = True, seed: int = 0, lesion_z=None) -> Path:
+                modalities=None, seg: bool = True, seed: int = 0, lesion_z=None, lesion_r2=0.08) -> Path:
     """One case folder: 2017–2021 ``<case>_{flair,t1,t1ce,t2,seg}`` or 2023 ``<case>-{t2f,t1n,t1c,t2w,seg}``."""
     folder = root / case
-    img, les = phantom(shape, seed=seed, lesion_z=lesion_z)
+    img, les = phantom(shape, seed=seed, lesion_z=lesion_z, lesion_r2=lesion_r2)
     mods = modalities or (("flair", "t1", "t1ce", "t2") if naming != "2023" else ("t2f", "t1n", "t1c", "t2w"))
     sep = "-" if naming == "2023" else "_"
     for i, m in enumerate(mods):
@@ -75,7 +75,8 @@ def write_hcp(root: Path, sid: str, *, shape=(26, 31, 26), spacing=0.7) -> Path:
     return root / sid
 
 
-def write_atlas(root: Path, site: str, sub: str, *, part: str = "Training", shape=(30, 34, 28), mask: bool = True) -> Path:
+def write_atlas(root: Path, site: str, sub: str, *, part: str = "Training", shape=(30, 34, 28),
+                mask: bool = True) -> Path:
     anat = root / part / site / sub / "ses-1" / "anat"
     img, les = phantom(shape, lesion_value=0.3, seed=len(sub))
     img = img + 5.0  # not skull-stripped: background is not zero

@@ -31,13 +31,6 @@ def require_dir(root: Path, name: str, layout: str) -> Path:
     return root
 
 
-def strip_nifti(name: str) -> str:
-    for suf in NIFTI_SUFFIXES:
-        if name.endswith(suf):
-            return name[: -len(suf)]
-    return name
-
-
 def is_nifti(p: Path) -> bool:
     return p.is_file() and p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith(".")
 
@@ -135,12 +128,6 @@ def read_image(path: Path) -> np.ndarray:
     return read_nifti(path)[0]
 
 
-def read_spacing(path: Path) -> tuple[float, ...]:
-    from datasets.nifti import read_nifti
-
-    return read_nifti(path)[1]
-
-
 def read_labels(path: Path, known: Mapping[int, str] | Iterable[int], what: str) -> np.ndarray:
     """Integer label map in RAS+; any value outside ``known`` is an error naming the convention."""
     from datasets.nifti import read_nifti
@@ -190,10 +177,3 @@ def to_axial_stack(images: list[np.ndarray]) -> np.ndarray:
     ``datasets.recipes.axial(vol, z)`` (= ``rot90(vol[:, :, z])``) gives image z back unchanged."""
     arr = np.stack(images)  # [Z, H, W]
     return np.ascontiguousarray(np.moveaxis(np.rot90(arr, k=-1, axes=(1, 2)), 0, -1))
-
-
-def seeded_permutation(ids: Iterable[str], seed: int) -> list[str]:
-    """Sorted ids shuffled by ``numpy.random.default_rng(seed)``: the suite's rule for defined splits."""
-    ids = sorted(set(ids))
-    order = np.random.default_rng(seed).permutation(len(ids))
-    return [ids[i] for i in order]

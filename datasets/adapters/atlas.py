@@ -8,8 +8,6 @@ T1w as ``…_desc-brain_mask.nii.gz``) is used when present; otherwise recipes f
 from __future__ import annotations
 
 import re
-from pathlib import Path
-
 from benchmark.registry import register_dataset
 from datasets.adapters._common import (LazyChannels, check_same_grid, natural_key, nifti_spacing, read_image,
                                        read_labels, require_dir)

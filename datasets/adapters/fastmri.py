@@ -36,8 +36,9 @@ def find_annotations(root: Path, given: str | Path | None) -> Path:
     cands = [Path(given)] if given else []
     if os.environ.get("PHBENCH_FASTMRI_PLUS"):
         cands.append(Path(os.environ["PHBENCH_FASTMRI_PLUS"]))
-    cands += [root / "Annotations" / "brain.csv", root / "brain.csv", root / "fastmri-plus" / "Annotations" / "brain.csv",
-              root.parent / "Annotations" / "brain.csv", root.parent / "fastmri-plus" / "Annotations" / "brain.csv"]
+    for base in (root, root.parent):
+        cands += [base / "Annotations" / "brain.csv", base / "fastmri-plus" / "Annotations" / "brain.csv"]
+    cands.append(root / "brain.csv")
     for c in cands:
         c = c / "brain.csv" if c.is_dir() else c
         if c.is_file():
@@ -93,7 +94,8 @@ class FastMRIPlusAdapter(DatasetAdapter):
               "<root>/Annotations/{brain.csv,brain_file_list.csv} (or annotations=…, PHBENCH_FASTMRI_PLUS)")
     default_recipe = "ra_mid_t1"
 
-    def __init__(self, root: str | Path, *, annotations: str | Path | None = None, series: tuple[str, ...] | None = None):
+    def __init__(self, root: str | Path, *, annotations: str | Path | None = None,
+                 series: tuple[str, ...] | None = None):
         super().__init__(root)
         self.annotations = annotations
         self.series = tuple(s.upper() for s in series) if series else None  # e.g. ("AXT1",) for RA/PHANES

@@ -115,7 +115,8 @@ class IDRiDAdapter(DatasetAdapter):
             img_dir = _find(images, *words) if images else None
             if img_dir is None:
                 continue
-            csv_path = next((c for c in sorted(truths.glob("*.csv")) if words[0] in c.name.lower()), None) if truths else None
+            csvs = sorted(truths.glob("*.csv")) if truths else []
+            csv_path = next((c for c in csvs if words[0] in c.name.lower()), None)
             grades = read_grades(csv_path) if csv_path else {}
             for p in sorted((q for q in img_dir.iterdir() if is_image_file(q)), key=lambda q: natural_key(q.name)):
                 g = grades.get(p.stem)

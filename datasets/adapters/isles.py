@@ -63,8 +63,10 @@ class Isles2015Adapter(DatasetAdapter):
         def loader(mod: str):
             def load() -> np.ndarray:
                 if mod not in subject.files:
-                    raise DataError(folder / f"VSD.Brain.XX.O.MR_{mod.capitalize() if mod != 'dwi' else 'DWI'}.*",
-                                    f"missing modality {mod} (case has {', '.join(sorted(k for k in subject.files if k != 'seg'))})")
+                    have = ", ".join(sorted(k for k in subject.files if k != "seg"))
+                    native = "DWI" if mod == "dwi" else mod.capitalize()
+                    raise DataError(folder / f"VSD.Brain.XX.O.MR_{native}.*",
+                                    f"missing modality {mod} (case has {have})")
                 return read_image(subject.files[mod])
             return load
 

@@ -87,8 +87,9 @@ class IXIAdapter(DatasetAdapter):
         def loader(mod: str):
             def load() -> np.ndarray:
                 if mod not in subject.files:
+                    have = ", ".join(m.upper() for m in sorted(subject.files))
                     raise DataError(self.root / f"{subject.meta['scan']}-{mod.upper()}.nii.gz",
-                                    f"missing modality {mod.upper()} (subject has {', '.join(m.upper() for m in sorted(subject.files))})")
+                                    f"missing modality {mod.upper()} (subject has {have})")
                 return read_image(subject.files[mod])
             return load
 

@@ -17,7 +17,8 @@ from datasets.adapters._common import (LazyChannels, check_same_grid, is_nifti, 
                                        read_image, read_labels, require_dir)
 from datasets.base import DatasetAdapter, Subject, Volume
 
-_IMG = re.compile(r"^(?P<case>(?P<patient>(training|test)\d+)_(?P<tp>\d+))_(?P<mod>flair|mprage|pd|t2)_pp\.nii(\.gz)?$", re.I)
+_IMG = re.compile(r"^(?P<case>(?P<patient>(training|test)\d+)_(?P<tp>\d+))_(?P<mod>flair|mprage|pd|t2)_pp\.nii(\.gz)?$",
+                  re.I)
 _MASK = re.compile(r"^(?P<case>(training|test)\d+_\d+)_mask(?P<rater>[12])\.nii(\.gz)?$", re.I)
 CANON = {"flair": "flair", "mprage": "t1", "pd": "pd", "t2": "t2"}
 
@@ -72,8 +73,9 @@ class MSSeg2015Adapter(DatasetAdapter):
             def load() -> np.ndarray:
                 if mod not in subject.files:
                     native = {v: k for k, v in CANON.items()}[mod]
+                    have = ", ".join(sorted(k for k in subject.files if not k.startswith("mask")))
                     raise DataError(folder / "preprocessed" / f"{subject.id}_{native}_pp.nii",
-                                    f"missing modality {native} (case has {', '.join(sorted(k for k in subject.files if not k.startswith('mask')))})")
+                                    f"missing modality {native} (case has {have})")
                 return read_image(subject.files[mod])
             return load
 
