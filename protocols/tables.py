@@ -63,3 +63,26 @@ def paper_table_ids() -> list[str]:
     if not PAPER_TABLES_CSV.exists():
         return []
     return sorted(pd.read_csv(PAPER_TABLES_CSV, usecols=["table_id"])["table_id"].unique())
+
+
+def _lgg_store(profile: str):
+    from datasets.lgg_benchmark import lgg_store
+
+    return lgg_store()
+
+
+LGG_DEV = register_table(TableSpec(
+    table_id="lgg-dev",
+    title="Development benchmark — TCGA-LGG FLAIR (kaggle_3m, 128 px), held-out patients",
+    dataset="lgg-flair",
+    protocol="table1@v1",
+    methods=(("ae", ""), ("ra", ""), ("itermask2", "")),
+    metrics=TABLE1.metrics,
+    store=_lgg_store,
+    footnotes=(
+        "Data: ../shared/data LGG kaggle_3m (every 3rd slice, 128 px); train = tumour-free slices of training "
+        "patients, val = tumour-free slices of validation patients, test = held-out patients (tumour + tumour-free "
+        "slices); patient-level split datasets/splits/lgg/lgg_patients.csv. The 'brain' mask is a head mask.",
+        *TABLE1.footnotes[1:],
+    ),
+))
