@@ -22,7 +22,8 @@ REFERENCE = Path(os.environ.get("PHBENCH_SHARED", Path(__file__).resolve().paren
 # Tiny networks so that every contract check runs in seconds on a loaded 2-core CPU.
 # 64-px toy slices (conftest's generator) keep the non-slow tests at a few seconds each.
 TINY = dict(epochs=1, max_steps=None, batch_size=4, model_channels=8, channel_mult=(1, 2), num_res_blocks=1,
-            attention_resolutions=(), max_iters=6, oracle_max_passes=1, image_size=64, mask_native_size=120)
+            attention_resolutions=(), max_iters=6, oracle_max_passes=1, oracle_keep_fracs=(0.6, 0.4), image_size=64,
+            mask_native_size=120)
 
 
 @pytest.fixture(scope="module")
@@ -296,3 +297,44 @@ def test_patch_masks_statistics_and_seeding():
 
 # ---------------------------------------------------------------------------------------------------
 # behaviour
+
+
+@pytest.mark.slow
+def test_training_makes_itermask2_localise_lesions():
+    """A short training on the phantom makes the maps localise its inserted lesions; untrained networks cannot.
+
+    Data: the smoke phantom in **T1** at 64 px (36 training slices; reduced size and width keep this at about
+    half a minute of CPU time on an idle machine). Bar: the pooled pixel AUROC inside the brain over all test
+    slices rises by ≥ 0.15 (observed: 0.31 untrained → 0.53–0.55 after 100 steps, two learning rates), and
+    the AUROC over the whole image rises by ≥ 0.05 (0.66 → 0.76).
+    Why untrained networks cannot: every UNet head is zero-initialised, so untrained f1 and f2 predict
+    exactly 0. The map is then x²·B, a pure intensity map, and T1 lesions (tumour, stroke, MS) are darker
+    than white matter, so this map ranks them *below* healthy tissue (AUROC < 0.5 inside the brain). Only a
+    learned model of normal appearance puts them above. (In FLAIR/T2 the phantom's lesions are the brightest
+    tissue, so x² alone already scores ≈ 0.96, and no model could beat it by a margin; hence T1.)
+    """
+    from sklearn.metrics import roc_auc_score
+
+    from datasets.phantom import phantom_store
+
+    store = phantom_store("smoke", modality="t1", size=64)
+    train, val, test = store.split("train"), store.split("val"), store.split("test")
+    cfg = IterMask2.Config(epochs=25, max_steps=None, batch_size=8, lr=2e-3, model_channels=8, channel_mult=(1, 2, 4),
+                           num_res_blocks=1, attention_resolutions=(), image_size=64, hf_radius=7.5,
+                           mask_native_size=120, max_iters=8)
+
+    def aurocs(method):
+        batch = test.batch()
+        amap = method.score(batch).anomaly_map.flatten().numpy()
+        y, brain = batch.lesion_mask.flatten().numpy(), batch.brain_mask.flatten().numpy() > 0.5
+        return roc_auc_score(y[brain], amap[brain]), roc_auc_score(y, amap)
+
+    torch.manual_seed(0)
+    method = IterMask2(cfg)
+    method.calibrate(val)
+    before_brain, before_all = aurocs(method)
+    method.fit(train, val, trainer=Trainer(seed=0, progress=False))
+    after_brain, after_all = aurocs(method)
+    assert before_brain < 0.5, before_brain  # the intensity map ranks dark lesions low
+    assert after_brain - before_brain >= 0.15, (before_brain, after_brain)
+    assert after_all - before_all >= 0.05, (before_all, after_all)

