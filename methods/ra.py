@@ -92,8 +92,8 @@ RA_DEVIATIONS = (
     "[assumption, spec open choice 5].",
     "Reversed loss over all 5 AvgPool embeddings (code), reading the paper's l = 0..L the same way "
     "[spec open choice 7].",
-    "SI-VAE weights of the official RA trainer (β_rec 0.5, β_neg 128), not App. A's 1 / 256 (variant 'paper weights') "
-    "[spec open choice 1].",
+    "SI-VAE weights of the official RA trainer (β_rec 0.5, β_neg 128), not App. A's 1 / 256 "
+    "(variant 'paper weights') [spec open choice 1].",
     "bf16 autocast on CUDA for the networks; KL, SSE, reparameterisation and exp(ELBO) in fp32. Training noise "
     "comes from the global torch RNG on the device, as in the official trainer.",
     "CPU profiles only: 'default' trains widths (16, 32, 64, 128, 128) for 2 epochs at lr 5e-4 and 'smoke' widths "
@@ -118,13 +118,14 @@ class RA(Method, Trainable):
     variant_overrides = RA_VARIANTS
     info = MethodInfo(
         paper="Bercea et al., MIDL 2023 (RA)",
-        summary="Soft-IntroVAE + reversed multi-scale embedding loss; map = |CLAHE residual| × smoothed LPIPS² "
-                "(eq. 5), image score = mean of the map.",
+        summary="Soft-IntroVAE + reversed multi-scale embedding loss; map = |CLAHE residual| × two smoothed spatial "
+                "LPIPS maps (raw and CLAHE images, eq. 5), image score = mean of the map.",
         variants=tuple(RA_VARIANTS),
         deviations=RA_DEVIATIONS,
-        code="github.com/ci-ber/RA @9b7a255 (model_zoo/ra.py, projects/23_ra_midl/RA_Trainer.py, DownstreamEvaluator.py)",
+        code="github.com/ci-ber/RA @9b7a255 (model_zoo/ra.py, projects/23_ra_midl/RA_Trainer.py, "
+             "DownstreamEvaluator.py)",
     )
-    # CPU budgets. One full-width step (8 slices, 128 px) costs ~1.4 TFLOP (4 encoder + 6 decoder passes and two
+    # CPU budgets. One full-width step (8 slices, 128 px) costs ~1.4 TFLOP (5 encoder + 8 decoder passes and two
     # backwards), so even one epoch of ~500 slices takes far more than minutes on 2 cores: the smaller profiles use
     # narrower widths (FLOPs / 16 and / 64) and, for 'default', a 10× lr for its ~150 steps. 'paper' keeps the config.
     profile_overrides = {

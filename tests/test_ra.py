@@ -140,7 +140,8 @@ def test_clahe_is_skimage_per_plane_and_keeps_nan():
     x = images(2, 64).image
     out = clahe(x)
     for i in range(2):
-        np.testing.assert_array_equal(out[i, 0].numpy(), exposure.equalize_adapthist(x[i, 0].numpy()).astype(np.float32))
+        ref = exposure.equalize_adapthist(x[i, 0].numpy()).astype(np.float32)
+        np.testing.assert_array_equal(out[i, 0].numpy(), ref)
     x[1, 0, 3, 3] = float("nan")
     out = clahe(x)
     assert torch.isfinite(out[0]).all() and torch.isnan(out[1]).all()
@@ -212,7 +213,8 @@ def test_training_step_updates_both_networks_and_logs():
     logs = m.training_step(images(), step_context(m))
     for k, n in m.networks().items():
         assert any(not torch.equal(a, b) for a, b in zip(before[k], n.parameters())), k
-    assert {"loss_e", "loss_d", "rec", "kl_real", "kl_rec", "kl_fake", "exp_elbo_rec", "exp_elbo_fake", "rev"} <= set(logs)
+    expected = {"loss_e", "loss_d", "rec", "kl_real", "kl_rec", "kl_fake", "exp_elbo_rec", "exp_elbo_fake", "rev"}
+    assert expected <= set(logs)
     assert all(np.isfinite(v) for v in logs.values())
 
 
@@ -291,6 +293,58 @@ def test_lpips_is_loaded_lazily_through_the_offline_loader(monkeypatch, tmp_path
     with pytest.warns(RuntimeWarning, match="RANDOM"):
         smoke.score(images())
     assert smoke.lpips.weights_source == "random"
+
+
+def test_official_checkpoint_layout_loads():
+    """``load_official`` takes the official ``RA`` module's state dict (``encoder.main.res_in_64…`` keys)."""
+    src = tiny(official_projections=True)
+    official = {f"{name}.{k}": v for name, net in src.networks().items() for k, v in net.state_dict().items()}
+    assert "encoder.main.res_in_2.conv_expand.weight" in official  # the quirk's extra 512→512-style projection
+    dst = tiny(official_projections=True, seed=1)
+    dst.load_official(official)
+    for name, net in dst.networks().items():
+        for k, v in net.state_dict().items():
+            assert torch.equal(v, official[f"{name}.{k}"])
+    with pytest.raises(RuntimeError):
+        tiny().load_official(official)  # value-equality blocks lack those projections
+
+
+def test_bf16_autocast_path_keeps_losses_and_maps_fp32(monkeypatch, random_lpips):
+    """The CUDA path (bf16 autocast) emulated with CPU autocast: sensitive terms stay fp32 and finite."""
+    import methods.ra as ra_module
+
+    monkeypatch.setattr(ra_module, "autocast",
+                        lambda device, enabled=True: torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled))
+    m = tiny(random_lpips)
+    m.train_mode(True)
+    with frozen(m.decoder):
+        e = m.encoder_losses(images().image, torch.randn(2, 16))
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in e.values())
+    logs = m.training_step(images(), StepContext(m.configure_optimizers(), torch.device("cpu"), True,
+                                                 generator=torch.Generator().manual_seed(0)))
+    assert all(np.isfinite(v) for v in logs.values())
+    out = m.score(images(2, seed=3))
+    assert out.anomaly_map.dtype == torch.float32 and torch.isfinite(out.anomaly_map).all()
+
+
+def test_sivae_is_the_ra_trainer_with_app_a_weights_and_a_plain_residual():
+    from methods.sivae import SIVAE, SIVAEConfig
+
+    c = SIVAEConfig()
+    assert (c.beta_rec, c.beta_kl, c.beta_neg, c.gamma_r, c.reverse_weight) == (1.0, 1.0, 256.0, 1e-8, 0.0)
+    assert (c.lr, c.lr_milestones, c.equalize, c.perceptual, c.z_dim) == (5e-5, (350,), False, False, 128)
+    assert SIVAE.name == "si-vae" and SIVAE.info.variants == ()
+    torch.manual_seed(0)
+    m = SIVAE(SIVAEConfig(**TINY))
+    scheds = m.schedulers(m.configure_optimizers())
+    assert [s.milestones for s in scheds] == [{350: 1}, {350: 1}]
+    m.train_mode(True)
+    logs = m.training_step(images(), step_context(m))
+    assert "rev" not in logs
+    batch = images(3, seed=4)
+    out = m.score(batch)
+    assert torch.allclose(out.anomaly_map, (batch.image - out.reconstruction).abs())
+    assert m._lpips is None
 
 
 # -- behaviour -----------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""RA/PHANES training augmentation on the device: random affine (rotation ≤ 10°, translation ≤ 10 %, scale 0.9–1.1)
-then a horizontal flip with p = 0.5.
+"""RA/PHANES training augmentation on the device: random affine (rotation ≤ 10°, translation ≤ 10 %,
+scale 0.9–1.1) then a horizontal flip with p = 0.5.
 
 The official loaders run torchvision ``RandomAffine(10, (0.1, 0.1), (0.9, 1.1))`` + ``RandomHorizontalFlip(0.5)``
 on an 8-bit PIL copy of every training slice (specs/ra.md §1). Here the same parameter draws (angle uniform,

@@ -189,7 +189,8 @@ def resolve_weights(net: str = "alex", weights_dir: str | Path | None = None) ->
     if folder:
         f = weights_file(folder, net)
         if not f.is_file():
-            raise LPIPSWeightsMissing(f"{f}: not found (weights_dir / PHBENCH_LPIPS_DIR is set). " + _missing_message(net))
+            raise LPIPSWeightsMissing(f"{f}: not found (weights_dir / PHBENCH_LPIPS_DIR is set). "
+                                      + _missing_message(net))
         return f
     f = weights_file(cache_dir(), net)
     if f.is_file():

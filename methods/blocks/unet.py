@@ -63,7 +63,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 class ResBlock(nn.Module):
-    """[norm → SiLU → (resample) → conv3×3] → [norm (± scale-shift by emb) → SiLU → dropout → zero conv3×3] + skip."""
+    """[norm → SiLU → resample → conv3×3] → [norm (± emb scale-shift) → SiLU → dropout → zero conv3×3] + skip."""
 
     def __init__(self, channels: int, out_channels: int | None = None, *, dropout: float = 0.0, norm: str = "batch",
                  emb_channels: int | None = None, up: bool = False, down: bool = False):
