@@ -78,7 +78,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(f"{stored_path}: no stored results to compare with; run with --update to create them", file=sys.stderr)
         return 2
     stored = pd.read_csv(stored_path, keep_default_na=False, na_values=[""])
-    problems = check(res.rows, stored, {"default": args.tolerance})
+    problems = check(res.rows, stored, {"default": args.tolerance}, se_factor=args.se_factor)
     for p in problems:
         print(f"REGRESSION {p}", file=sys.stderr)
     print(f"check {args.table_id} [{args.profile}]: {len(res.rows)} cells, {len(problems)} regressions")
@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_opts(c, "smoke")
     c.add_argument("--stored", default=None, help="stored CSV (default results/<profile>/<table>.csv)")
     c.add_argument("--tolerance", type=float, default=0.05, help="absolute tolerance per cell")
+    c.add_argument("--se-factor", type=float, default=2.0,
+                   help="widen a cell's tolerance to this many stored bootstrap standard errors (0: off)")
     c.add_argument("--update", action="store_true", help="store the fresh results instead of comparing")
     c.set_defaults(func=_cmd_check)
 

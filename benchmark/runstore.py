@@ -23,7 +23,7 @@ import benchmark
 from benchmark.io import atomic_path, atomic_write_text
 
 ROW_COLUMNS = [
-    "table_id", "method", "variant", "dataset", "column_group", "metric", "metric_id", "value", "scale",
+    "table_id", "method", "variant", "dataset", "column_group", "metric", "metric_id", "value", "se", "scale",
     "seed", "n", "note", "run_key", "dataset_fingerprint", "protocol", "git_sha", "phbench_version", "torch",
     "device", "train_wall_s", "eval_wall_s", "peak_mem_mb", "config",
 ]

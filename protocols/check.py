@@ -8,6 +8,12 @@ too (useful when a result is supposed to be bit-identical).
 
 Tolerance lookup, first hit wins: ``"<table_id>:<metric_id>"``, ``metric_id``, ``metric``, ``table_id``,
 ``"default"`` (0.0 when absent). Tolerances are absolute, on the rows' scale.
+
+Statistical floor: when the stored rows carry ``se`` (the bootstrap standard error over test subjects that
+``protocols.evaluate.standard_rows`` writes), a cell's tolerance is ``max(tolerance, se_factor × se)``. A
+move smaller than the test set's own sampling noise is not evidence of a code change: e.g. image AUROC on
+the 36 smoke slices has se ≈ 0.05–0.1, and two CPUs with different SIMD kernels train slightly different
+smoke models that land anywhere in that band.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Mapping
 import pandas as pd
 
 from protocols.metrics import metric_spec
-from protocols.stats import aggregate_seeds
+from protocols.stats import aggregate_seeds, as_text
 
 __all__ = ["check", "CELL_KEYS", "tolerance_for"]
 
@@ -32,28 +38,35 @@ def tolerance_for(tolerances: Mapping[str, float], table_id: str, metric: str, m
     return 0.0
 
 
-def _cells(df: pd.DataFrame) -> dict[tuple[str, ...], float]:
+def _cells(df: pd.DataFrame, column: str = "mean") -> dict[tuple[str, ...], float]:
+    """Cell key → mean over seeds of ``value`` (``column="mean"``) or of ``se`` (``column="se"``)."""
     if df is None or not len(df):
         return {}
     d = df.copy()
     for c in CELL_KEYS:
         if c not in d.columns:
             d[c] = ""
-        d[c] = d[c].fillna("").astype(str)
+        d[c] = as_text(d[c])
     d.loc[d["metric_id"] == "", "metric_id"] = d.loc[d["metric_id"] == "", "metric"]
+    if column == "se":
+        d["value"] = pd.to_numeric(d["se"], errors="coerce") if "se" in d.columns else math.nan
     agg = aggregate_seeds(d, by=CELL_KEYS)
     return {tuple(r[c] for c in CELL_KEYS): float(r["mean"]) for _, r in agg.iterrows()}
 
 
 def check(fresh: pd.DataFrame, stored: pd.DataFrame, tolerances: Mapping[str, float], *,
-          two_sided: bool = False) -> list[str]:
+          two_sided: bool = False, se_factor: float = 2.0) -> list[str]:
     """One line per regressed cell (table, method, variant, dataset, group, metric id, stored, fresh,
-    tolerance); empty list = no regression. Cells only in ``fresh`` are new, not regressions."""
-    new, old = _cells(fresh), _cells(stored)
+    tolerance); empty list = no regression. Cells only in ``fresh`` are new, not regressions.
+    ``se_factor=0`` ignores the stored standard errors (plain absolute tolerances)."""
+    new, old, old_se = _cells(fresh), _cells(stored), _cells(stored, "se")
     out: list[str] = []
     for key, s in old.items():
         table, method, variant, dataset, group, metric, mid = key
         tol = tolerance_for(tolerances, table, metric, mid)
+        se = old_se.get(key, math.nan)
+        if se_factor > 0 and math.isfinite(se) and se_factor * se > tol:
+            tol = se_factor * se
         where = (f"table={table} method={method} variant={variant!r} dataset={dataset} column_group={group!r} "
                  f"metric={mid}")
         if key not in new:

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from benchmark.contract import Method
 from protocols import metrics as M
+from protocols.stats import bootstrap_replicates
 
 
 @dataclass
@@ -82,33 +83,68 @@ STANDARD_METRICS = {
 }
 
 
-def standard_rows(test: ScoreSet, healthy_val: ScoreSet | None, *, fpr: float = 0.05) -> list[dict[str, Any]]:
-    """The core metrics as long-format rows (metric, metric_id, value, n, note)."""
-    rows: list[dict[str, Any]] = []
+def _se(replicates: np.ndarray) -> np.ndarray:
+    """Bootstrap standard error per column; NaN where fewer than 20 replicates are finite."""
+    ok = np.isfinite(replicates)
+    out = np.full(replicates.shape[1], np.nan)
+    for j in range(replicates.shape[1]):
+        if ok[:, j].sum() >= 20:
+            out[j] = replicates[ok[:, j], j].std(ddof=0)
+    return out
 
-    def add(metric: str, value: float, note: str = "", column_group: str = "") -> None:
+
+def standard_rows(test: ScoreSet, healthy_val: ScoreSet | None, *, fpr: float = 0.05,
+                  n_boot: int = 200) -> list[dict[str, Any]]:
+    """The core metrics as long-format rows (metric, metric_id, value, se, n, note).
+
+    ``se`` is the bootstrap standard error of the value over test *subjects* (``n_boot`` resamples, all
+    slices of a subject together; thresholds fixed): how far the number could move on another draw of
+    test subjects. ``phbench check`` widens its tolerance to 2 se, since smaller moves are not evidence of
+    a code change. ``n_boot=0`` skips it (se NaN).
+    """
+    rows: list[dict[str, Any]] = []
+    subjects = test.manifest["subject"].astype(str).to_numpy()
+    dev = test.maps.device
+
+    def reps(metric) -> np.ndarray:
+        if n_boot <= 0:
+            return np.full((1, 2), np.nan)
+        return bootstrap_replicates(lambda i: metric(torch.as_tensor(i, device=dev)), subjects, n_boot=n_boot)
+
+    def add(metric: str, value: float, se: float = float("nan"), note: str = "", column_group: str = "") -> None:
         # both Dice rows share the canonical metric "dice"; the metric_id tells calibrated from oracle
         rows.append({"metric": "dice" if metric.startswith("dice") else metric,
-                     "metric_id": STANDARD_METRICS[metric][0], "value": float(value),
+                     "metric_id": STANDARD_METRICS[metric][0], "value": float(value), "se": float(se),
                      "n": len(test), "note": note, "column_group": column_group, "scale": "fraction"})
 
     image = M.image_auroc_ap(test.scores, test.labels)
-    add("auroc", image["auroc"])
-    add("ap", image["ap"])
+    se = _se(reps(lambda i: [(r := M.image_auroc_ap(test.scores[i], test.labels[i]))["auroc"], r["ap"]]))
+    add("auroc", image["auroc"], se[0])
+    add("ap", image["ap"], se[1])
     has_lesion = test.lesion.flatten(1).amax(dim=1) > 0
-    if bool(has_lesion.any()):
-        auroc_px, ap_px = M.pooled_pixel_auroc_ap(test.maps, test.lesion)
-        add("auroc_pixel", auroc_px)
-        add("ap_pixel", ap_px)
-        if healthy_val is not None and len(healthy_val):
-            t = M.threshold_at_fpr(healthy_val.maps, fpr, valid=healthy_val.brain > 0.5)
-            add("dice", M.dice(test.maps > t, test.lesion), note=f"threshold {t:.4g} from {len(healthy_val)} "
-                                                                   "healthy validation slices")
-        else:
-            add("dice", float("nan"), note="no healthy validation slices to calibrate the threshold")
-        best, thr = M.best_dice(test.maps, test.lesion, grid="max1000")
-        add("dice_oracle", best, note=f"oracle threshold {thr:.4g} chosen on the test set")
-    else:
+    if not bool(has_lesion.any()):
         for m in ("auroc_pixel", "ap_pixel", "dice", "dice_oracle"):
             add(m, float("nan"), note="no lesion pixels in the test set")
+        return rows
+    auroc_px, ap_px = M.pooled_pixel_auroc_ap(test.maps, test.lesion)
+    se = _se(reps(lambda i: M.pooled_pixel_auroc_ap(test.maps[i], test.lesion[i])))
+    add("auroc_pixel", auroc_px, se[0])
+    add("ap_pixel", ap_px, se[1])
+    gt = test.lesion > 0.5
+    if healthy_val is not None and len(healthy_val):
+        t = M.threshold_at_fpr(healthy_val.maps, fpr, valid=healthy_val.brain > 0.5)
+        pred = test.maps > t
+        inter, npred, ngt = ((pred & gt).flatten(1).sum(1).double(), pred.flatten(1).sum(1).double(),
+                             gt.flatten(1).sum(1).double())
+        se = _se(reps(lambda i: float(2 * inter[i].sum() / (npred[i].sum() + ngt[i].sum()))))
+        add("dice", M.dice(pred, test.lesion), se[0],
+            note=f"threshold {t:.4g} from {len(healthy_val)} healthy validation slices")
+    else:
+        add("dice", float("nan"), note="no healthy validation slices to calibrate the threshold")
+    best, thr = M.best_dice(test.maps, test.lesion, grid="max1000")
+    # per-image counts on the test set's grid once; a resample only sums rows (its own max would move the grid)
+    tp, fp, ng = M.per_image_counts(test.maps, gt, torch.ones_like(gt), M.threshold_grid("max1000", float(
+        test.maps.max())))
+    se = _se(reps(lambda i: float((2 * tp[i].sum(0) / (tp[i].sum(0) + fp[i].sum(0) + ng[i].sum())).max())))
+    add("dice_oracle", best, se[0], note=f"oracle threshold {thr:.4g} chosen on the test set")
     return rows

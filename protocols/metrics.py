@@ -37,7 +37,8 @@ __all__ = [
     "MetricSpec", "METRICS", "metric_spec",
     "auroc", "average_precision", "image_auroc_ap", "pooled_pixel_auroc_ap", "per_volume_pixel_auroc_ap",
     "per_image_pixel_ap",
-    "dice", "dice_per_image", "best_dice", "best_dice_per_image", "threshold_at_fpr", "threshold_grid",
+    "dice", "dice_per_image", "per_image_counts", "best_dice", "best_dice_per_image", "threshold_at_fpr",
+    "threshold_grid",
     "itermask2_normalise", "itermask2_global_dice", "itermask2_scores", "mean_dice_at",
     "sensitivity_precision_per_image", "size_stratified_dice", "SIZE_BINS", "ssim_normal",
     "image_acc_f1", "mean_score_gap", "masked_mse", "masked_lpips",
@@ -488,7 +489,7 @@ def _rowsort(x: torch.Tensor) -> torch.Tensor:
     return torch.sort(x, dim=1).values
 
 
-def _per_image_counts(maps_n: torch.Tensor, gt: torch.Tensor, keep: torch.Tensor, th: torch.Tensor
+def per_image_counts(maps_n: torch.Tensor, gt: torch.Tensor, keep: torch.Tensor, th: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per image and threshold: TP, FP (pixels with map > t inside ``keep``) and |G| -- one row sort."""
     n = maps_n.shape[0]
@@ -512,7 +513,7 @@ def mean_dice_at(maps_n: Any, gt: Any, brain: Any, thresholds: Sequence[float] |
     m, g = _pair_images(maps_n, gt)
     b = _scores(brain, "brain").to(m.device)
     th = threshold_grid(thresholds, 1.0)  # named grids here: itermask2 / unit101 (maps are in [0, 1])
-    tp, fp, ng = _per_image_counts(m, g, b > 0.5, th)
+    tp, fp, ng = per_image_counts(m, g, b > 0.5, th)
     return 2.0 * tp / (tp + fp + ng[:, None])
 
 

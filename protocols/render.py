@@ -26,7 +26,7 @@ from tabulate import tabulate
 from benchmark.io import atomic_write_text
 from benchmark.runstore import ROW_COLUMNS
 from protocols.metrics import metric_spec
-from protocols.stats import aggregate_seeds
+from protocols.stats import aggregate_seeds, as_text
 
 __all__ = ["render_table", "markdown_table", "latex_table", "build_table", "Table", "MISSING", "UNRANKED_VARIANTS"]
 
@@ -113,9 +113,9 @@ def build_table(rows: pd.DataFrame, *, table_id: str, title: str = "", footnotes
         if c not in df.columns:
             df[c] = ""
     if len(df):
-        df = df[df["table_id"].fillna("").astype(str).isin([table_id, ""])]
+        df = df[as_text(df["table_id"]).isin([table_id, ""])]
     for c in _KEYS + ["scale"]:
-        df[c] = df[c].fillna("").astype(str)
+        df[c] = as_text(df[c])
     df.loc[df["metric_id"] == "", "metric_id"] = df.loc[df["metric_id"] == "", "metric"]
     agg = aggregate_seeds(df, by=_KEYS) if len(df) else pd.DataFrame(columns=_KEYS + ["mean", "std", "n_seeds", "scale"])
 
@@ -125,7 +125,7 @@ def build_table(rows: pd.DataFrame, *, table_id: str, title: str = "", footnotes
         for c in _PAPER_KEYS + ["scale", "value", "std"]:
             if c not in pap.columns:
                 pap[c] = ""
-            pap[c] = pap[c].fillna("").astype(str)
+            pap[c] = as_text(pap[c])
         pap = pap[pap["table_id"] == table_id]
 
     # row and column order: paper order first (as printed), then anything new in order of appearance
@@ -339,7 +339,7 @@ def render_table(rows: pd.DataFrame, *, table_id: str, title: str, out_dir: Path
         if c not in long.columns:
             long[c] = ""
     if len(long):
-        long = long[long["table_id"].fillna("").astype(str).isin([table_id, ""])]
+        long = long[as_text(long["table_id"]).isin([table_id, ""])]
     long = long[ROW_COLUMNS + [c for c in long.columns if c not in ROW_COLUMNS]]
     paths = {"csv": out_dir / f"{table_id}.csv", "md": out_dir / f"{table_id}.md", "tex": out_dir / f"{table_id}.tex"}
     atomic_write_text(paths["csv"], long.to_csv(index=False))

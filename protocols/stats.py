@@ -15,8 +15,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["mean_std", "aggregate_seeds", "bootstrap_ci", "bootstrap_pooled", "paired_test",
-           "paired_bootstrap_test", "DEFAULT_SEED", "GROUP_KEYS"]
+__all__ = ["mean_std", "aggregate_seeds", "bootstrap_ci", "bootstrap_pooled", "bootstrap_replicates",
+           "paired_test", "paired_bootstrap_test", "as_text", "DEFAULT_SEED", "GROUP_KEYS"]
 
 DEFAULT_SEED = 2109
 GROUP_KEYS = ["table_id", "method", "variant", "dataset", "column_group", "metric", "metric_id"]
@@ -39,6 +39,11 @@ def mean_std(values: Sequence[float]) -> dict[str, float]:
     return {"mean": float(v.mean()), "std": float(v.std(ddof=0)), "n": int(v.size)}
 
 
+def as_text(col: pd.Series) -> pd.Series:
+    """A key column as strings with missing cells as "" (an all-empty column reads back from CSV as float NaN)."""
+    return col.astype(object).where(col.notna(), "").astype(str)
+
+
 def aggregate_seeds(rows: pd.DataFrame, by: Sequence[str] = GROUP_KEYS) -> pd.DataFrame:
     """Long rows (one per seed) → one row per cell with ``mean``, ``std`` (ddof 0), ``n_seeds``, ``seeds``.
 
@@ -48,7 +53,7 @@ def aggregate_seeds(rows: pd.DataFrame, by: Sequence[str] = GROUP_KEYS) -> pd.Da
     for c in by:
         if c not in df.columns:
             df[c] = ""
-        df[c] = df[c].fillna("").astype(str)
+        df[c] = as_text(df[c])
     df["value"] = pd.to_numeric(df.get("value"), errors="coerce")
     if "seed" not in df.columns:
         df["seed"] = ""
@@ -99,28 +104,41 @@ def bootstrap_ci(values: Sequence[float], *, subjects: Sequence[Any] | None = No
             "method": "percentile bootstrap over subjects"}
 
 
-def bootstrap_pooled(metric: Callable[[np.ndarray], float], subjects: Sequence[Any], *, n_boot: int = 1000,
-                     seed: int = DEFAULT_SEED, ci: float = 0.95) -> dict[str, float]:
-    """Bootstrap of a *pooled* metric (pooled AUPRC, ⌈Dice⌉): ``metric(indices)`` recomputes it on the
-    given item (slice) indices; subjects are resampled with all their slices. Cost: n_boot metric calls."""
+def _subject_groups(subjects: Sequence[Any]) -> list[np.ndarray]:
     sub = np.asarray(list(subjects), dtype=object)
     _, inv = np.unique(sub.astype(str), return_inverse=True)
-    groups = [np.flatnonzero(inv == k) for k in range(inv.max() + 1)]
+    return [np.flatnonzero(inv == k) for k in range(inv.max() + 1)] if sub.size else []
+
+
+def bootstrap_replicates(metric: Callable[[np.ndarray], Any], subjects: Sequence[Any], *, n_boot: int = 1000,
+                         seed: int = DEFAULT_SEED) -> np.ndarray:
+    """``metric(indices)`` on ``n_boot`` resamples of the subjects (each drawn with all its items):
+    an array [n_boot, k] for a metric returning k numbers (one float → k = 1). Warnings of single
+    resamples (a resample without lesions) are silenced; such replicates come back NaN."""
+    groups = _subject_groups(subjects)
     rng = np.random.default_rng(seed)
-    stats = []
+    reps = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         for _ in range(n_boot):
             pick = rng.integers(0, len(groups), len(groups))
-            stats.append(metric(np.concatenate([groups[k] for k in pick])))
-    s = np.asarray(stats, dtype=np.float64)
+            reps.append(np.atleast_1d(np.asarray(metric(np.concatenate([groups[k] for k in pick])), np.float64)))
+    return np.stack(reps) if reps else np.empty((0, 1))
+
+
+def bootstrap_pooled(metric: Callable[[np.ndarray], float], subjects: Sequence[Any], *, n_boot: int = 1000,
+                     seed: int = DEFAULT_SEED, ci: float = 0.95) -> dict[str, float]:
+    """Bootstrap of a *pooled* metric (pooled AUPRC, ⌈Dice⌉): ``metric(indices)`` recomputes it on the
+    given item (slice) indices; subjects are resampled with all their slices. Cost: n_boot metric calls."""
+    s = bootstrap_replicates(metric, subjects, n_boot=n_boot, seed=seed)[:, 0]
     s = s[np.isfinite(s)]
     a = (1.0 - ci) / 2.0
-    return {"estimate": float(metric(np.arange(sub.size))),
+    return {"estimate": float(metric(np.arange(len(subjects)))),
             "lo": float(np.quantile(s, a)) if s.size else math.nan,
             "hi": float(np.quantile(s, 1 - a)) if s.size else math.nan,
             "boot_std": float(s.std(ddof=0)) if s.size else math.nan, "n_boot": int(n_boot),
-            "n_valid": int(s.size), "n_subjects": len(groups), "method": "percentile bootstrap over subjects (pooled)"}
+            "n_valid": int(s.size), "n_subjects": len(_subject_groups(subjects)),
+            "method": "percentile bootstrap over subjects (pooled)"}
 
 
 def paired_test(a: Sequence[float], b: Sequence[float], *, alternative: str = "two-sided",

@@ -34,7 +34,7 @@ def test_lgg_layout_counts_and_committed_split(shared_data):
 def test_lgg_store_patient_level_on_a_subset(shared_data, tmp_path):
     from datasets.lgg_benchmark import lgg_store
 
-    rows = list(csv.DictReader(open(SPLITS / "lgg" / "lgg_patients.csv")))
+    rows = list(csv.DictReader((SPLITS / "lgg" / "lgg_patients.csv").read_text().splitlines()))
     by_split = collections.defaultdict(list)
     for r in rows:
         by_split[r["split"]].append(r["folder"])
@@ -138,7 +138,7 @@ def test_fastmri_real_annotations_with_written_h5(shared_data, tmp_path):
     ann = shared_data / "fastmri-plus" / "Annotations" / "brain.csv"
     reviewed = set((ann.parent / "brain_file_list.csv").read_text().split())
     for rel in ("ra/fastmri_normal_splits.csv", "ra/global_detection_test.csv", "ra/localization_boxes.csv"):
-        for r in csv.DictReader(open(SPLITS / rel)):
+        for r in csv.DictReader((SPLITS / rel).read_text().splitlines()):
             assert r["file_id"] in reviewed, (rel, r["file_id"])
     write_fastmri(tmp_path, "file_brain_AXT1_202_2020062", n_slices=8, hw=(320, 320))  # RA normal test file
     write_fastmri(tmp_path, "file_brain_AXT1_202_2020585", n_slices=8, hw=(320, 320))  # has boxes on slice 0

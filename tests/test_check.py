@@ -34,3 +34,12 @@ def test_tolerance_lookup_order():
     assert tolerance_for(tol, "t1", "auroc", "auroc|image") == 1.0
     assert tolerance_for(tol, "t2", "auroc", "auroc|image") == 2.0
     assert tolerance_for({"default": 5.0}, "t2", "ap", "ap|image") == 5.0
+
+
+def test_stored_standard_error_widens_the_tolerance():
+    stored = _f({"a": 0.80, "b": 0.80}).assign(se=[0.05, float("nan")])
+    fresh = _f({"a": 0.72, "b": 0.72})
+    out = check(fresh, stored, {"default": 0.02})
+    assert len(out) == 1 and "method=b" in out[0]  # a: 0.08 worse < 2 se = 0.10; b: no se → plain 0.02
+    assert len(check(fresh, stored, {"default": 0.02}, se_factor=0)) == 2
+    assert len(check(_f({"a": 0.65, "b": 0.80}), stored, {"default": 0.02})) == 1  # 0.15 > 2 se still fails

@@ -77,6 +77,6 @@ def test_cli_check_exit_codes(smoke_run, tmp_path):
             "--stored", str(stored)]
     assert main(args) == 0
     bad = res.rows.copy()
-    bad.loc[bad["metric_id"] == "ap|image", "value"] += 0.5  # stored better than fresh → regression
+    bad.loc[bad["metric_id"] == "ap_pixel|pooled", "value"] += 0.5  # stored better than fresh → regression
     bad.to_csv(stored, index=False)
     assert main(args) == 1

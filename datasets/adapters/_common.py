@@ -76,6 +76,26 @@ class LazyChannels(dict):
         return [(k, self[k]) for k in self.keys()]
 
 
+def modality_channels(files: Mapping[str, Path], modalities: Iterable[str], expected: Callable[[str], Path], *,
+                      native: Callable[[str], str] = str, aliases: Mapping[str, str] | None = None) -> LazyChannels:
+    """One lazily read image per modality. A modality the subject lacks fails on first use with one line
+    naming the file the layout expects (``expected(mod)``) and the modalities the subject does have;
+    ``native`` spells a modality the dataset's way in that line (IXI "T2", MS-SEG "mprage")."""
+    def have() -> str:
+        names = [native(k) for k in sorted(files) if k in modalities_]
+        return ", ".join(names) or "none"
+
+    def loader(mod: str) -> Callable[[], np.ndarray]:
+        def load() -> np.ndarray:
+            if mod not in files:
+                raise DataError(expected(mod), f"missing modality {native(mod)} (subject has {have()})")
+            return read_image(files[mod])
+        return load
+
+    modalities_ = tuple(modalities)
+    return LazyChannels({m: loader(m) for m in modalities_}, aliases=aliases)
+
+
 def nifti_grid(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
     """Shape and affine from the header only (cheap), as DataError when the header is unreadable."""
     import nibabel as nib

@@ -14,10 +14,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from benchmark.errors import DataError
 from benchmark.registry import register_dataset
-from datasets.adapters._common import (LazyChannels, check_same_grid, is_nifti, natural_key, nifti_spacing,
-                                       read_image, read_labels, require_dir)
+from datasets.adapters._common import (check_same_grid, is_nifti, modality_channels, natural_key, nifti_spacing,
+                                       read_labels, require_dir)
 from datasets.base import DatasetAdapter, Subject, Volume
 
 # value → (short name, meaning); the lesion mask is the union of the classes in ``lesion_classes``.
@@ -113,22 +112,16 @@ class BratsAdapter(DatasetAdapter):
             out.append(Subject(id=case, files=dict(files), split="all", pathology="tumour", meta=meta))
         return out
 
-    def _loader(self, subject: Subject, mod: str):
+    @staticmethod
+    def _expected(subject: Subject, mod: str) -> Path:
         folder = Path(subject.meta.get("folder", ""))
-
-        def load() -> np.ndarray:
-            if mod not in subject.files:
-                have = sorted(m for m in subject.files if m != "seg")
-                expected = (f"{subject.id}-{CANON_TO_NEW[mod]}.nii.gz" if subject.meta.get("naming") == "2023"
-                            else f"{subject.id}_{mod}.nii.gz")
-                raise DataError(folder / expected, f"missing modality {mod} (case has {', '.join(have) or 'none'})")
-            return read_image(subject.files[mod])
-        return load
+        return folder / (f"{subject.id}-{CANON_TO_NEW[mod]}.nii.gz" if subject.meta.get("naming") == "2023"
+                         else f"{subject.id}_{mod}.nii.gz")
 
     def load(self, subject: Subject) -> Volume:
         check_same_grid({m: p for m, p in subject.files.items()})
-        channels = LazyChannels({m: self._loader(subject, m) for m in MODALITIES},
-                                aliases={k: v for k, v in NEW_TO_CANON.items()})
+        channels = modality_channels(subject.files, MODALITIES, lambda m: self._expected(subject, m),
+                                     aliases=dict(NEW_TO_CANON))
         lesion = None
         if "seg" in subject.files:
             rel, table = self.label_table(subject.id)

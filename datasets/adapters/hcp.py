@@ -8,11 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from benchmark.errors import DataError
 from benchmark.registry import register_dataset
-from datasets.adapters._common import LazyChannels, check_same_grid, natural_key, nifti_spacing, read_image, require_dir
+from datasets.adapters._common import check_same_grid, modality_channels, natural_key, nifti_spacing, require_dir
 from datasets.base import DatasetAdapter, Subject, Volume
 
 FILES = {
@@ -57,13 +54,7 @@ class HCPAdapter(DatasetAdapter):
         check_same_grid(subject.files)
         folder = Path(subject.meta["folder"])
 
-        def loader(mod: str):
-            def load() -> np.ndarray:
-                if mod not in subject.files:
-                    raise DataError(folder / FILES[self.space][mod], f"missing modality {mod} (file not found)")
-                return read_image(subject.files[mod])
-            return load
-
+        channels = modality_channels(subject.files, ("t1", "t2"), lambda m: folder / FILES[self.space][m])
         ref = next(iter(subject.files.values()))
-        return Volume(channels=LazyChannels({m: loader(m) for m in ("t1", "t2")}), lesion=None,
+        return Volume(channels=channels, lesion=None,
                       spacing=nifti_spacing(ref), source=str(folder))

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.errors import DataError
 from benchmark.registry import register_dataset
-from datasets.adapters._common import (LazyChannels, check_same_grid, is_nifti, natural_key, nifti_spacing,
-                                       read_image, read_labels, require_dir)
+from datasets.adapters._common import (check_same_grid, is_nifti, natural_key, nifti_spacing,
+                                       modality_channels, read_labels, require_dir)
 from datasets.base import DatasetAdapter, Subject, Volume
 
 _FILE = re.compile(r"^VSD\.Brain\.XX\.O\.(?:MR_(?P<mod>[A-Za-z0-9]+)|(?P<ot>OT))\.(?P<vsd>\d+)\.nii(\.gz)?$")
@@ -59,20 +58,12 @@ class Isles2015Adapter(DatasetAdapter):
     def load(self, subject: Subject) -> Volume:
         check_same_grid(subject.files)
         folder = Path(subject.meta["folder"])
-
-        def loader(mod: str):
-            def load() -> np.ndarray:
-                if mod not in subject.files:
-                    have = ", ".join(sorted(k for k in subject.files if k != "seg"))
-                    native = "DWI" if mod == "dwi" else mod.capitalize()
-                    raise DataError(folder / f"VSD.Brain.XX.O.MR_{native}.*",
-                                    f"missing modality {mod} (case has {have})")
-                return read_image(subject.files[mod])
-            return load
-
+        native = lambda m: "DWI" if m == "dwi" else m.capitalize()  # noqa: E731
+        channels = modality_channels(subject.files, CANON, lambda m: folder / f"VSD.Brain.XX.O.MR_{native(m)}.*",
+                                     native=native)
         lesion = None
         if "seg" in subject.files:
             lesion = (read_labels(subject.files["seg"], {1: "lesion"}, "ISLES SISS OT") > 0).astype(np.uint8)
         ref = next((p for r, p in subject.files.items() if r != "seg"), subject.files.get("seg"))
-        return Volume(channels=LazyChannels({m: loader(m) for m in CANON}), lesion=lesion,
+        return Volume(channels=channels, lesion=lesion,
                       spacing=nifti_spacing(ref), source=str(folder))

@@ -12,11 +12,10 @@ import re
 import warnings
 from pathlib import Path
 
-import numpy as np
 
 from benchmark.errors import DataError
 from benchmark.registry import register_dataset
-from datasets.adapters._common import LazyChannels, natural_key, nifti_spacing, read_image, require_dir
+from datasets.adapters._common import modality_channels, natural_key, nifti_spacing, require_dir
 from datasets.base import DatasetAdapter, Subject, Volume
 from datasets.images import one_line
 
@@ -84,15 +83,9 @@ class IXIAdapter(DatasetAdapter):
         return out
 
     def load(self, subject: Subject) -> Volume:
-        def loader(mod: str):
-            def load() -> np.ndarray:
-                if mod not in subject.files:
-                    have = ", ".join(m.upper() for m in sorted(subject.files))
-                    raise DataError(self.root / f"{subject.meta['scan']}-{mod.upper()}.nii.gz",
-                                    f"missing modality {mod.upper()} (subject has {have})")
-                return read_image(subject.files[mod])
-            return load
-
+        channels = modality_channels(subject.files, ("t1", "t2", "pd"),
+                                     lambda m: self.root / f"{subject.meta['scan']}-{m.upper()}.nii.gz",
+                                     native=str.upper)
         ref = subject.files.get("t1", next(iter(subject.files.values())))
-        return Volume(channels=LazyChannels({m: loader(m) for m in ("t1", "t2", "pd")}), lesion=None,
+        return Volume(channels=channels, lesion=None,
                       spacing=nifti_spacing(ref), source=str(ref))

@@ -13,8 +13,8 @@ import numpy as np
 
 from benchmark.errors import DataError
 from benchmark.registry import register_dataset
-from datasets.adapters._common import (LazyChannels, check_same_grid, is_nifti, natural_key, nifti_spacing,
-                                       read_image, read_labels, require_dir)
+from datasets.adapters._common import (check_same_grid, is_nifti, natural_key, nifti_spacing,
+                                       modality_channels, read_labels, require_dir)
 from datasets.base import DatasetAdapter, Subject, Volume
 
 _IMG = re.compile(r"^(?P<case>(?P<patient>(training|test)\d+)_(?P<tp>\d+))_(?P<mod>flair|mprage|pd|t2)_pp\.nii(\.gz)?$",
@@ -69,17 +69,10 @@ class MSSeg2015Adapter(DatasetAdapter):
         check_same_grid(subject.files)
         folder = Path(subject.meta["folder"])
 
-        def loader(mod: str):
-            def load() -> np.ndarray:
-                if mod not in subject.files:
-                    native = {v: k for k, v in CANON.items()}[mod]
-                    have = ", ".join(sorted(k for k in subject.files if not k.startswith("mask")))
-                    raise DataError(folder / "preprocessed" / f"{subject.id}_{native}_pp.nii",
-                                    f"missing modality {native} (case has {have})")
-                return read_image(subject.files[mod])
-            return load
-
-        channels = LazyChannels({m: loader(m) for m in ("flair", "t1", "pd", "t2")}, aliases={"mprage": "t1"})
+        to_native = {v: k for k, v in CANON.items()}
+        channels = modality_channels(subject.files, ("flair", "t1", "pd", "t2"),
+                                     lambda m: folder / "preprocessed" / f"{subject.id}_{to_native[m]}_pp.nii",
+                                     native=lambda m: to_native.get(m, m), aliases={"mprage": "t1"})
         lesion = self._lesion(subject, folder)
         ref = next(p for r, p in subject.files.items() if not r.startswith("mask"))
         return Volume(channels=channels, lesion=lesion, spacing=nifti_spacing(ref), source=str(folder))
