@@ -26,6 +26,8 @@ cmd="${1:-table1}"
 case "$cmd" in
     test)
         exec "$PY" -m pytest -q "$@" ;;
+    table)  # "table <id>" is the CLI verb itself; "table1", "lgg-table"... are table ids
+        exec "$PY" -m benchmark "$cmd" "$@" ;;
     table*|*-table*)
         exec "$PY" -m benchmark table "$cmd" "$@" ;;
     *)

@@ -59,3 +59,16 @@ def test_perfect_separation_has_zero_se_and_n_boot_zero_skips():
     rows = _by_id(standard_rows(_score_set(separation=100.0), None))
     assert rows["auroc|image"]["value"] == 1.0 and rows["auroc|image"]["se"] == 0.0
     assert all(math.isnan(r["se"]) for r in standard_rows(_score_set(), None, n_boot=0))
+
+
+def test_binned_counts_reproduce_pooled_auroc_ap_on_any_subset():
+    """The bootstrap's shortcut: summed per-image bin counts ≈ the exact pooled metrics of that subset."""
+    from protocols import metrics as M
+
+    s = _score_set(n_subjects=40, size=32)
+    pos, neg = M.per_image_binned_counts(s.maps, s.lesion)
+    for idx in (torch.arange(40), torch.tensor([0, 1, 1, 5, 7, 7, 7, 12, 30])):
+        exact = M.pooled_pixel_auroc_ap(s.maps[idx], s.lesion[idx])
+        binned = M.auroc_ap_from_counts(pos[idx].sum(0), neg[idx].sum(0))
+        assert abs(binned[0] - exact[0]) < 2e-3 and abs(binned[1] - exact[1]) < 5e-3, (exact, binned)
+    assert all(math.isnan(v) for v in M.auroc_ap_from_counts(neg[0] * 0, neg[0]))
