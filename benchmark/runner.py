@@ -38,9 +38,20 @@ class TableRun:
     outputs: dict[str, Path] = field(default_factory=dict)
 
 
-def run_one(spec_table, method_name: str, variant: str, seed: int, profile: Profile, store_data, run_store: RunStore,
-            device: torch.device, progress: bool = True) -> tuple[RunSpec, bool]:
-    """Train and evaluate one (method, variant, seed); returns (run spec, ran_now)."""
+@dataclass
+class PlannedRun:
+    """What one (method, variant, seed) of a table trains and scores on, and its run-store identity."""
+
+    spec: RunSpec
+    method_cls: type
+    config: object
+    train: object  # SliceSet: healthy training slices
+    val: object  # SliceSet: healthy validation slices
+    test: object  # SliceSet
+
+
+def plan_run(spec_table, method_name: str, variant: str, seed: int, profile: Profile, store_data) -> PlannedRun:
+    """The profile's config and data splits of one run (the same for training it and for reading it back)."""
     cls = get_method(method_name)
     config = configure(cls, profile)
     train = store_data.split("train", label=0)
@@ -51,10 +62,28 @@ def run_one(spec_table, method_name: str, variant: str, seed: int, profile: Prof
     if profile.max_test_slices:
         test = test.take(profile.max_test_slices)
     run = RunSpec(method_name, variant, config.to_dict(), store_data.fingerprint, spec_table.protocol, seed)
+    return PlannedRun(run, cls, config, train, val, test)
+
+
+def load_trained(plan: PlannedRun, run_store: RunStore, device: torch.device):
+    """The finished run's method with its trained weights and calibration (for diagnostics and figures)."""
+    path = run_store.model_path(plan.spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no trained model for {plan.spec.method} (run the table first)")
+    method = plan.method_cls(plan.config, variant=plan.spec.variant, device=device)
+    method.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    return method
+
+
+def run_one(spec_table, method_name: str, variant: str, seed: int, profile: Profile, store_data, run_store: RunStore,
+            device: torch.device, progress: bool = True) -> tuple[RunSpec, bool]:
+    """Train and evaluate one (method, variant, seed); returns (run spec, ran_now)."""
+    plan = plan_run(spec_table, method_name, variant, seed, profile, store_data)
+    run, config, train, val, test = plan.spec, plan.config, plan.train, plan.val, plan.test
     if run_store.is_finished(run):
         return run, False
     seed_everything(seed)
-    method = cls(config, variant=variant, device=device)
+    method = plan.method_cls(config, variant=variant, device=device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     trainer = Trainer(device, seed=seed, checkpoint=run_store.checkpoint_path(run), progress=progress)

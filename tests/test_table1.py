@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from benchmark.cli import main
+from benchmark.registry import get_table
 from benchmark.runner import run_table
 from protocols.check import check
 
@@ -24,7 +25,7 @@ def test_every_method_produces_every_metric(smoke_run):
     _, res = smoke_run
     assert not res.failures, res.failures
     rows = res.rows
-    assert set(rows["method"]) == {"ae", "ra", "itermask2"}
+    assert set(rows["method"]) == {m for m, _ in get_table("table1").methods} >= {"ae", "ra", "itermask2", "intensity"}
     ids = set(rows["metric_id"])
     assert {"auroc|image", "auroc_pixel|pooled", "ap_pixel|pooled", "dice|fpr@5%_healthy_brain",
             "dice|oracle_test|max1000"} <= ids
@@ -45,7 +46,7 @@ def test_tables_are_rendered(smoke_run):
 def test_rerun_skips_finished_runs(smoke_run):
     tmp, first = smoke_run
     again = run_table("table1", profile="smoke", store=tmp / "runs", out=tmp / "out2", progress=False)
-    assert again.ran == [] and len(again.skipped) == 3
+    assert again.ran == [] and len(again.skipped) == len(get_table("table1").methods)
     pd.testing.assert_frame_equal(again.rows.sort_values(["method", "metric_id"]).reset_index(drop=True),
                                   first.rows.sort_values(["method", "metric_id"]).reset_index(drop=True))
 
@@ -80,3 +81,25 @@ def test_cli_check_exit_codes(smoke_run, tmp_path):
     bad.loc[bad["metric_id"] == "ap_pixel|pooled", "value"] += 0.5  # stored better than fresh → regression
     bad.to_csv(stored, index=False)
     assert main(args) == 1
+
+
+def test_finished_runs_load_back_and_reproduce_their_rows(smoke_run):
+    """plan_run + load_trained (what diagnostics use) rebuild a finished run: same key, same numbers."""
+    from benchmark.device import pick_device
+    from benchmark.profiles import get_profile
+    from benchmark.registry import get_table
+    from benchmark.runner import load_trained, plan_run
+    from benchmark.runstore import RunStore
+    from protocols.evaluate import collect, standard_rows
+
+    tmp, res = smoke_run
+    spec, profile = get_table("table1"), get_profile("smoke")
+    plan = plan_run(spec, "ae", "", 0, profile, spec.store("smoke"))
+    store = RunStore(tmp / "runs" / "smoke")
+    assert store.is_finished(plan.spec)
+    method = load_trained(plan, store, pick_device("cpu"))
+    fresh = {r["metric_id"]: r["value"] for r in standard_rows(collect(method, plan.test, progress=False), None,
+                                                               n_boot=0)}
+    stored = res.rows[res.rows["method"] == "ae"].set_index("metric_id")["value"]
+    for mid in ("auroc|image", "auroc_pixel|pooled", "ap_pixel|pooled"):
+        assert abs(fresh[mid] - stored[mid]) < 1e-6, mid
