@@ -29,6 +29,15 @@ ROW_COLUMNS = [
 ]
 
 
+def with_row_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with every ROW_COLUMNS column (missing ones empty) first, in order, then any extra columns."""
+    frame = frame.copy()
+    for col in ROW_COLUMNS:
+        if col not in frame.columns:
+            frame[col] = ""
+    return frame[ROW_COLUMNS + [c for c in frame.columns if c not in ROW_COLUMNS]]
+
+
 @dataclass(frozen=True)
 class RunSpec:
     method: str
@@ -73,13 +82,10 @@ class RunStore:
         d.mkdir(parents=True, exist_ok=True)
         atomic_write_text(d / "run.json", json.dumps({"spec": spec.__dict__, "key": spec.key, **info},
                                                       indent=2, sort_keys=True, default=str))
-        frame = pd.DataFrame(rows)
-        for col in ROW_COLUMNS:
-            if col not in frame.columns:
-                frame[col] = ""
+        frame = with_row_columns(pd.DataFrame(rows))
         frame["run_key"] = spec.key
         with atomic_path(d / "rows.csv") as tmp:
-            frame[ROW_COLUMNS + [c for c in frame.columns if c not in ROW_COLUMNS]].to_csv(tmp, index=False)
+            frame.to_csv(tmp, index=False)
         return d / "rows.csv"
 
     def read_rows(self, spec_or_key: RunSpec | str) -> pd.DataFrame:

@@ -24,7 +24,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from benchmark.io import atomic_write_text
-from benchmark.runstore import ROW_COLUMNS
+from benchmark.runstore import ROW_COLUMNS, with_row_columns
 from protocols.metrics import metric_spec
 from protocols.stats import aggregate_seeds, as_text
 
@@ -105,15 +105,16 @@ def _num(x: Any) -> float:
         return math.nan
 
 
+def _table_rows(rows: pd.DataFrame | None, table_id: str) -> pd.DataFrame:
+    """The long rows of ``table_id`` (or with no table id), with every ROW_COLUMNS column, in order."""
+    df = with_row_columns(rows if rows is not None else pd.DataFrame(columns=ROW_COLUMNS))
+    return df[as_text(df["table_id"]).isin([table_id, ""])] if len(df) else df
+
+
 def build_table(rows: pd.DataFrame, *, table_id: str, title: str = "", footnotes: Sequence[str] = (),
                 paper: pd.DataFrame | None = None, expected_methods: Sequence[str] = ()) -> Table:
     """Aggregate rows over seeds, lay them out, rank each column and collect footnotes."""
-    df = rows.copy() if rows is not None else pd.DataFrame(columns=ROW_COLUMNS)
-    for c in ROW_COLUMNS:
-        if c not in df.columns:
-            df[c] = ""
-    if len(df):
-        df = df[as_text(df["table_id"]).isin([table_id, ""])]
+    df = _table_rows(rows, table_id)
     for c in _KEYS + ["scale"]:
         df[c] = as_text(df[c])
     df.loc[df["metric_id"] == "", "metric_id"] = df.loc[df["metric_id"] == "", "metric"]
@@ -334,13 +335,7 @@ def render_table(rows: pd.DataFrame, *, table_id: str, title: str, out_dir: Path
     out_dir.mkdir(parents=True, exist_ok=True)
     t = build_table(rows, table_id=table_id, title=title, footnotes=footnotes, paper=paper,
                     expected_methods=expected_methods)
-    long = rows.copy() if rows is not None else pd.DataFrame(columns=ROW_COLUMNS)
-    for c in ROW_COLUMNS:
-        if c not in long.columns:
-            long[c] = ""
-    if len(long):
-        long = long[as_text(long["table_id"]).isin([table_id, ""])]
-    long = long[ROW_COLUMNS + [c for c in long.columns if c not in ROW_COLUMNS]]
+    long = _table_rows(rows, table_id)
     paths = {"csv": out_dir / f"{table_id}.csv", "md": out_dir / f"{table_id}.md", "tex": out_dir / f"{table_id}.tex"}
     atomic_write_text(paths["csv"], long.to_csv(index=False))
     atomic_write_text(paths["md"], _markdown(t))

@@ -91,16 +91,10 @@ def bootstrap_ci(values: Sequence[float], *, subjects: Sequence[Any] | None = No
     if v.size == 0:
         return {"estimate": math.nan, "lo": math.nan, "hi": math.nan, "boot_std": math.nan, "n_boot": n_boot,
                 "n_subjects": 0, "method": "percentile bootstrap over subjects"}
-    _, inv = np.unique(sub.astype(str), return_inverse=True)
-    groups = [np.flatnonzero(inv == k) for k in range(inv.max() + 1)]
-    rng = np.random.default_rng(seed)
-    stats = np.empty(n_boot)
-    for b in range(n_boot):
-        pick = rng.integers(0, len(groups), len(groups))
-        stats[b] = statistic(v[np.concatenate([groups[k] for k in pick])])
+    stats = bootstrap_replicates(lambda idx: statistic(v[idx]), sub, n_boot=n_boot, seed=seed, quiet=False)[:, 0]
     a = (1.0 - ci) / 2.0
     return {"estimate": float(statistic(v)), "lo": float(np.quantile(stats, a)), "hi": float(np.quantile(stats, 1 - a)),
-            "boot_std": float(stats.std(ddof=0)), "n_boot": int(n_boot), "n_subjects": len(groups),
+            "boot_std": float(stats.std(ddof=0)), "n_boot": int(n_boot), "n_subjects": len(_subject_groups(sub)),
             "method": "percentile bootstrap over subjects"}
 
 
@@ -111,15 +105,16 @@ def _subject_groups(subjects: Sequence[Any]) -> list[np.ndarray]:
 
 
 def bootstrap_replicates(metric: Callable[[np.ndarray], Any], subjects: Sequence[Any], *, n_boot: int = 1000,
-                         seed: int = DEFAULT_SEED) -> np.ndarray:
+                         seed: int = DEFAULT_SEED, quiet: bool = True) -> np.ndarray:
     """``metric(indices)`` on ``n_boot`` resamples of the subjects (each drawn with all its items):
-    an array [n_boot, k] for a metric returning k numbers (one float → k = 1). Warnings of single
-    resamples (a resample without lesions) are silenced; such replicates come back NaN."""
+    an array [n_boot, k] for a metric returning k numbers (one float → k = 1). ``quiet``: RuntimeWarnings of
+    single resamples (a resample without lesions) are silenced; such replicates come back NaN."""
     groups = _subject_groups(subjects)
     rng = np.random.default_rng(seed)
     reps = []
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+        if quiet:
+            warnings.simplefilter("ignore", RuntimeWarning)
         for _ in range(n_boot):
             pick = rng.integers(0, len(groups), len(groups))
             reps.append(np.atleast_1d(np.asarray(metric(np.concatenate([groups[k] for k in pick])), np.float64)))
@@ -172,15 +167,7 @@ def paired_bootstrap_test(metric_a: Callable[[np.ndarray], float], metric_b: Cal
     """One-sided paired bootstrap for pooled metrics (PHANES ``*``): resample subjects once per round, apply
     both methods' metric to the same indices; p = fraction of rounds with metric_a − metric_b ≤ 0."""
     sub = np.asarray(list(subjects), dtype=object)
-    _, inv = np.unique(sub.astype(str), return_inverse=True)
-    groups = [np.flatnonzero(inv == k) for k in range(inv.max() + 1)]
-    rng = np.random.default_rng(seed)
-    diffs = np.empty(n_boot)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for i in range(n_boot):
-            idx = np.concatenate([groups[k] for k in rng.integers(0, len(groups), len(groups))])
-            diffs[i] = metric_a(idx) - metric_b(idx)
+    diffs = bootstrap_replicates(lambda idx: metric_a(idx) - metric_b(idx), sub, n_boot=n_boot, seed=seed)[:, 0]
     diffs = diffs[np.isfinite(diffs)]
     p = float((np.sum(diffs <= 0) + 1) / (diffs.size + 1)) if diffs.size else math.nan
     full = np.arange(sub.size)

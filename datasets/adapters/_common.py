@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from benchmark.errors import DataError
-from datasets.images import one_line
+from datasets.images import one_line, read_grey
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -94,6 +94,16 @@ def modality_channels(files: Mapping[str, Path], modalities: Iterable[str], expe
 
     modalities_ = tuple(modalities)
     return LazyChannels({m: loader(m) for m in modalities_}, aliases=aliases)
+
+
+def grey_image_volume(path: Path, *, colour: str):
+    """A 2-D grey image as a one-channel Volume ("grey") whose brain mask is the whole image (jpg/png sets
+    have no mask). ``colour``: what to do with an RGB file (``datasets.images.read_grey``)."""
+    from datasets.base import Volume  # datasets.base imports the store, which adapters must not load at import
+
+    img = read_grey(path, colour=colour)
+    return Volume(channels=LazyChannels({"grey": lambda: img}), lesion=None, brain=np.ones(img.shape, np.float32),
+                  source=str(path))
 
 
 def nifti_grid(path: Path) -> tuple[tuple[int, ...], np.ndarray]:

@@ -13,13 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
-
 from benchmark.errors import DataError
 from benchmark.registry import register_dataset
-from datasets.adapters._common import LazyChannels, natural_key, require_dir
+from datasets.adapters._common import grey_image_volume, natural_key, require_dir
 from datasets.base import DatasetAdapter, Subject, Volume
-from datasets.images import is_image_file, read_grey
+from datasets.images import is_image_file
 
 FOUR_CLASS = {"glioma_tumor": "glioma", "meningioma_tumor": "meningioma", "pituitary_tumor": "pituitary",
               "no_tumor": "healthy"}
@@ -91,10 +89,7 @@ class _KaggleBrainBase(DatasetAdapter):
         return out
 
     def load(self, subject: Subject) -> Volume:
-        p = subject.files["image"]
-        img = read_grey(p, colour="convert")
-        return Volume(channels=LazyChannels({"grey": lambda: img}), lesion=None, brain=np.ones(img.shape, np.float32),
-                      source=str(p))
+        return grey_image_volume(subject.files["image"], colour="convert")
 
 
 @register_dataset

@@ -10,13 +10,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
-
 from benchmark.errors import DataError
 from benchmark.registry import register_dataset
-from datasets.adapters._common import LazyChannels, natural_key, require_dir
+from datasets.adapters._common import grey_image_volume, natural_key, require_dir
 from datasets.base import DatasetAdapter, Subject, Volume
-from datasets.images import is_image_file, read_grey
+from datasets.images import is_image_file
 
 CLASSES = {"CNV": "cnv", "DME": "dme", "DRUSEN": "drusen", "NORMAL": "healthy"}
 SPLITS = {"train": "train", "test": "test", "val": "test"}
@@ -61,7 +59,4 @@ class OCT2017Adapter(DatasetAdapter):
         return out
 
     def load(self, subject: Subject) -> Volume:
-        p = subject.files["image"]
-        img = read_grey(p, colour="reject")
-        return Volume(channels=LazyChannels({"grey": lambda: img}), lesion=None, brain=np.ones(img.shape, np.float32),
-                      source=str(p))
+        return grey_image_volume(subject.files["image"], colour="reject")
