@@ -48,7 +48,8 @@ def _cmd_table(args: argparse.Namespace) -> int:
     if res.outputs.get("md"):
         print(Path(res.outputs["md"]).read_text())
         print("written: " + ", ".join(str(p) for p in res.outputs.values()))
-    print(f"runs: {len(res.ran)} trained, {len(res.skipped)} reused from {Path(args.store) / args.profile}")
+    print(f"runs: {len(res.ran)} evaluated ({len(res.trained)} models trained, {len(res.ran) - len(res.trained)} "
+          f"reused), {len(res.skipped)} already finished in {Path(args.store) / args.profile}")
     for f in res.failures:
         print(f"FAILED {f}", file=sys.stderr)
     return 1 if res.failures else 0
@@ -89,7 +90,16 @@ def _cmd_data_info(args: argparse.Namespace) -> int:
     from datasets.info import data_info
 
     print(data_info(args.dataset, Path(args.root) if args.root else None, Path(args.preview) if args.preview else None,
-                    recipe=args.recipe, full=args.full))
+                    recipe=args.recipe, full=args.full, skip_bad=args.skip_bad, workers=args.workers))
+    return 0
+
+
+def _cmd_data_prepare(args: argparse.Namespace) -> int:
+    from datasets.info import prepare_report
+
+    print(prepare_report(args.dataset, Path(args.root) if args.root else None, recipe=args.recipe,
+                         skip_bad=args.skip_bad, cache_dir=Path(args.store) if args.store else None,
+                         workers=args.workers, force=args.force))
     return 0
 
 
@@ -132,7 +142,23 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--preview", default=None, help="PNG path (default: out/preview-<dataset>.png)")
     di.add_argument("--recipe", default=None, help="preprocessing recipe id (default: the dataset's own)")
     di.add_argument("--full", action="store_true", help="prepare every subject, not only a preview sample")
+
+    def prep_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--skip-bad", action="store_true",
+                        help="leave out (and list) subjects with bad files instead of stopping at the first")
+        sp.add_argument("--workers", type=int, default=None,
+                        help="processes preparing subjects (default: $PHBENCH_PREPARE_WORKERS or min(4, cores))")
+
+    prep_opts(di)
     di.set_defaults(func=_cmd_data_info)
+    dp = dsub.add_parser("prepare", help="build the slice store the suite uses; counts, path, fingerprint")
+    dp.add_argument("dataset")
+    dp.add_argument("--root", default=None, help="the release's root folder")
+    dp.add_argument("--recipe", default=None, help="preprocessing recipe id (default: the dataset's own)")
+    dp.add_argument("--store", default=None, help="store cache folder (default: $PHBENCH_CACHE/stores)")
+    dp.add_argument("--force", action="store_true", help="rebuild even when a cached store matches")
+    prep_opts(dp)
+    dp.set_defaults(func=_cmd_data_prepare)
     return p
 
 

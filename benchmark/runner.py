@@ -1,7 +1,9 @@
-"""Run a table: for each (method, variant, seed) train → calibrate → score → metric rows in the run store.
+"""Run a table: for each (method, variant, seed) train (or reuse the trained model) → evaluate with the
+table's protocol → metric rows in the run store.
 
-A finished run (its rows.csv exists) is skipped; an interrupted one resumes from its checkpoint. A run that
-fails is reported on one line and the others continue, so one broken method never loses the rest.
+A finished run (its rows.csv exists) is skipped; a model trained for another table on the same data is
+reused; an interrupted training resumes from its checkpoint. A run that fails is reported on one line and
+the others continue, so one broken method never loses the rest.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from benchmark.provenance import provenance
 from benchmark.registry import get_method, get_table
 from benchmark.runstore import RunSpec, RunStore
 from benchmark.trainer import Trainer
-from protocols.evaluate import collect
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,9 @@ class TableRun:
     table_id: str
     rows: pd.DataFrame
     failures: list[str] = field(default_factory=list)
-    ran: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
+    ran: list[str] = field(default_factory=list)  # evaluated now
+    skipped: list[str] = field(default_factory=list)  # finished before
+    trained: list[str] = field(default_factory=list)  # models trained now (the others were reused)
     outputs: dict[str, Path] = field(default_factory=dict)
 
 
@@ -61,7 +63,8 @@ def plan_run(spec_table, method_name: str, variant: str, seed: int, profile: Pro
         train = train.take(profile.max_train_slices)
     if profile.max_test_slices:
         test = test.take(profile.max_test_slices)
-    run = RunSpec(method_name, variant, config.to_dict(), store_data.fingerprint, spec_table.protocol, seed)
+    run = RunSpec(method_name, variant, config.to_dict(), store_data.fingerprint, spec_table.protocol_id, seed,
+                  table_id=spec_table.table_id, metrics=tuple(spec_table.metrics), options=dict(spec_table.options))
     return PlannedRun(run, cls, config, train, val, test)
 
 
@@ -75,43 +78,60 @@ def load_trained(plan: PlannedRun, run_store: RunStore, device: torch.device):
     return method
 
 
-def run_one(spec_table, method_name: str, variant: str, seed: int, profile: Profile, store_data, run_store: RunStore,
-            device: torch.device, progress: bool = True) -> tuple[RunSpec, bool]:
-    """Train and evaluate one (method, variant, seed); returns (run spec, ran_now)."""
-    plan = plan_run(spec_table, method_name, variant, seed, profile, store_data)
-    run, config, train, val, test = plan.spec, plan.config, plan.train, plan.val, plan.test
-    if run_store.is_finished(run):
-        return run, False
-    seed_everything(seed)
-    method = plan.method_cls(config, variant=variant, device=device)
+def train_or_load(plan: PlannedRun, run_store: RunStore, device: torch.device, progress: bool = True):
+    """The trained method of ``plan``: loaded when any table already trained it, else trained and saved."""
+    run = plan.spec
+    seed_everything(run.seed)  # before construction: initial weights come from the seeded RNG
+    method = plan.method_cls(plan.config, variant=run.variant, device=device)
+    path = run_store.model_path(run)
+    if path.is_file() and run_store.read_training(run):
+        method.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        return method, run_store.read_training(run), False
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    trainer = Trainer(device, seed=seed, checkpoint=run_store.checkpoint_path(run), progress=progress)
+    trainer = Trainer(device, seed=run.seed, checkpoint=run_store.checkpoint_path(run), progress=progress)
     t0 = time.perf_counter()
-    report = method.fit(train, val, trainer=trainer)
-    train_wall = time.perf_counter() - t0
-    with atomic_path(run_store.model_path(run)) as tmp:
+    report = method.fit(plan.train, plan.val, trainer=trainer)
+    info = {"fit": report, "train_wall_s": round(time.perf_counter() - t0, 2), "n_train": len(plan.train),
+            "n_val": len(plan.val), "peak_mem_mb": round(peak_memory_mb(device), 1),
+            "provenance": provenance(device)}
+    with atomic_path(path) as tmp:
         torch.save(method.state_dict(), tmp)
-    scored_test = collect(method, test, progress=progress)
-    scored_val = collect(method, val, progress=progress) if len(val) else None
-    rows = spec_table.rows(scored_test, scored_val)
-    prov = provenance(device)
-    common = {
-        "table_id": spec_table.table_id, "method": method_name, "variant": variant, "dataset": spec_table.dataset,
-        "seed": seed, "dataset_fingerprint": store_data.fingerprint, "protocol": spec_table.protocol,
-        "git_sha": prov["git_sha"], "phbench_version": prov["phbench_version"], "torch": prov["torch"],
-        "device": prov["device"], "train_wall_s": round(train_wall, 2), "eval_wall_s": round(scored_test.wall_s, 2),
-        "peak_mem_mb": round(peak_memory_mb(device), 1), "config": json.dumps(config.to_dict(), sort_keys=True),
-    }
-    full = [{**common, **r} for r in rows]
-    info = {"provenance": prov, "fit": report, "profile": profile.name, "n_train": len(train), "n_val": len(val),
-            "n_test": len(test), "calibration": method.calibration,
-            "test_slices_per_s": len(test) / scored_test.wall_s if scored_test.wall_s else None}
-    run_store.write_result(run, full, info)
+    run_store.write_training(run, info)
     ckpt = run_store.checkpoint_path(run)
     if ckpt.exists():
         ckpt.unlink()  # the finished model is in model.pt; the resume checkpoint is no longer needed
-    return run, True
+    return method, info, True
+
+
+def run_one(spec_table, method_name: str, variant: str, seed: int, profile: Profile, store_data, run_store: RunStore,
+            device: torch.device, progress: bool = True) -> tuple[RunSpec, bool, bool]:
+    """Train (or reuse) and evaluate one (method, variant, seed); returns (run spec, evaluated now, trained now)."""
+    from protocols.suites import get_protocol
+
+    plan = plan_run(spec_table, method_name, variant, seed, profile, store_data)
+    run = plan.spec
+    if run_store.is_finished(run):
+        return run, False, False
+    method, training, trained = train_or_load(plan, run_store, device, progress)
+    options = {**spec_table.options, "cache_dir": Path(store_data.path) / "synthetic"}
+    evaluation = get_protocol(spec_table.protocol).run(method, plan.test, plan.val, spec_table.metrics, options,
+                                                       progress=progress)
+    prov = provenance(device)
+    common = {
+        "table_id": spec_table.table_id, "method": method_name, "variant": variant, "dataset": spec_table.dataset,
+        "seed": seed, "dataset_fingerprint": store_data.fingerprint, "protocol": run.protocol,
+        "git_sha": prov["git_sha"], "phbench_version": prov["phbench_version"], "torch": prov["torch"],
+        "device": prov["device"], "train_wall_s": training.get("train_wall_s"),
+        "eval_wall_s": round(evaluation.eval_wall_s, 2), "peak_mem_mb": training.get("peak_mem_mb"),
+        "config": json.dumps(plan.config.to_dict(), sort_keys=True),
+    }
+    full = [{**common, **r} for r in evaluation.rows]
+    info = {"provenance": prov, "training": training, "profile": profile.name, "n_test": evaluation.n_test,
+            "calibration": method.calibration, "protocol": evaluation.info,
+            "test_slices_per_s": evaluation.n_test / evaluation.eval_wall_s if evaluation.eval_wall_s else None}
+    run_store.write_result(run, full, info, evaluation.subject_rows)
+    return run, True, trained
 
 
 def run_table(table_id: str, *, profile: str = "default", store: str | Path = "runs", out: str | Path = "out/tables",
@@ -131,7 +151,8 @@ def run_table(table_id: str, *, profile: str = "default", store: str | Path = "r
         for seed in seeds if seeds is not None else prof.seeds:
             label = f"{method_name}{'/' + variant if variant else ''} seed {seed}"
             try:
-                run, ran = run_one(spec_table, method_name, variant, seed, prof, data, run_store, dev, progress)
+                run, ran, trained = run_one(spec_table, method_name, variant, seed, prof, data, run_store, dev,
+                                            progress)
             except Exception as err:  # one failing run must not lose the others
                 log.debug("run failed", exc_info=True)
                 result.failures.append(f"{label}: {type(err).__name__}: {err}")
@@ -140,16 +161,52 @@ def run_table(table_id: str, *, profile: str = "default", store: str | Path = "r
                 continue
             keys.append(run.key)
             (result.ran if ran else result.skipped).append(label)
+            if trained:
+                result.trained.append(label)
     frames = [run_store.read_rows(k) for k in keys]
     result.rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if render and not result.rows.empty:
-        from protocols.render import render_table
-
-        notes = list(spec_table.footnotes) + _deviation_notes(chosen)
-        result.outputs = render_table(result.rows, table_id=table_id, title=f"{spec_table.title} [profile {profile}]",
-                                      out_dir=Path(out) / profile, footnotes=notes, paper=None,
-                                      expected_methods=[m for m, _ in chosen])
+        subjects = pd.concat([run_store.read_subjects(k) for k in keys], ignore_index=True)
+        result.outputs = render_from_rows(spec_table, result.rows, subjects, chosen, Path(out) / profile, profile)
     return result
+
+
+def render_from_rows(spec_table, rows: pd.DataFrame, subjects: pd.DataFrame, chosen, out_dir: Path,
+                     profile: str) -> dict[str, Path]:
+    """Markdown / LaTeX / CSV of a table's rows, with the paper's numbers beside ours where the paper
+    printed this table, the paired tests and every footnote (metric ids, deviations)."""
+    from protocols.render import load_paper, render_table
+    from protocols.tables import PAPER_TABLES_CSV
+
+    notes = list(spec_table.footnotes) + _deviation_notes(chosen)
+    paper = load_paper(PAPER_TABLES_CSV) if PAPER_TABLES_CSV.is_file() else None
+    return render_table(rows, table_id=spec_table.table_id, title=f"{spec_table.title} [profile {profile}]",
+                        out_dir=out_dir, footnotes=notes, paper=paper, expected_methods=[m for m, _ in chosen],
+                        subjects=subjects, reference_method=spec_table.reference_method)
+
+
+def collect_finished(table_id: str, *, profile: str = "default", store: str | Path = "runs",
+                     methods: list[str] | None = None, seeds: list[int] | None = None
+                     ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """The rows and per-subject values of a table's finished runs (no training, no scoring), and the
+    labels of the runs not finished yet -- for re-rendering and for ``phbench render``."""
+    spec_table = get_table(table_id)
+    prof = get_profile(profile)
+    run_store = RunStore(Path(store) / profile)
+    data = spec_table.store(profile)
+    rows, subjects, missing = [], [], []
+    for method_name, variant in spec_table.methods:
+        if methods and method_name not in methods:
+            continue
+        for seed in seeds if seeds is not None else prof.seeds:
+            run = plan_run(spec_table, method_name, variant, seed, prof, data).spec
+            if run_store.is_finished(run):
+                rows.append(run_store.read_rows(run))
+                subjects.append(run_store.read_subjects(run))
+            else:
+                missing.append(f"{method_name}{'/' + variant if variant else ''} seed {seed}")
+    cat = lambda fs: pd.concat(fs, ignore_index=True) if fs else pd.DataFrame()  # noqa: E731
+    return cat(rows), cat(subjects), missing
 
 
 def _deviation_notes(chosen: list[tuple[str, str]]) -> list[str]:

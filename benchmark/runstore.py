@@ -1,19 +1,23 @@
-"""The run store: one folder per run, keyed by what determines its result.
+"""The run store: trained models and evaluations, each in a folder keyed by what determines it.
 
-    <store>/<run_key>/checkpoint.pt   trainer checkpoint (resume after interruption)
-    <store>/<run_key>/model.pt        trained method state (weights_only loadable)
-    <store>/<run_key>/rows.csv        result rows (long format); its presence marks a finished run
-    <store>/<run_key>/run.json        provenance, config, fit report
+    <store>/models/<train_key>/checkpoint.pt   trainer checkpoint (resume after interruption)
+    <store>/models/<train_key>/model.pt        trained method state (weights_only loadable)
+    <store>/models/<train_key>/train.json      fit report, training wall time, provenance
+    <store>/<run_key>/rows.csv                 result rows (long format); its presence marks a finished run
+    <store>/<run_key>/subjects.csv             each test subject's own value per metric (paired tests)
+    <store>/<run_key>/run.json                 provenance, config, protocol info
 
-Every file is written atomically, runs never overwrite each other, and a rerun skips finished runs.
-``run_key = sha256(method, variant, config, dataset fingerprint, protocol, seed, code version)[:16]``.
+Why two keys: a model is trained once per (method, variant, config, data, seed, code) and every table
+and protocol on that data evaluates the same weights (``table1`` and its synthetic and localisation
+tables train nothing twice). ``train_key`` hashes those; ``run_key`` adds the table, protocol, its
+options and metric ids. Every file is written atomically, nothing is overwritten, finished runs are skipped.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,8 @@ import benchmark
 from benchmark.io import atomic_path, atomic_write_text
 
 ROW_COLUMNS = [
-    "table_id", "method", "variant", "dataset", "column_group", "metric", "metric_id", "value", "se", "scale",
+    "table_id", "method", "variant", "dataset", "column_group", "metric", "metric_id", "value", "se", "ci_low",
+    "ci_high", "scale",
     "seed", "n", "note", "run_key", "dataset_fingerprint", "protocol", "git_sha", "phbench_version", "torch",
     "device", "train_wall_s", "eval_wall_s", "peak_mem_mb", "config",
 ]
@@ -47,16 +52,23 @@ class RunSpec:
     protocol: str
     seed: int
     code_version: str = benchmark.__version__
+    table_id: str = ""
+    metrics: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def _hash(self, payload: dict[str, Any]) -> str:
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    @property
+    def train_key(self) -> str:
+        """What the trained weights depend on (no table, protocol or metric)."""
+        return self._hash({"method": self.method, "variant": self.variant, "config": self.config,
+                           "data": self.dataset_fingerprint, "seed": self.seed, "code": self.code_version})
 
     @property
     def key(self) -> str:
-        payload = json.dumps(
-            {"method": self.method, "variant": self.variant, "config": self.config,
-             "data": self.dataset_fingerprint, "protocol": self.protocol, "seed": self.seed,
-             "code": self.code_version},
-            sort_keys=True, default=str,
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return self._hash({"train": self.train_key, "protocol": self.protocol, "table": self.table_id,
+                           "metrics": list(self.metrics), "options": self.options})
 
 
 class RunStore:
@@ -70,23 +82,51 @@ class RunStore:
     def is_finished(self, spec: RunSpec) -> bool:
         return (self.run_dir(spec) / "rows.csv").exists()
 
+    def model_dir(self, spec: RunSpec) -> Path:
+        return self.root / "models" / spec.train_key
+
     def checkpoint_path(self, spec: RunSpec) -> Path:
-        return self.run_dir(spec) / "checkpoint.pt"
+        return self.model_dir(spec) / "checkpoint.pt"
 
     def model_path(self, spec: RunSpec) -> Path:
-        return self.run_dir(spec) / "model.pt"
+        return self.model_dir(spec) / "model.pt"
 
-    def write_result(self, spec: RunSpec, rows: list[dict[str, Any]], info: dict[str, Any]) -> Path:
-        """Write run.json then rows.csv (the finish marker), each atomically."""
+    def write_training(self, spec: RunSpec, info: dict[str, Any]) -> None:
+        """Training report beside the model (written after model.pt, so a report always has its model)."""
+        d = self.model_dir(spec)
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(d / "train.json", json.dumps({"spec": spec.__dict__, "train_key": spec.train_key, **info},
+                                                        indent=2, sort_keys=True, default=str))
+
+    def read_training(self, spec: RunSpec) -> dict[str, Any]:
+        p = self.model_dir(spec) / "train.json"
+        return json.loads(p.read_text()) if p.is_file() else {}
+
+    def write_result(self, spec: RunSpec, rows: list[dict[str, Any]], info: dict[str, Any],
+                     subject_rows: list[dict[str, Any]] | None = None) -> Path:
+        """Write run.json, subjects.csv, then rows.csv (the finish marker), each atomically."""
         d = self.run_dir(spec)
         d.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(d / "run.json", json.dumps({"spec": spec.__dict__, "key": spec.key, **info},
-                                                      indent=2, sort_keys=True, default=str))
+        atomic_write_text(d / "run.json", json.dumps({"spec": spec.__dict__, "key": spec.key,
+                                                      "train_key": spec.train_key, **info},
+                                                     indent=2, sort_keys=True, default=str))
+        subj = pd.DataFrame(subject_rows or [], columns=["subject", "metric_id", "column_group", "value"])
+        subj["run_key"] = spec.key
+        with atomic_path(d / "subjects.csv") as tmp:
+            subj.to_csv(tmp, index=False)
         frame = with_row_columns(pd.DataFrame(rows))
         frame["run_key"] = spec.key
         with atomic_path(d / "rows.csv") as tmp:
             frame.to_csv(tmp, index=False)
         return d / "rows.csv"
+
+    def read_subjects(self, spec_or_key: RunSpec | str) -> pd.DataFrame:
+        """Per-subject values of a finished run (empty for runs written before they were stored)."""
+        key = spec_or_key if isinstance(spec_or_key, str) else spec_or_key.key
+        p = self.root / key / "subjects.csv"
+        if not p.is_file():
+            return pd.DataFrame(columns=["subject", "metric_id", "column_group", "value", "run_key"])
+        return pd.read_csv(p, keep_default_na=False, na_values=[""], dtype={"subject": str, "column_group": str})
 
     def read_rows(self, spec_or_key: RunSpec | str) -> pd.DataFrame:
         key = spec_or_key if isinstance(spec_or_key, str) else spec_or_key.key

@@ -1,15 +1,18 @@
-"""Run a trained method over slice sets and turn its maps into metric rows.
+"""Run a trained method over slice sets and turn its maps into metric rows, by metric id.
 
-``collect`` scores every slice once (maps kept on the method's device while metrics run there too);
-``standard_rows`` computes the suite's core metrics of ``table1``: image AUROC/AP, pooled pixel
-AUROC/AP, Dice at a threshold calibrated on healthy validation, and the best (oracle) Dice.
+``collect`` scores every slice once (maps kept on the method's device while metrics run there too).
+``METRIC_BUILDERS`` maps each metric id a table may ask for (``protocols.metrics.METRICS`` says what it
+means) to its computation; ``metric_rows`` turns a table's ids into long rows with a bootstrap se and 95 %
+CI over test subjects, plus each subject's own value (for paired tests between methods).
 """
 
 from __future__ import annotations
 
+import math
 import time
+import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -70,82 +73,418 @@ def collect(method: Method, slices, *, batch_size: int = 32, progress: bool = Tr
                     cat["recon"], slices.manifest, time.perf_counter() - t0)
 
 
-# The metric ids this module writes (footnoted by the tables; vocabulary of specs/evaluation.md).
-STANDARD_METRICS = {
-    "auroc": ("auroc|image", "image AUROC of the method's own image score over all test slices"),
-    "ap": ("ap|image", "image AP (sklearn) of the method's own image score"),
-    "auroc_pixel": ("auroc_pixel|pooled", "pixel AUROC, all pixels of all test slices pooled, no brain mask"),
-    "ap_pixel": ("ap_pixel|pooled", "pixel AP (sklearn), all pixels of all test slices pooled"),
-    "dice": ("dice|fpr@5%_healthy_brain",
-             "pooled Dice at the threshold giving 5 % false-positive brain pixels on healthy validation"),
-    "dice_oracle": ("dice|oracle_test|max1000",
-                    "best pooled Dice over 1000 thresholds in [0, max] on the test set (oracle)"),
+# ----------------------------------------------------------------------------------------------------
+# metric ids → estimates
+# ----------------------------------------------------------------------------------------------------
+@dataclass
+class Estimate:
+    """One metric's value and how to recompute it on any multiset of test slices.
+
+    ``on(idx)`` (slice indices, repeats allowed) is what makes the statistics uniform: a bootstrap over
+    subjects, a subject's own value for a paired test and the CI all call it, with every threshold held at
+    the value chosen on the full set. ``on=None``: no cheap recomputation; se / CI / per-subject stay NaN.
+    """
+
+    value: float
+    on: Callable[[np.ndarray], float] | None = None
+    note: str = ""
+    scale: str = "fraction"
+
+
+def _nanmean_on(values: torch.Tensor | np.ndarray) -> Callable[[np.ndarray], float]:
+    v = np.asarray(values.cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
+
+    def on(idx: np.ndarray) -> float:
+        x = v[idx]
+        x = x[np.isfinite(x)]
+        return float(x.mean()) if x.size else math.nan
+    return on
+
+
+def _per_image(values: torch.Tensor | np.ndarray, note: str = "") -> Estimate:
+    """A mean over images of a per-image value (NaN images left out)."""
+    on = _nanmean_on(values)
+    return Estimate(on(np.arange(len(values))), on, note)
+
+
+def _quiet(fn: Callable[[], Any]) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return fn()
+
+
+class MetricContext:
+    """What the metric builders share for one scored test set: labels, thresholds and sorted counts are
+    computed once, lazily, and only for the ids a table asks for."""
+
+    def __init__(self, test: ScoreSet, healthy_val: ScoreSet | None, *, fpr: float = 0.05,
+                 clean: torch.Tensor | None = None, lpips_net: Callable | None = None):
+        self.test, self.val, self.fpr = test, healthy_val, fpr
+        self.clean = clean  # healthy originals of synthetic anomalies (reconstruction targets)
+        self.lpips_net = lpips_net
+        self._cache: dict[str, Any] = {}
+        self.subjects = test.manifest["subject"].astype(str).to_numpy() if len(test) else np.array([], str)
+        self.n = len(test)
+
+    def cached(self, key: str, make: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    @property
+    def gt(self) -> torch.Tensor:
+        return self.cached("gt", lambda: self.test.lesion > 0.5)
+
+    @property
+    def has_lesion(self) -> bool:
+        return self.cached("has_lesion", lambda: bool(self.gt.any()))
+
+    def calibrated(self, region: str) -> tuple[float, str]:
+        """Threshold at ``fpr`` false-positive pixels of the healthy validation maps (brain or whole image)."""
+        def make() -> tuple[float, str]:
+            if self.val is None or not len(self.val):
+                raise Undefined("no healthy validation slices to calibrate the threshold")
+            valid = self.val.brain > 0.5 if region == "brain" else None
+            t = M.threshold_at_fpr(self.val.maps, self.fpr, valid=valid)
+            return t, f"threshold {t:.4g} from {len(self.val)} healthy validation slices"
+        return self.cached(f"thr_{region}", make)
+
+    def counts_at(self, t: float) -> tuple[torch.Tensor, ...]:
+        """Per image: |P∩G|, |P|, |G| at ``map > t`` (float64, CPU)."""
+        def make():
+            pred = self.test.maps > t
+            gt = self.gt
+            return tuple(x.flatten(1).sum(1).double().cpu() for x in (pred & gt, pred, gt))
+        return self.cached(f"counts_{t!r}", make)
+
+    def binned(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cached("binned", lambda: tuple(x.cpu() for x in M.per_image_binned_counts(self.test.maps,
+                                                                                            self.test.lesion)))
+
+    def itermask2(self) -> dict[str, Any]:
+        """IterMask2's protocol: maps min-max over the set × brain, one θ maximising mean per-image Dice."""
+        def make():
+            mn = M.itermask2_normalise(self.test.maps, self.test.brain)
+            best, theta = M.itermask2_global_dice(self.test.maps, self.test.lesion, self.test.brain)
+            p_soft = (mn > theta).to(self.test.brain.dtype) * self.test.brain
+            d = _quiet(lambda: M.dice_per_image(p_soft > 0.5, self.gt)).cpu()
+            sens, prec = M.sensitivity_precision_per_image(p_soft, self.gt)
+            area = self.gt.flatten(1).sum(1).cpu().double()
+            return {"theta": theta, "dice": d, "sens": sens.cpu(), "prec": prec.cpu(), "area": area,
+                    "note": f"oracle θ {theta:.4g} (IterMask2 grid) chosen on the test set"}
+        return self.cached("itermask2", make)
+
+
+class Undefined(Exception):
+    """A metric that cannot be computed on this input: its row is NaN and the reason goes into ``note``."""
+
+
+def _image(ctx: MetricContext, which: str, scores: torch.Tensor | None = None) -> Estimate:
+    s = ctx.test.scores if scores is None else scores
+    y = ctx.test.labels
+    if y.min() == y.max():
+        raise Undefined("image-level metric needs normal and abnormal test slices")
+    return Estimate(M.image_auroc_ap(s, y)[which], lambda i: M.image_auroc_ap(s[i], y[i])[which])
+
+
+def _map_mean(ctx: MetricContext) -> torch.Tensor:
+    return ctx.cached("map_mean", lambda: ctx.test.maps.flatten(1).mean(1))
+
+
+def _need_lesion(ctx: MetricContext) -> None:
+    if not ctx.has_lesion:
+        raise Undefined("no lesion pixels in the test set")
+
+
+def _pooled(ctx: MetricContext, which: int) -> Estimate:
+    _need_lesion(ctx)
+    exact = ctx.cached("pooled", lambda: M.pooled_pixel_auroc_ap(ctx.test.maps, ctx.test.lesion))
+    pos, neg = ctx.binned()  # a resample sums rows of binned counts instead of re-sorting
+    return Estimate(exact[which], lambda i: M.auroc_ap_from_counts(pos[i].sum(0), neg[i].sum(0))[which])
+
+
+def _pooled_brain(ctx: MetricContext, which: int) -> Estimate:
+    _need_lesion(ctx)
+    b = ctx.test.brain > 0.5
+    exact = ctx.cached("pooled_brain", lambda: M.pooled_pixel_auroc_ap(ctx.test.maps, ctx.test.lesion, valid=b))
+    pos, neg = ctx.cached("binned_brain", lambda: tuple(x.cpu() for x in M.per_image_binned_counts(
+        ctx.test.maps, ctx.test.lesion, valid=b)))
+    return Estimate(exact[which], lambda i: M.auroc_ap_from_counts(pos[i].sum(0), neg[i].sum(0))[which])
+
+
+def _auprc_trapezoid(ctx: MetricContext) -> Estimate:
+    _need_lesion(ctx)
+    value = M.pooled_pixel_auprc_trapezoid(ctx.test.maps, ctx.test.lesion)
+    pos, neg = ctx.binned()
+    return Estimate(value, lambda i: _trapezoid_from_counts(pos[i].sum(0), neg[i].sum(0)),
+                    "trapezoid area under the PR curve (differs from sklearn AP)")
+
+
+def _trapezoid_from_counts(pos: torch.Tensor, neg: torch.Tensor) -> float:
+    """Trapezoid PR area from per-bin counts (bins as distinct scores; for the bootstrap, not for values)."""
+    big_p = float(pos.sum())
+    if big_p == 0:
+        return math.nan
+    tp = torch.cumsum(torch.flip(pos, [0]), 0)  # descending thresholds
+    fp = torch.cumsum(torch.flip(neg, [0]), 0)
+    keep = (tp + fp) > 0
+    recall = torch.cat([torch.zeros(1, dtype=tp.dtype), tp[keep] / big_p])
+    precision = torch.cat([torch.ones(1, dtype=tp.dtype), tp[keep] / (tp[keep] + fp[keep])])
+    return float(torch.trapezoid(precision, recall))
+
+
+def _slice_weights_on(per_slice_value: np.ndarray, weight: np.ndarray) -> Callable[[np.ndarray], float]:
+    """Mean over subjects from per-slice copies of a subject value weighted 1/n_slices (so a resample that
+    draws a subject twice counts it twice)."""
+    def on(idx: np.ndarray) -> float:
+        v, w = per_slice_value[idx], weight[idx]
+        ok = np.isfinite(v)
+        return float((v[ok] * w[ok]).sum() / w[ok].sum()) if ok.any() else math.nan
+    return on
+
+
+def _per_volume(ctx: MetricContext, which: str) -> Estimate:
+    _need_lesion(ctx)
+    r = ctx.cached("per_volume", lambda: _quiet(lambda: M.per_volume_pixel_auroc_ap(
+        ctx.test.maps, ctx.test.lesion, list(ctx.subjects))))
+    k = 0 if which == "auroc" else 1
+    per_slice = np.array([r["per_subject"].get(s, (math.nan, math.nan))[k] for s in ctx.subjects], np.float64)
+    _, inv, cnt = np.unique(ctx.subjects, return_inverse=True, return_counts=True)
+    on = _slice_weights_on(per_slice, 1.0 / cnt[inv])
+    note = f"{r['n']} subjects with lesion; {r['n_skipped']} without lesion left out"
+    return Estimate(float(r[which]), on, note)
+
+
+def _dice_calibrated(ctx: MetricContext, region: str, per_image: bool = False) -> Estimate:
+    _need_lesion(ctx)
+    t, note = ctx.calibrated(region)
+    inter, npred, ngt = ctx.counts_at(t)
+    if per_image:
+        d = torch.where(npred + ngt > 0, 2 * inter / (npred + ngt).clamp_min(1), torch.full_like(inter, math.nan))
+        return _per_image(d, note)
+    on = lambda i: float(2 * inter[i].sum() / (npred[i].sum() + ngt[i].sum()))  # noqa: E731
+    return Estimate(on(np.arange(ctx.n)), on, note)
+
+
+def _rate_calibrated(ctx: MetricContext, which: str) -> Estimate:
+    """Pooled sensitivity |P∩G|/|G| or precision |P∩G|/|P| at the calibrated healthy-brain threshold."""
+    _need_lesion(ctx)
+    t, note = ctx.calibrated("brain")
+    inter, npred, ngt = ctx.counts_at(t)
+    den = ngt if which == "sensitivity" else npred
+
+    def on(i: np.ndarray) -> float:
+        d = float(den[i].sum())
+        return float(inter[i].sum()) / d if d else math.nan
+    value = on(np.arange(ctx.n))
+    if not math.isfinite(value):
+        raise Undefined("nothing predicted at the calibrated threshold: precision undefined")
+    return Estimate(value, on, note)
+
+
+def _dice_oracle(ctx: MetricContext, grid: str) -> Estimate:
+    _need_lesion(ctx)
+    best, thr = M.best_dice(ctx.test.maps, ctx.test.lesion, grid=grid)
+    # per-image counts on a fixed grid; a resample takes its own best over that grid (its own oracle)
+    se_grid = "max1000" if grid == "pr_exact" else grid
+    tp, fp, ng = ctx.cached(f"grid_{se_grid}", lambda: tuple(x.cpu() for x in M.per_image_counts(
+        ctx.test.maps, ctx.gt, torch.ones_like(ctx.gt), M.threshold_grid(se_grid, float(ctx.test.maps.max())))))
+    on = lambda i: float((2 * tp[i].sum(0) / (tp[i].sum(0) + fp[i].sum(0) + ng[i].sum()).clamp_min(1)).max())  # noqa: E731
+    return Estimate(best, on, f"oracle threshold {thr:.4g} chosen on the test set")
+
+
+def _dice_oracle_image(ctx: MetricContext) -> Estimate:
+    _need_lesion(ctx)
+    d, _ = _quiet(lambda: M.best_dice_per_image(ctx.test.maps, ctx.test.lesion))
+    return _per_image(d, "each lesion slice at its own best threshold (oracle); slices without lesion left out")
+
+
+def _itermask2(ctx: MetricContext, key: str) -> Estimate:
+    _need_lesion(ctx)
+    r = ctx.itermask2()
+    if key in SIZE_BIN_KEYS:
+        lo, hi = M.SIZE_BINS[key]
+        sel = (r["area"] >= max(lo, 1)) & (r["area"] < hi)  # slices without lesion are in no size bin
+        if not bool(sel.any()):
+            raise Undefined(f"no test slice with a lesion area in [{lo}, {hi}) px")
+        d = torch.where(sel, r["dice"], torch.full_like(r["dice"], math.nan))
+        return _per_image(d, r["note"] + f"; {int(sel.sum())} slices in the bin")
+    if key == "precision":  # IterMask2 averages precision over every slice (0 when nothing predicted)
+        return _per_image(r["prec"], r["note"])
+    return _per_image(r["dice"] if key == "dice" else r["sens"], r["note"])
+
+
+SIZE_BIN_KEYS = tuple(M.SIZE_BINS)
+
+
+def _ssim(ctx: MetricContext, variant: str) -> Estimate:
+    rec = ctx.test.reconstructions
+    if rec is None:
+        raise Undefined("the method gives no reconstruction")
+    ref = ctx.test.images if ctx.clean is None else ctx.clean
+    rb = rec * ctx.test.brain
+    data_range = float(rb.max() - rb.min())
+    if not data_range > 0:
+        raise Undefined("constant reconstruction: SSIM data range is 0")
+    vals = []
+    for i in range(ctx.n):
+        r = _quiet(lambda: M.ssim_normal(rec[i:i + 1], ref[i:i + 1], ctx.test.brain[i:i + 1],
+                                         ctx.test.lesion[i:i + 1], data_range=data_range, variant=variant))
+        vals.append(r["ssim"])
+    return _per_image(torch.tensor(vals, dtype=torch.float64), f"data range {data_range:.4g} (max−min of R·B)")
+
+
+def _acc_f1(ctx: MetricContext, which: str) -> Estimate:
+    if ctx.val is None or not len(ctx.val):
+        raise Undefined("no healthy validation slices to calibrate the image threshold")
+    y = ctx.test.labels
+    if y.min() == y.max():
+        raise Undefined("image-level metric needs normal and abnormal test slices")
+    t = M.threshold_at_fpr(ctx.val.scores, ctx.fpr)
+    s = ctx.test.scores
+    return Estimate(M.image_acc_f1(s, y, t)[which], lambda i: M.image_acc_f1(s[i], y[i], t)[which],
+                    f"score ≥ {t:.4g} (≤ {ctx.fpr:.0%} of {len(ctx.val)} healthy validation scores above)")
+
+
+def _score_gap(ctx: MetricContext, key: str) -> Estimate:
+    s, y = ctx.test.scores, ctx.test.labels
+    if y.min() == y.max():
+        raise Undefined("needs normal and abnormal test slices")
+    return Estimate(M.mean_score_gap(s, y)[key], lambda i: M.mean_score_gap(s[i], y[i])[key],
+                    "the method's own image score, min-max by the normal test scores")
+
+
+def _reconstruction_error(ctx: MetricContext, kind: str, inside: bool) -> Estimate:
+    if ctx.clean is None:
+        raise Undefined("needs the healthy original of each slice (synthetic-anomaly protocol)")
+    rec = ctx.test.reconstructions
+    if rec is None:
+        raise Undefined("the method gives no reconstruction")
+    if kind == "lpips":
+        if ctx.lpips_net is None:
+            raise Undefined("LPIPS network unavailable (see methods/blocks/perceptual.py for the weights)")
+        v = _quiet(lambda: M.masked_lpips(ctx.lpips_net, rec, ctx.clean, ctx.test.lesion, inside=inside))
+    else:
+        v = _quiet(lambda: M.masked_mse(rec, ctx.clean, ctx.test.lesion, inside=inside, kind=kind))
+    return _per_image(v, "reconstruction vs the clean slice, " + ("inside" if inside else "outside")
+                      + " the synthetic mask; per-image mean, then mean over images")
+
+
+MetricBuilder = Callable[[MetricContext], Estimate]
+METRIC_BUILDERS: dict[str, MetricBuilder] = {
+    "auroc|image": lambda c: _image(c, "auroc"),
+    "ap|image": lambda c: _image(c, "ap"),
+    "auroc|image|map_mean": lambda c: _image(c, "auroc", _map_mean(c)),
+    "acc|image|fpr@5%_healthy_image": lambda c: _acc_f1(c, "acc"),
+    "f1|image|fpr@5%_healthy_image": lambda c: _acc_f1(c, "f1"),
+    "mean_score_normal|normal_minmax": lambda c: _score_gap(c, "mean_score_normal"),
+    "mean_score_abnormal|normal_minmax": lambda c: _score_gap(c, "mean_score_abnormal"),
+    "score_gap|normal_minmax": lambda c: _score_gap(c, "score_gap"),
+    "auroc_pixel|pooled": lambda c: _pooled(c, 0),
+    "ap_pixel|pooled": lambda c: _pooled(c, 1),
+    "auprc|pooled": lambda c: _pooled(c, 1),
+    "auprc|pooled|trapezoid": _auprc_trapezoid,
+    "auroc_pixel|pooled_brain": lambda c: _pooled_brain(c, 0),
+    "ap_pixel|pooled_brain": lambda c: _pooled_brain(c, 1),
+    "auroc_pixel|per_volume": lambda c: _per_volume(c, "auroc"),
+    "ap_pixel|per_volume": lambda c: _per_volume(c, "ap"),
+    "dice|fpr@5%_healthy_brain": lambda c: _dice_calibrated(c, "brain"),
+    "dice|fpr@5%_healthy_image": lambda c: _dice_calibrated(c, "image"),
+    "dice|per_image|fpr@5%_healthy_brain": lambda c: _dice_calibrated(c, "brain", per_image=True),
+    "sensitivity|pooled|fpr@5%_healthy_brain": lambda c: _rate_calibrated(c, "sensitivity"),
+    "precision|pooled|fpr@5%_healthy_brain": lambda c: _rate_calibrated(c, "precision"),
+    "dice|oracle_test|max1000": lambda c: _dice_oracle(c, "max1000"),
+    "dice|oracle_test|pr_exact": lambda c: _dice_oracle(c, "pr_exact"),
+    "dice|oracle_test|unit101": lambda c: _dice_oracle(c, "unit101"),
+    "dice|per_image|oracle_image": _dice_oracle_image,
+    "dice|per_image|oracle_test|itermask2": lambda c: _itermask2(c, "dice"),
+    "sensitivity|per_image|oracle_test|itermask2": lambda c: _itermask2(c, "sensitivity"),
+    "precision|per_image|oracle_test|itermask2": lambda c: _itermask2(c, "precision"),
+    "dice_small|per_image|oracle_test|itermask2": lambda c: _itermask2(c, "small"),
+    "dice_medium|per_image|oracle_test|itermask2": lambda c: _itermask2(c, "medium"),
+    "dice_large|per_image|oracle_test|itermask2": lambda c: _itermask2(c, "large"),
+    "ssim|normal_brain": lambda c: _ssim(c, "normal_brain"),
+    "ssim|itermask2_code": lambda c: _ssim(c, "itermask2"),
+    "mse|inside_mask": lambda c: _reconstruction_error(c, "mse", True),
+    "mse|outside_mask": lambda c: _reconstruction_error(c, "mse", False),
+    "mse|inside_mask|l1_ra_code": lambda c: _reconstruction_error(c, "l1", True),
+    "lpips|inside_mask": lambda c: _reconstruction_error(c, "lpips", True),
+    "lpips|outside_mask": lambda c: _reconstruction_error(c, "lpips", False),
 }
+"""Every metric id a table may list for the slice-scoring protocols (the registry ``protocols.metrics.METRICS``
+says what each means). An id not here raises at table definition time, never silently later."""
+
+CORE_METRIC_IDS = ("auroc|image", "ap|image", "auroc_pixel|pooled", "ap_pixel|pooled", "dice|fpr@5%_healthy_brain",
+                   "dice|oracle_test|max1000")
 
 
-def _se(replicates: np.ndarray) -> np.ndarray:
-    """Bootstrap standard error per column; NaN where fewer than 20 replicates are finite."""
-    ok = np.isfinite(replicates)
-    out = np.full(replicates.shape[1], np.nan)
-    for j in range(replicates.shape[1]):
-        if ok[:, j].sum() >= 20:
-            out[j] = replicates[ok[:, j], j].std(ddof=0)
+def _bootstrap_summary(replicates: np.ndarray) -> tuple[float, float, float]:
+    """(se, 2.5 %, 97.5 %) of finite replicates; NaN where fewer than 20 are finite."""
+    r = replicates[np.isfinite(replicates)]
+    if r.size < 20:
+        return math.nan, math.nan, math.nan
+    lo, hi = np.quantile(r, [0.025, 0.975])
+    return float(r.std(ddof=0)), float(lo), float(hi)
+
+
+@dataclass
+class MetricOutput:
+    """Long rows (one per metric id) and per-subject values (one per subject and metric id)."""
+
+    rows: list[dict[str, Any]]
+    subject_rows: list[dict[str, Any]]
+
+
+def estimate_rows(subjects: np.ndarray, estimates: Sequence[tuple[str, str, Estimate]], *, n: int,
+                  n_boot: int = 200, seed: int = 2109) -> MetricOutput:
+    """Rows for ready ``(metric_id, column_group, Estimate)`` triples over test slices of ``subjects``.
+
+    The bootstrap resamples subjects (all slices of a subject together, ``n_boot`` rounds, thresholds held
+    fixed): ``se`` is how far the number could move on another draw of test subjects, and ``phbench check``
+    widens its tolerance to 2 se. ``ci_low``/``ci_high`` are its 2.5/97.5 % percentiles. Each subject's own
+    value (``on`` of its slices) goes into ``subject_rows`` for paired tests between methods.
+    """
+    out = MetricOutput([], [])
+    groups = {s: np.flatnonzero(subjects == s) for s in dict.fromkeys(subjects)}
+    for mid, group, est in estimates:
+        se = lo = hi = math.nan
+        if est.on is not None and math.isfinite(est.value):
+            if n_boot > 0:
+                se, lo, hi = _bootstrap_summary(
+                    bootstrap_replicates(lambda i: est.on(i), subjects, n_boot=n_boot, seed=seed)[:, 0])
+            for s, idx in groups.items():
+                out.subject_rows.append({"subject": s, "metric_id": mid, "column_group": group,
+                                         "value": float(_quiet(lambda: est.on(idx)))})
+        out.rows.append({"metric": M.metric_spec(mid).csv_metric, "metric_id": mid, "value": float(est.value),
+                         "se": se, "ci_low": lo, "ci_high": hi, "n": n, "note": est.note, "column_group": group,
+                         "scale": est.scale})
     return out
 
 
-def standard_rows(test: ScoreSet, healthy_val: ScoreSet | None, *, fpr: float = 0.05,
-                  n_boot: int = 200) -> list[dict[str, Any]]:
-    """The core metrics as long-format rows (metric, metric_id, value, se, n, note).
+def build_estimate(ctx: MetricContext, metric_id: str) -> Estimate:
+    """The estimate of one registered id; an undefined metric is NaN with its reason, never a made-up value."""
+    try:
+        return METRIC_BUILDERS[metric_id](ctx)
+    except Undefined as why:
+        return Estimate(math.nan, None, str(why))
 
-    ``se`` is the bootstrap standard error of the value over test *subjects* (``n_boot`` resamples, all
-    slices of a subject together; thresholds fixed): how far the number could move on another draw of
-    test subjects. ``phbench check`` widens its tolerance to 2 se, since smaller moves are not evidence of
-    a code change. ``n_boot=0`` skips it (se NaN).
-    """
-    rows: list[dict[str, Any]] = []
-    subjects = test.manifest["subject"].astype(str).to_numpy()
-    dev = test.maps.device
 
-    def reps(metric) -> np.ndarray:
-        if n_boot <= 0:
-            return np.full((1, 2), np.nan)
-        return bootstrap_replicates(lambda i: metric(torch.as_tensor(i, device=dev)), subjects, n_boot=n_boot)
+def check_metric_ids(metric_ids: Sequence[str], known: Sequence[str] | None = None) -> None:
+    known = METRIC_BUILDERS if known is None else known
+    unknown = [m for m in metric_ids if m not in known]
+    if unknown:
+        raise KeyError(f"no computation for metric id(s) {unknown}; known: {sorted(known)}")
 
-    def add(metric: str, value: float, se: float = float("nan"), note: str = "", column_group: str = "") -> None:
-        # both Dice rows share the canonical metric "dice"; the metric_id tells calibrated from oracle
-        rows.append({"metric": "dice" if metric.startswith("dice") else metric,
-                     "metric_id": STANDARD_METRICS[metric][0], "value": float(value), "se": float(se),
-                     "n": len(test), "note": note, "column_group": column_group, "scale": "fraction"})
 
-    image = M.image_auroc_ap(test.scores, test.labels)
-    se = _se(reps(lambda i: [(r := M.image_auroc_ap(test.scores[i], test.labels[i]))["auroc"], r["ap"]]))
-    add("auroc", image["auroc"], se[0])
-    add("ap", image["ap"], se[1])
-    has_lesion = test.lesion.flatten(1).amax(dim=1) > 0
-    if not bool(has_lesion.any()):
-        for m in ("auroc_pixel", "ap_pixel", "dice", "dice_oracle"):
-            add(m, float("nan"), note="no lesion pixels in the test set")
-        return rows
-    auroc_px, ap_px = M.pooled_pixel_auroc_ap(test.maps, test.lesion)
-    pos, neg = M.per_image_binned_counts(test.maps, test.lesion)  # a resample sums rows instead of re-sorting
-    se = _se(reps(lambda i: M.auroc_ap_from_counts(pos[i].sum(0), neg[i].sum(0))))
-    add("auroc_pixel", auroc_px, se[0])
-    add("ap_pixel", ap_px, se[1])
-    gt = test.lesion > 0.5
-    if healthy_val is not None and len(healthy_val):
-        t = M.threshold_at_fpr(healthy_val.maps, fpr, valid=healthy_val.brain > 0.5)
-        pred = test.maps > t
-        inter, npred, ngt = ((pred & gt).flatten(1).sum(1).double(), pred.flatten(1).sum(1).double(),
-                             gt.flatten(1).sum(1).double())
-        se = _se(reps(lambda i: float(2 * inter[i].sum() / (npred[i].sum() + ngt[i].sum()))))
-        add("dice", M.dice(pred, test.lesion), se[0],
-            note=f"threshold {t:.4g} from {len(healthy_val)} healthy validation slices")
-    else:
-        add("dice", float("nan"), note="no healthy validation slices to calibrate the threshold")
-    best, thr = M.best_dice(test.maps, test.lesion, grid="max1000")
-    # per-image counts on the test set's grid once; a resample only sums rows (its own max would move the grid)
-    tp, fp, ng = M.per_image_counts(test.maps, gt, torch.ones_like(gt), M.threshold_grid("max1000", float(
-        test.maps.max())))
-    se = _se(reps(lambda i: float((2 * tp[i].sum(0) / (tp[i].sum(0) + fp[i].sum(0) + ng[i].sum())).max())))
-    add("dice_oracle", best, se[0], note=f"oracle threshold {thr:.4g} chosen on the test set")
-    return rows
+def metric_rows(ctx: MetricContext, metric_ids: Sequence[str], *, n_boot: int = 200, column_group: str = "",
+                seed: int = 2109) -> MetricOutput:
+    """Compute ``metric_ids`` on ``ctx`` (see :func:`estimate_rows` for se, CI and per-subject values)."""
+    check_metric_ids(metric_ids)
+    est = [(mid, column_group, build_estimate(ctx, mid)) for mid in metric_ids]
+    return estimate_rows(ctx.subjects, est, n=ctx.n, n_boot=n_boot, seed=seed)
+
+
+def standard_rows(test: ScoreSet, healthy_val: ScoreSet | None, *, fpr: float = 0.05, n_boot: int = 200,
+                  metric_ids: Sequence[str] = CORE_METRIC_IDS) -> list[dict[str, Any]]:
+    """The rows of ``metric_ids`` (default: the core six of ``table1``) for one scored test set."""
+    return metric_rows(MetricContext(test, healthy_val, fpr=fpr), metric_ids, n_boot=n_boot).rows

@@ -15,7 +15,8 @@ Conventions (all functions):
   border, RA's code binarises the same way).
 - Shape mismatch raises ValueError. An empty selection (no pixel at all) raises ValueError.
 - A metric that is undefined on well-formed input (only one class present, both masks empty) returns
-  ``float('nan')`` and emits ``warnings.warn`` with the reason -- never a quiet 0.5 / 0 / 1.
+  ``float('nan')`` and emits ``warnings.warn`` with the reason -- never a quiet 0.5 / 0 / 1. AUROC of
+  constant scores is exactly 0.5 and returned as such, but with a warning (no ranking information).
 - Binarisation is always ``pred = map > t``.
 
 Speed: pooled pixel AUROC and AP share one sort of the positive and one of the negative scores (values
@@ -35,14 +36,15 @@ import torch
 
 __all__ = [
     "MetricSpec", "METRICS", "metric_spec",
-    "auroc", "average_precision", "image_auroc_ap", "pooled_pixel_auroc_ap", "per_volume_pixel_auroc_ap",
+    "auroc", "average_precision", "image_auroc_ap", "pooled_pixel_auroc_ap", "pooled_pixel_auprc_trapezoid",
+    "per_volume_pixel_auroc_ap",
     "per_image_binned_counts", "auroc_ap_from_counts",
     "per_image_pixel_ap",
     "dice", "dice_per_image", "per_image_counts", "best_dice", "best_dice_per_image", "threshold_at_fpr",
     "threshold_grid",
     "itermask2_normalise", "itermask2_global_dice", "itermask2_scores", "mean_dice_at",
     "sensitivity_precision_per_image", "size_stratified_dice", "SIZE_BINS", "ssim_normal",
-    "image_acc_f1", "mean_score_gap", "masked_mse", "masked_lpips",
+    "image_acc_f1", "pixel_acc_f1", "mean_score_gap", "masked_mse", "masked_lpips",
 ]
 
 
@@ -217,9 +219,16 @@ def _rank_numpy(s: np.ndarray, y: np.ndarray) -> _Ranked:
 
 
 def _auroc_from(r: _Ranked) -> float:
-    """Mann-Whitney U with average ranks == trapezoid ROC area on distinct thresholds (sklearn)."""
+    """Mann-Whitney U with average ranks == trapezoid ROC area on distinct thresholds (sklearn).
+
+    Constant scores give exactly 0.5, which a table would read as chance-level ranking; the issue forbids a
+    silent 0.5, so that case warns (a constant map usually means a collapsed model or a broken pipeline).
+    """
     if r.P == 0 or r.N == 0:
         return _nan(f"AUROC needs both classes (positives={r.P}, negatives={r.N})", 4)
+    if r.u.numel() == 1 and int(r.neg_lt[0]) == 0 and int(r.neg_le[0]) == r.N:  # one value shared by all
+        warnings.warn(f"AUROC of constant scores (all {r.P + r.N} equal to {float(r.u[0])!r}): 0.5 carries no "
+                      "ranking information", RuntimeWarning, stacklevel=3)
     twice_u = int(((r.neg_lt + r.neg_le) * r.c).sum().item())  # 2 * (#neg below + 0.5 #neg tied), exact int
     return twice_u / (2.0 * r.P * r.N)
 
@@ -231,6 +240,26 @@ def _ap_from(r: _Ranked) -> float:
     neg_ge = (r.N - r.neg_lt).to(torch.float64)
     pos_ge = r.pos_ge.to(torch.float64)
     return float((r.c.to(torch.float64) * pos_ge / (pos_ge + neg_ge)).sum().item() / r.P)
+
+
+def _auprc_trapezoid_from(r: _Ranked) -> float:
+    """Trapezoid area under sklearn's PR curve, ``auc(recall, precision)`` of ``precision_recall_curve``.
+
+    The curve has one point per distinct score (plus recall 0, precision 1 at the top). Recall only moves
+    at distinct positive values u, by c/P; the segment ending at u starts at the point of the next higher
+    distinct score, whose counts are those of scores > u (the top end point when nothing is above u).
+    Segments between negative-only scores have zero width, so summing over u is exact.
+    """
+    if r.P == 0:
+        return _nan("AUPRC needs at least one positive", 4)
+    f = torch.float64
+    c = r.c.to(f)
+    tp_ge, fp_ge = r.pos_ge.to(f), (r.N - r.neg_lt).to(f)
+    tp_gt, fp_gt = tp_ge - c, (r.N - r.neg_le).to(f)
+    prec_ge = tp_ge / (tp_ge + fp_ge)
+    den_gt = tp_gt + fp_gt
+    prec_gt = torch.where(den_gt > 0, tp_gt / den_gt.clamp_min(1), torch.ones_like(den_gt))
+    return float((c * (prec_ge + prec_gt)).sum().item() / (2.0 * r.P))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -267,7 +296,20 @@ def pooled_pixel_auroc_ap(maps: Any, masks: Any, valid: Any = None) -> tuple[flo
     return _auroc_from(r), _ap_from(r)
 
 
-def per_image_binned_counts(maps: Any, masks: Any, bins: int = 4096, seed: int = 0
+def pooled_pixel_auprc_trapezoid(maps: Any, masks: Any, valid: Any = None) -> float:
+    """Pooled pixel area under the PR curve by the trapezoid rule (``auprc|pooled|trapezoid``), equal to
+    ``sklearn.metrics.auc(recall, precision)`` on ``precision_recall_curve``.
+
+    Why a separate id: some evaluation code integrates the PR curve this way, and linearly interpolated
+    precision differs from sklearn's step-wise ``average_precision_score`` (``auprc|pooled``), higher or
+    lower depending on the curve's shape, so the two must never share a column. Same pixels and ``valid``
+    rule as :func:`pooled_pixel_auroc_ap`. NaN + warning without lesion pixels (like AP); 1.0 without normal
+    pixels (precision is 1 everywhere, as in sklearn).
+    """
+    return _auprc_trapezoid_from(_rank(*_pair(maps, masks, valid, sname="maps", lname="masks")))
+
+
+def per_image_binned_counts(maps: Any, masks: Any, bins: int = 4096, seed: int = 0, valid: Any = None
                             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image, lesion and normal pixel counts in ``bins`` quantile bins of the pooled map values
     ([N, ≤bins] float64 each; edges from a seeded sample of ≤ 2²⁰ pixels).
@@ -282,7 +324,8 @@ def per_image_binned_counts(maps: Any, masks: Any, bins: int = 4096, seed: int =
         raise ValueError(f"maps shape {tuple(m.shape)} != masks shape {tuple(g.shape)}")
     n = m.shape[0]
     flat = m.reshape(n, -1).to(torch.float64)
-    values = flat.reshape(-1)
+    keep = None if valid is None else _valid(valid, m).reshape(n, -1)  # e.g. brain pixels only
+    values = flat.reshape(-1) if keep is None else flat[keep]
     if values.numel() > 2 ** 20:
         pick = torch.randperm(values.numel(), generator=torch.Generator().manual_seed(seed))[: 2 ** 20]
         values = values[pick.to(values.device)]
@@ -291,8 +334,11 @@ def per_image_binned_counts(maps: Any, masks: Any, bins: int = 4096, seed: int =
     nb = edges.numel() + 1
     idx = torch.bucketize(flat, edges) + torch.arange(n, device=flat.device)[:, None] * nb
     lesion = g.reshape(n, -1)
+    normal = ~lesion
+    if keep is not None:
+        lesion, normal = lesion & keep, normal & keep
     pos = torch.bincount(idx[lesion], minlength=n * nb).reshape(n, nb).to(torch.float64)
-    neg = torch.bincount(idx[~lesion], minlength=n * nb).reshape(n, nb).to(torch.float64)
+    neg = torch.bincount(idx[normal], minlength=n * nb).reshape(n, nb).to(torch.float64)
     return pos, neg
 
 
@@ -724,24 +770,30 @@ def pixel_acc_f1(maps: Any, masks: Any, threshold: float = 0.5, valid: Any = Non
 
 def mean_score_gap(scores: Any, labels: Any, *, norm: str = "normal_minmax") -> dict[str, float]:
     """ProxyAno Table II: mean score of normal and abnormal test images and their gap (abnormal − normal).
-    ``norm="normal_minmax"`` (default) scales by min/max of the *normal* test scores; ``"raw"`` none. The
-    scale-free ratio abnormal/normal of the raw scores is always returned."""
+
+    ``norm="normal_minmax"`` (default) maps the *normal* test scores' min to 0 and max to 1 (abnormal scores
+    may leave [0, 1]); ``"raw"`` no scaling. The scale-free ratio abnormal/normal of the raw means is always
+    returned. Undefined cases give NaN + warning (module rule): only one class present (everything NaN);
+    all normal scores equal under ``normal_minmax`` (no scale: the three scaled values NaN, ratio kept); a
+    raw normal mean of 0 (ratio NaN).
+    """
+    if norm not in ("normal_minmax", "raw"):
+        raise ValueError(f"norm must be 'normal_minmax' or 'raw', got {norm!r}")
     s, y = _pair(scores, labels)
     s = s.to(torch.float64)
     if not bool(y.any()) or bool(y.all()):
         nan = _nan("mean score gap needs normal and abnormal images", 3)
         return {"mean_score_normal": nan, "mean_score_abnormal": nan, "score_gap": nan, "ratio": nan}
     raw_n, raw_a = float(s[~y].mean()), float(s[y].mean())
+    ratio = raw_a / raw_n if raw_n != 0 else _nan("score ratio with a mean normal score of 0", 3)
     if norm == "normal_minmax":
         lo, hi = s[~y].min(), s[~y].max()
         if float(hi - lo) == 0:
-            raise ValueError("normal_minmax: all normal scores are equal")
+            nan = _nan("normal_minmax scaling with all normal scores equal", 3)
+            return {"mean_score_normal": nan, "mean_score_abnormal": nan, "score_gap": nan, "ratio": ratio}
         s = (s - lo) / (hi - lo)
-    elif norm != "raw":
-        raise ValueError(f"norm must be 'normal_minmax' or 'raw', got {norm!r}")
     mn, ma = float(s[~y].mean()), float(s[y].mean())
-    return {"mean_score_normal": mn, "mean_score_abnormal": ma, "score_gap": ma - mn,
-            "ratio": raw_a / raw_n if raw_n != 0 else float("nan")}
+    return {"mean_score_normal": mn, "mean_score_abnormal": ma, "score_gap": ma - mn, "ratio": ratio}
 
 
 def _region(mask: Any, like: torch.Tensor, inside: bool) -> torch.Tensor:
@@ -838,6 +890,9 @@ _SPECS = [
     _m("ap_pixel|pooled", "pixel AP, all pixels of all test images pooled, no brain mask", fn="pooled_pixel_auroc_ap"),
     _m("auprc|pooled", "pooled pixel AP (sklearn average_precision_score), as ap_pixel|pooled (RA, PHANES)",
        fn="pooled_pixel_auroc_ap"),
+    _m("auprc|pooled|trapezoid", "pooled pixel area under the PR curve by the trapezoid rule (sklearn "
+       "auc(recall, precision)); differs from sklearn average_precision_score (auprc|pooled, step-wise): "
+       "interpolated precision reads higher or lower; never mix the two", fn="pooled_pixel_auprc_trapezoid"),
     _m("auroc_pixel|pooled_brain", "pixel AUROC pooled over brain pixels (brain > 0.5) only", fn="pooled_pixel_auroc_ap"),
     _m("ap_pixel|pooled_brain", "pixel AP pooled over brain pixels only", fn="pooled_pixel_auroc_ap"),
     _m("auroc_pixel|per_volume", "pixel AUROC pooled per subject, mean over subjects with lesion",
@@ -863,6 +918,10 @@ _SPECS = [
     _m("dice|per_image|fpr@5%_healthy_brain", "mean per-image Dice at the calibrated healthy-brain threshold",
        fn="dice_per_image"),
     _m("dice|paper_fixed", "pooled Dice at the paper's / code's fixed threshold", fn="dice"),
+    _m("sensitivity|pooled|fpr@5%_healthy_brain", "pooled |P∩G|/|G| at the calibrated healthy-brain threshold",
+       fn="dice"),
+    _m("precision|pooled|fpr@5%_healthy_brain", "pooled |P∩G|/|P| at the calibrated healthy-brain threshold",
+       fn="dice"),
     _m("sensitivity|per_image|oracle_test|itermask2", "mean per-image TP/(TP+FN) at IterMask2's θ (pred != 0)",
        oracle=True, fn="itermask2_scores"),
     _m("precision|per_image|oracle_test|itermask2", "mean per-image TP/(TP+FP), 0 when nothing predicted",
@@ -908,6 +967,8 @@ _SPECS = [
        fn="protocols.boxes.localise"),
     _m("f1|per_box|paper_fixed|ra_code", "RA code box F1 at the hard-coded threshold 0.009",
        fn="protocols.boxes.localise"),
+    _m("detection_rate|per_box|fpr@5%_healthy_image", "fraction of boxes with > 10 % of pixels firing at the "
+       "≤ 5 % healthy-FPR threshold", fn="protocols.boxes.localise"),
     _m("fp_ratio|per_box|fpr@5%_healthy_image", "mean over boxes of healthy/in-box summed score", hib=False,
        fn="protocols.boxes.localise"),
 ]

@@ -47,6 +47,10 @@ class Cell:
     paper_scale: str = ""
     paper_text: str = ""  # as printed (keeps the paper's digits)
     rank: int = 0  # 1 best, 2 second, 0 unranked
+    ci_low: float = math.nan  # per-subject bootstrap 95 % CI (shown for single-seed cells)
+    ci_high: float = math.nan
+    note: str = ""
+    mark: str = ""  # "*": significantly better than every other ranked row (paired test over subjects)
 
     @property
     def empty(self) -> bool:
@@ -64,6 +68,7 @@ class Table:
     cells: dict[tuple[int, int], Cell]
     footnotes: list[str] = field(default_factory=list)
     with_paper: bool = False
+    tests: list[dict[str, Any]] = field(default_factory=list)  # every paired test behind a "*"
 
 
 def _s(x: Any) -> str:
@@ -112,8 +117,14 @@ def _table_rows(rows: pd.DataFrame | None, table_id: str) -> pd.DataFrame:
 
 
 def build_table(rows: pd.DataFrame, *, table_id: str, title: str = "", footnotes: Sequence[str] = (),
-                paper: pd.DataFrame | None = None, expected_methods: Sequence[str] = ()) -> Table:
-    """Aggregate rows over seeds, lay them out, rank each column and collect footnotes."""
+                paper: pd.DataFrame | None = None, expected_methods: Sequence[str] = (),
+                subjects: pd.DataFrame | None = None, reference_method: str = "") -> Table:
+    """Aggregate rows over seeds, lay them out, rank each column, mark significance and collect footnotes.
+
+    ``subjects`` (per-subject values, ``RunStore.read_subjects``) enables the paired test: in each column
+    the reference row (``reference_method``, else the best) gets ``*`` when a one-sided Wilcoxon
+    signed-rank test over the common test subjects says it beats every other ranked row at p < 0.05.
+    """
     df = _table_rows(rows, table_id)
     for c in _KEYS + ["scale"]:
         df[c] = as_text(df[c])
@@ -154,9 +165,13 @@ def build_table(rows: pd.DataFrame, *, table_id: str, title: str = "", footnotes
     cells: dict[tuple[int, int], Cell] = {}
     ri = {k: i for i, k in enumerate(row_keys)}
     ci = {k: j for j, k in enumerate(col_keys)}
+    ci_of = _single_seed_ci(df)
     for r in agg.itertuples():
+        key = (r.method, r.variant, r.dataset, r.column_group, r.metric, r.metric_id)
+        lo, hi = ci_of.get(key, (math.nan, math.nan))
         cells[(ri[(r.method, r.variant)], ci[(r.dataset, r.column_group, r.metric, r.metric_id)])] = Cell(
-            mean=_num(r.mean), std=_num(r.std), n_seeds=int(r.n_seeds), scale=getattr(r, "scale", "") or "")
+            mean=_num(r.mean), std=_num(r.std), n_seeds=int(r.n_seeds), scale=getattr(r, "scale", "") or "",
+            ci_low=lo, ci_high=hi, note=str(getattr(r, "note", "") or ""))
     if pap is not None:
         first_col: dict[tuple[str, str, str], int] = {}
         for j, (d, g, m, _) in enumerate(col_keys):
@@ -188,6 +203,8 @@ def build_table(rows: pd.DataFrame, *, table_id: str, title: str = "", footnotes
             elif len(vals) > 1 and v == vals[1]:
                 cells[(i, j)].rank = 2
 
+    tests = _paired_marks(cells, row_keys, col_keys, df, subjects, reference_method) if subjects is not None else []
+
     # column labels: only the parts that vary; metric ids become footnote letters
     varying = [len({k[p] for k in col_keys}) > 1 for p in range(3)]
     letters: dict[str, str] = {}
@@ -208,17 +225,98 @@ def build_table(rows: pd.DataFrame, *, table_id: str, title: str = "", footnotes
         notes.append(f"Values: mean ± std over seeds (population std, ddof = 0); seeds per cell: "
                      f"{', '.join(map(str, seeds))}. Bold = best, underlined (Markdown: italic) = second; "
                      f"rows {', '.join(UNRANKED_VARIANTS)} are not ranked.")
-    if pap is not None:
+    if any(c.n_seeds == 1 and math.isfinite(c.ci_low) for c in cells.values()):
+        notes.append("[lo, hi]: 95 % percentile bootstrap CI over test subjects (200 resamples, all slices of a "
+                     "subject together, thresholds held fixed); shown where a cell has one seed.")
+    if any(c.mark for c in cells.values()):
+        ref = f"`{reference_method}`" if reference_method else "the column's best"
+        notes.append(f"*: {ref} is better than every other ranked method at p < 0.05 (one-sided Wilcoxon "
+                     f"signed-rank test over the common test subjects, each subject's own value of the metric).")
+    if pap is not None and any(math.isfinite(c.paper) for c in cells.values()):
         notes.append("Paper: the printed number (same table, method, variant, dataset, column, metric), our "
                      "mean converted to the paper's scale; Δ = ours − paper.")
     missing = [row_labels[i] for i in range(len(row_keys))
                if not any((i, j) in cells and not cells[(i, j)].empty for j in range(len(col_keys)))]
+    why: dict[str, list[str]] = {}  # a NaN cell keeps the reason its run wrote
+    for (i, j), c in sorted(cells.items()):
+        if c.empty and c.n_seeds == 0 and c.note and not math.isfinite(c.paper):
+            why.setdefault(c.note, []).append(f"{row_labels[i]} / {labels[j]}")
+    for reason, where in why.items():
+        notes.append(f"{MISSING} ({'; '.join(where)}): {reason}.")
     if missing:
         notes.append("No results yet for: " + ", ".join(missing) + ".")
     for t in footnotes:
         if t and t not in notes:
             notes.append(str(t))
-    return Table(table_id, title, col_keys, labels, row_keys, row_labels, cells, notes, pap is not None)
+    return Table(table_id, title, col_keys, labels, row_keys, row_labels, cells, notes,
+                 pap is not None and len(pap) > 0, tests)
+
+
+def _single_seed_ci(df: pd.DataFrame) -> dict[tuple[str, ...], tuple[float, float]]:
+    out = {}
+    if not len(df):
+        return out
+    for key, g in df.groupby(_KEYS, sort=False):
+        if len(g) == 1:
+            out[tuple(key)] = (_num(g["ci_low"].iloc[0]), _num(g["ci_high"].iloc[0]))
+    return out
+
+
+def _paired_marks(cells: dict[tuple[int, int], Cell], row_keys: list[tuple[str, str]], col_keys: list[tuple],
+                  rows: pd.DataFrame, subjects: pd.DataFrame, reference_method: str) -> list[dict[str, Any]]:
+    """Per column: paired one-sided Wilcoxon tests of the reference row against every other ranked row on
+    the subjects both have (per-subject values averaged over seeds); ``*`` when all are significant."""
+    import warnings
+
+    from protocols.stats import paired_test
+
+    if subjects is None or not len(subjects) or not len(rows):
+        return []
+    who = rows[["run_key", "method", "variant", "dataset"]].drop_duplicates("run_key")
+    sv = subjects.merge(who, on="run_key", how="inner")
+    for c in ("column_group", "metric_id", "subject", "method", "variant", "dataset"):
+        sv[c] = as_text(sv[c])
+    sv["value"] = pd.to_numeric(sv["value"], errors="coerce")
+    per = sv.groupby(["method", "variant", "dataset", "column_group", "metric_id", "subject"])["value"].mean()
+    tests = []
+    for j, (d, g, _, mid) in enumerate(col_keys):
+        ranked = [i for i, (m, v) in enumerate(row_keys) if v not in UNRANKED_VARIANTS
+                  and (i, j) in cells and not cells[(i, j)].empty]
+        if len(ranked) < 2:
+            continue
+        if reference_method:
+            ref = next((i for i in ranked if row_keys[i][0] == reference_method), None)
+        else:
+            ref = next((i for i in ranked if cells[(i, j)].rank == 1), None)
+        if ref is None:
+            continue
+        hib = metric_spec(mid).higher_is_better
+
+        def values(i: int) -> pd.Series:
+            m, v = row_keys[i]
+            try:
+                return per.loc[(m, v, d, g, mid)]
+            except KeyError:
+                return pd.Series(dtype=float)
+        a = values(ref)
+        all_sig = True
+        for i in ranked:
+            if i == ref:
+                continue
+            b = values(i)
+            common = a.index.intersection(b.index)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                res = paired_test(a[common].to_numpy(), b[common].to_numpy(),
+                                  alternative="greater" if hib else "less") if len(common) else {
+                    "p": math.nan, "significant": False, "n": 0}
+            tests.append({"column": mid, "dataset": d, "column_group": g, "reference": row_keys[ref][0],
+                          "other": row_keys[i][0], "n_subjects": res.get("n", 0), "p": res["p"],
+                          "significant": bool(res["significant"])})
+            all_sig &= bool(res["significant"])
+        if all_sig:
+            cells[(ref, j)].mark = "*"
+    return tests
 
 
 def _letter(k: int) -> str:
@@ -238,6 +336,10 @@ def _cell_text(c: Cell | None, with_paper: bool, latex: bool = False) -> str:
     txt = _fmt(c.mean, d) if not (latex and c.empty) else "--"
     if not c.empty and math.isfinite(c.std) and c.n_seeds > 1:
         txt += f" {pm} {_fmt(c.std, d)}"
+    elif not c.empty and c.n_seeds == 1 and math.isfinite(c.ci_low) and math.isfinite(c.ci_high):
+        txt += f" [{_fmt(c.ci_low, d)}, {_fmt(c.ci_high, d)}]"
+    if c.mark and not c.empty:
+        txt += c.mark if not latex else rf"$^{{{c.mark}}}$"
     if latex and not c.empty:
         txt = txt.replace("−", "-")
         if c.rank == 1:
@@ -263,10 +365,11 @@ def _cell_text(c: Cell | None, with_paper: bool, latex: bool = False) -> str:
 
 
 def markdown_table(rows: pd.DataFrame, *, table_id: str, title: str = "", footnotes: Sequence[str] = (),
-                   paper: pd.DataFrame | None = None, expected_methods: Sequence[str] = ()) -> str:
+                   paper: pd.DataFrame | None = None, expected_methods: Sequence[str] = (),
+                   subjects: pd.DataFrame | None = None, reference_method: str = "") -> str:
     """The table as GitHub Markdown (tabulate) with its footnotes, for printing or the README."""
     t = build_table(rows, table_id=table_id, title=title, footnotes=footnotes, paper=paper,
-                    expected_methods=expected_methods)
+                    expected_methods=expected_methods, subjects=subjects, reference_method=reference_method)
     return _markdown(t)
 
 
@@ -325,21 +428,27 @@ def latex_table(t: Table) -> str:
 
 def render_table(rows: pd.DataFrame, *, table_id: str, title: str, out_dir: Path,
                  footnotes: Sequence[str] = (), paper: pd.DataFrame | None = None,
-                 expected_methods: Sequence[str] = ()) -> dict[str, Path]:
-    """Write ``<table_id>.csv`` (long rows with provenance), ``.md`` and ``.tex`` atomically; return paths.
+                 expected_methods: Sequence[str] = (), subjects: pd.DataFrame | None = None,
+                 reference_method: str = "") -> dict[str, Path]:
+    """Write ``<table_id>.csv`` (long rows with provenance), ``.md``, ``.tex`` and, with ``subjects``,
+    ``<table_id>.tests.csv`` (every paired test behind a ``*``) atomically; return the paths.
 
-    ``paper`` (e.g. ``pd.read_csv("results/paper_tables.csv", dtype=str, keep_default_na=False)``) adds the
-    printed number and Δ; its methods for this table count as expected, like ``expected_methods``.
+    ``paper`` (e.g. :func:`load_paper`) adds the printed number and Δ where the table id, method, variant,
+    dataset, column group and metric match; its methods for this table count as expected.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t = build_table(rows, table_id=table_id, title=title, footnotes=footnotes, paper=paper,
-                    expected_methods=expected_methods)
+                    expected_methods=expected_methods, subjects=subjects, reference_method=reference_method)
     long = _table_rows(rows, table_id)
     paths = {"csv": out_dir / f"{table_id}.csv", "md": out_dir / f"{table_id}.md", "tex": out_dir / f"{table_id}.tex"}
     atomic_write_text(paths["csv"], long.to_csv(index=False))
     atomic_write_text(paths["md"], _markdown(t))
     atomic_write_text(paths["tex"], latex_table(t))
+    if subjects is not None:
+        paths["tests"] = out_dir / f"{table_id}.tests.csv"
+        cols = ["column", "dataset", "column_group", "reference", "other", "n_subjects", "p", "significant"]
+        atomic_write_text(paths["tests"], pd.DataFrame(t.tests, columns=cols).to_csv(index=False))
     return paths
 
 

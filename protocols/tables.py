@@ -13,26 +13,41 @@ from typing import Any, Callable
 import pandas as pd
 
 from benchmark.registry import register_table
-from protocols.evaluate import ScoreSet, standard_rows
+from protocols.evaluate import CORE_METRIC_IDS
+from protocols.suites import get_protocol, validate
 
 PAPER_TABLES_CSV = Path(__file__).resolve().parent.parent / "results" / "paper_tables.csv"
 
 
 @dataclass(frozen=True)
 class TableSpec:
+    """One table: its data, methods, protocol and metric ids (each id is footnoted when rendered).
+
+    ``protocol`` names a :data:`protocols.suites.PROTOCOLS` entry and ``options`` its settings (synthetic
+    preset, FPR target, box variant); both are part of the run key. ``reference_method`` is the row the
+    paired test compares every other method against (default: each column's best).
+    """
+
     table_id: str
     title: str
     dataset: str
-    protocol: str  # protocol id recorded in the run key
+    protocol: str
     methods: tuple[tuple[str, str], ...]  # (method, variant)
     metrics: tuple[str, ...]
     # profile name -> SliceStore with train / val / test splits
     store: Callable[[str], Any]
-    # (test ScoreSet, healthy val ScoreSet) -> rows
-    rows: Callable[[ScoreSet, ScoreSet | None], list[dict[str, Any]]] = standard_rows
     footnotes: tuple[str, ...] = ()
     runnable: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+    reference_method: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate(get_protocol(self.protocol), self.metrics)
+
+    @property
+    def protocol_id(self) -> str:
+        return get_protocol(self.protocol).id
 
 
 def _phantom_store(profile: str):
@@ -45,9 +60,9 @@ TABLE1 = register_table(TableSpec(
     table_id="table1",
     title="Table 1 — MNI phantom (FLAIR, 128 px): tumour, stroke, MS-like lesions and atrophy",
     dataset="phantom-flair",
-    protocol="table1@v1",
+    protocol="standard",
     methods=(("ae", ""), ("ra", ""), ("itermask2", ""), ("intensity", "")),
-    metrics=("auroc", "ap", "auroc_pixel", "ap_pixel", "dice", "dice_oracle"),
+    metrics=CORE_METRIC_IDS,
     store=_phantom_store,
     footnotes=(
         "Data: MNI ICBM152 2009a phantom generated from the nilearn templates (train/val healthy; test: healthy, "
@@ -56,6 +71,63 @@ TABLE1 = register_table(TableSpec(
         "dice: pooled Dice at the threshold giving 5 % false-positive brain pixels on the healthy validation "
         "slices (fpr@5%_healthy_brain); dice_oracle: best of 1000 thresholds chosen on the test set (oracle).",
     ),
+))
+
+
+DETAIL_METRIC_IDS = (
+    "auroc_pixel|pooled_brain", "ap_pixel|pooled_brain", "auroc_pixel|per_volume", "ap_pixel|per_volume",
+    "dice|fpr@5%_healthy_image", "dice|per_image|fpr@5%_healthy_brain", "sensitivity|pooled|fpr@5%_healthy_brain",
+    "precision|pooled|fpr@5%_healthy_brain", "dice|oracle_test|pr_exact", "dice|per_image|oracle_image",
+    "dice|per_image|oracle_test|itermask2", "sensitivity|per_image|oracle_test|itermask2",
+    "precision|per_image|oracle_test|itermask2", "dice_small|per_image|oracle_test|itermask2",
+    "dice_medium|per_image|oracle_test|itermask2", "dice_large|per_image|oracle_test|itermask2",
+    "ssim|normal_brain", "acc|image|fpr@5%_healthy_image", "f1|image|fpr@5%_healthy_image",
+    "score_gap|normal_minmax",
+)
+
+TABLE1_DETAIL = register_table(TableSpec(
+    table_id="table1-detail",
+    title="Table 1 (detail) — every pixel- and image-level metric variant on the table1 runs",
+    dataset=TABLE1.dataset,
+    protocol="standard",
+    methods=TABLE1.methods,
+    metrics=DETAIL_METRIC_IDS,
+    store=_phantom_store,
+    footnotes=(TABLE1.footnotes[0], "Same trained models as table1 (nothing is retrained); the footnote of each "
+               "column names its pooling and threshold rule. Oracle columns pick their threshold on the test set."),
+))
+
+TABLE1_SYNTHETIC = register_table(TableSpec(
+    table_id="table1-synthetic",
+    title="Table 1 (synthetic) — RA's synthetic anomalies on the healthy phantom test slices",
+    dataset=TABLE1.dataset,
+    protocol="synthetic",
+    methods=TABLE1.methods,
+    metrics=("mse|inside_mask", "lpips|inside_mask", "lpips|outside_mask", "auprc|pooled",
+             "dice|oracle_test|max1000"),
+    store=_phantom_store,
+    options={"preset": "ra", "seed": 2109},
+    footnotes=("Data: the healthy slices of the table1 test subjects, corrupted once (seed 2109) by RA's paper "
+               "generators: 3 intensity ellipses (1-5th / 30-70th / 95-99th percentile), and one copy-paste "
+               "rectangle; the draws are cached beside the slice store with their record.",
+               "mse / lpips: the method's reconstruction against the clean slice, inside or outside the synthetic "
+               "mask; methods without a reconstruction (intensity) have none.",
+               "Same trained models as table1 (nothing is retrained)."),
+))
+
+TABLE1_LOCALISATION = register_table(TableSpec(
+    table_id="table1-localisation",
+    title="Table 1 (localisation) — RA box localisation and global detection on the phantom",
+    dataset=TABLE1.dataset,
+    protocol="localisation",
+    methods=TABLE1.methods,
+    metrics=("detected_boxes|fpr@5%_healthy_image", "detection_rate|per_box|fpr@5%_healthy_image",
+             "f1|per_box|fpr@5%_healthy_image", "fp_ratio|per_box|fpr@5%_healthy_image", "auroc|image|map_mean"),
+    store=_phantom_store,
+    options={"fpr": 0.05, "box_variant": "suite"},
+    footnotes=("Boxes: one per 8-connected lesion component of each test slice; healthy tissue = brain outside "
+               "every box of the slice. Global detection: normal test slices vs the slices of each pathology.",
+               "Same trained models as table1 (nothing is retrained)."),
 ))
 
 
@@ -75,8 +147,8 @@ LGG_DEV = register_table(TableSpec(
     table_id="lgg-dev",
     title="Development benchmark — TCGA-LGG FLAIR (kaggle_3m, 128 px), held-out patients",
     dataset="lgg-flair",
-    protocol="table1@v1",
-    methods=(("ae", ""), ("ra", ""), ("itermask2", ""), ("intensity", "")),
+    protocol="standard",
+    methods=TABLE1.methods,
     metrics=TABLE1.metrics,
     store=_lgg_store,
     footnotes=(

@@ -57,6 +57,37 @@ def test_all_one_class_nan_with_warning():
     assert math.isnan(a) and math.isnan(p)
 
 
+def test_constant_scores_auroc_half_with_warning():
+    """The exact AUROC of constant scores is 0.5, but the issue forbids a *silent* 0.5."""
+    y = np.array([0, 1, 0, 1, 1])
+    const = np.full(5, 0.3)
+    with pytest.warns(RuntimeWarning, match="constant"):
+        assert M.auroc(const, y) == 0.5 == roc_auc_score(y, const)
+    with pytest.warns(RuntimeWarning, match="constant"):
+        r = M.image_auroc_ap(const, y)
+    assert r["auroc"] == 0.5 and r["ap"] == pytest.approx(average_precision_score(y, const))
+    maps = torch.full((2, 1, 4, 4), 7.0)
+    masks = torch.zeros(2, 1, 4, 4); masks[0, 0, 0, :2] = 1
+    with pytest.warns(RuntimeWarning, match="constant"):
+        a, _ = M.pooled_pixel_auroc_ap(maps, masks)
+    assert a == 0.5
+    with pytest.warns(RuntimeWarning, match="constant"):  # torch (CUDA) ranking path warns the same
+        assert M._auroc_from(M._rank_torch(torch.tensor(const), torch.tensor(y, dtype=torch.bool))) == 0.5
+    varied = maps.clone(); varied[1, 0, 3, 3] = 9.0  # constant only inside the valid region
+    valid = torch.ones_like(maps); valid[1, 0, 3, 3] = 0
+    with pytest.warns(RuntimeWarning, match="constant"):
+        assert M.pooled_pixel_auroc_ap(varied, masks, valid=valid)[0] == 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not constant: no warning, even with heavy ties
+        assert M.pooled_pixel_auroc_ap(varied, masks)[0] == pytest.approx(
+            roc_auc_score(masks.numpy().ravel(), varied.numpy().ravel()))
+        assert M.auroc([0.3, 0.3, 0.3, 0.4], [0, 1, 0, 1]) == pytest.approx(0.75)
+        assert M.auroc([1.0, 1.0, 2.0, 2.0], [0, 0, 1, 1]) == 1.0  # each class constant, not all equal
+    with pytest.warns(RuntimeWarning) as rec:  # one class: the NaN warning, not the constant one
+        assert math.isnan(M.auroc(np.ones(3), np.ones(3)))
+    assert [("both classes" in str(w.message), "constant" in str(w.message)) for w in rec] == [(True, False)]
+
+
 @pytest.mark.parametrize("bad, err", [
     ((np.array([0.1, np.nan]), np.array([0, 1])), "NaN"),
     ((np.array([0.1, np.inf]), np.array([0, 1])), "NaN"),
@@ -216,6 +247,9 @@ def test_acc_f1_gap_mse_lpips():
 def test_registry():
     assert {"auroc_pixel|pooled", "dice|fpr@5%_healthy_brain", "dice|oracle_test|max1000"} <= set(M.METRICS)
     assert M.METRICS["dice|oracle_test|pr_exact"].oracle and not M.METRICS["lpips|inside_mask"].higher_is_better
+    for spec in M.METRICS.values():  # every registered function exists (module functions by bare name)
+        if "." not in spec.function:
+            assert callable(getattr(M, spec.function)), spec.id
     assert M.metric_spec("dice|oracle_test|new").oracle
 
 

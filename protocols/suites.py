@@ -1,0 +1,310 @@
+"""Evaluation protocols: what a table does with a trained method to get its rows.
+
+Why a protocol is separate from a table: the same trained model answers several questions (``table1``
+pixel metrics, synthetic anomalies on its healthy slices, box localisation), and a protocol is the one
+place that says which slices are scored, what counts as ground truth and which metric ids it can fill.
+Each protocol returns an :class:`Evaluation`: long rows, per-subject values for paired tests, and the
+scoring wall time. A table lists its protocol and metric ids (``protocols.tables``).
+
+- ``standard``: score test and healthy validation slices; any id of ``METRIC_BUILDERS``.
+- ``synthetic``: corrupt the healthy test slices (RA / PHANES generators, seeded, cached on disk with
+  their draw record), score them; metrics per generator kind (``column_group``): reconstruction error
+  and LPIPS inside / outside the anomaly, pooled AUPRC, oracle Dice (RA Table 1, PHANES Table 1).
+- ``localisation``: RA's box localisation at the ≤ 5 % healthy-FPR threshold (detected boxes, per-box F1,
+  FP ratio, per pathology) plus RA's global detection (AUROC of the map mean, normal vs each pathology,
+  and their average).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from benchmark.contract import Method, SliceBatch
+from benchmark.io import atomic_path, atomic_write_text
+from protocols import metrics as M
+from protocols.boxes import Box, localise
+from protocols.evaluate import (METRIC_BUILDERS, Estimate, MetricContext, ScoreSet, build_estimate,
+                                check_metric_ids, collect, estimate_rows)
+from protocols.synthetic import DEFAULT_SEED, PRESETS, make_synthetic
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Evaluation", "Protocol", "PROTOCOLS", "get_protocol", "TensorSlices"]
+
+
+@dataclass
+class Evaluation:
+    rows: list[dict[str, Any]]
+    subject_rows: list[dict[str, Any]]
+    eval_wall_s: float
+    n_test: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """``run(method, test, val, metric_ids, options)`` → Evaluation; ``metric_ids`` are what it can fill."""
+
+    name: str
+    version: int
+    run: Callable[..., Evaluation]
+    metric_ids: tuple[str, ...]
+    description: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}@v{self.version}"
+
+
+class TensorSlices:
+    """Slices held as tensors (e.g. synthetic corruptions) with the SliceSet interface ``collect`` needs."""
+
+    def __init__(self, image: torch.Tensor, brain: torch.Tensor, lesion: torch.Tensor, label: torch.Tensor,
+                 manifest: pd.DataFrame):
+        self.image, self.brain, self.lesion, self.label = image, brain, lesion, label
+        self.manifest = manifest.reset_index(drop=True)
+
+    def __len__(self) -> int:
+        return int(self.image.shape[0])
+
+    def batches(self, batch_size: int, *, device: torch.device | str = "cpu"):
+        for s in range(0, len(self), batch_size):
+            sl = slice(s, s + batch_size)
+            idx = torch.arange(s, min(s + batch_size, len(self)))
+            yield SliceBatch(self.image[sl], self.brain[sl], self.lesion[sl], self.label[sl], idx).to(device)
+
+
+def _score_val(method: Method, val, progress: bool) -> ScoreSet | None:
+    return collect(method, val, progress=progress) if val is not None and len(val) else None
+
+
+# ----------------------------------------------------------------------------------------------------
+# standard
+# ----------------------------------------------------------------------------------------------------
+def run_standard(method: Method, test, val, metric_ids: Sequence[str], options: dict[str, Any], *,
+                 progress: bool = True, n_boot: int = 200) -> Evaluation:
+    scored = collect(method, test, progress=progress)
+    ctx = MetricContext(scored, _score_val(method, val, progress), fpr=options.get("fpr", 0.05))
+    est = [(mid, "", build_estimate(ctx, mid)) for mid in metric_ids]
+    out = estimate_rows(ctx.subjects, est, n=ctx.n, n_boot=n_boot)
+    return Evaluation(out.rows, out.subject_rows, scored.wall_s, len(scored),
+                      {"test_slices_per_s": len(scored) / scored.wall_s if scored.wall_s else None})
+
+
+# ----------------------------------------------------------------------------------------------------
+# synthetic anomalies
+# ----------------------------------------------------------------------------------------------------
+SYNTHETIC_METRICS = ("mse|inside_mask", "mse|outside_mask", "mse|inside_mask|l1_ra_code", "lpips|inside_mask",
+                     "lpips|outside_mask", "auprc|pooled", "ap_pixel|pooled", "auroc_pixel|pooled",
+                     "dice|oracle_test|max1000", "dice|fpr@5%_healthy_brain")
+
+
+def synthetic_set(test, kind: str, preset: str, seed: int, cache_dir: Path | None) -> tuple[np.ndarray, ...]:
+    """Corrupted healthy test slices, generated once per (store, slices, kind, preset, seed) and cached
+    with their draw record, so every method is scored on the very same anomalies."""
+    healthy = test.subset(np.flatnonzero(test.manifest["label"].to_numpy() == 0))
+    images = np.ascontiguousarray(healthy.store.images[healthy.rows])
+    if images.shape[1] != 1:
+        raise ValueError(f"synthetic anomalies need single-channel slices, got {images.shape[1]} channels")
+    key = hashlib.sha256(json.dumps([healthy.fingerprint, healthy.rows.tolist(), kind, preset, seed]).encode()
+                         ).hexdigest()[:16]
+    path = None if cache_dir is None else Path(cache_dir) / f"synthetic-{kind}-{preset}-{key}.npz"
+    if path is not None and path.is_file():
+        with np.load(path) as z:
+            return healthy, z["images"], z["masks"]
+    corrupted, masks, record = make_synthetic(images, kind=kind, params=preset, seed=seed)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, images=corrupted, masks=masks)
+        atomic_write_text(path.with_suffix(".json"), json.dumps(record, default=str))
+    return healthy, corrupted, masks
+
+
+def _lpips_net(device: torch.device) -> tuple[Any, str]:
+    from methods.blocks.perceptual import LPIPSWeightsMissing, load_lpips
+
+    try:
+        return load_lpips("alex", device=device, spatial=True), ""
+    except LPIPSWeightsMissing as err:
+        return None, str(err).splitlines()[0]
+
+
+def run_synthetic(method: Method, test, val, metric_ids: Sequence[str], options: dict[str, Any], *,
+                  progress: bool = True, n_boot: int = 200) -> Evaluation:
+    preset = options.get("preset", "ra")
+    seed = int(options.get("seed", DEFAULT_SEED))
+    kinds = options.get("kinds") or PRESETS[preset]["kinds"]
+    healthy_val = _score_val(method, val, progress)
+    net, why = (None, "") if not any(m.startswith("lpips") for m in metric_ids) else _lpips_net(method.device)
+    rows, subject_rows, wall, n = [], [], 0.0, 0
+    for kind in kinds:
+        healthy, corrupted, masks = synthetic_set(test, kind, preset, seed, options.get("cache_dir"))
+        if not len(healthy):
+            raise ValueError("synthetic protocol: the test split has no healthy slices to corrupt")
+        clean, brain, _, _, _ = healthy.materialize(method.device)
+        dev = method.device
+        slices = TensorSlices(torch.from_numpy(corrupted).to(dev), brain, torch.from_numpy(masks).to(dev),
+                              torch.ones(len(healthy), dtype=torch.long, device=dev), healthy.manifest)
+        scored = collect(method, slices, progress=progress)
+        ctx = MetricContext(scored, healthy_val, clean=clean, lpips_net=net)
+        est = []
+        for mid in metric_ids:
+            e = build_estimate(ctx, mid)
+            if mid.startswith("lpips") and net is None:
+                e = Estimate(math.nan, None, f"LPIPS unavailable: {why}")
+            est.append((mid, kind, e))
+        out = estimate_rows(ctx.subjects, est, n=ctx.n, n_boot=n_boot)
+        rows += out.rows
+        subject_rows += out.subject_rows
+        wall += scored.wall_s
+        n += len(scored)
+    return Evaluation(rows, subject_rows, wall, n, {"synthetic": {"preset": preset, "seed": seed,
+                                                                  "kinds": list(kinds)}})
+
+
+# ----------------------------------------------------------------------------------------------------
+# box localisation + global detection (RA)
+# ----------------------------------------------------------------------------------------------------
+LOCALISATION_METRICS = ("detected_boxes|fpr@5%_healthy_image", "detection_rate|per_box|fpr@5%_healthy_image",
+                        "f1|per_box|fpr@5%_healthy_image", "fp_ratio|per_box|fpr@5%_healthy_image",
+                        "auroc|image|map_mean")
+
+
+def manifest_boxes(manifest: pd.DataFrame, shape: tuple[int, int]) -> tuple[list[Box], np.ndarray]:
+    """Boxes of the manifest (``[x0, y0, x1, y1]`` per box, exclusive ends) as :class:`Box` masks, and per
+    slice the union of its boxes (so 'healthy tissue' of a slice excludes every annotated box)."""
+    h, w = shape
+    boxes: list[Box] = []
+    union = np.zeros((len(manifest), 1, h, w), np.float32)
+    for i, (raw, path) in enumerate(zip(manifest["boxes"], manifest["pathology"])):
+        for k, (x0, y0, x1, y1) in enumerate(json.loads(raw) if isinstance(raw, str) and raw else []):
+            m = np.zeros((h, w), np.float32)
+            m[int(y0):int(y1), int(x0):int(x1)] = 1.0
+            union[i, 0] = np.maximum(union[i, 0], m)
+            boxes.append(Box(i, m, str(path), True, f"{manifest['subject'].iloc[i]}:{manifest['slice'].iloc[i]}:{k}"))
+    return boxes, union
+
+
+def _box_estimates(per_box: pd.DataFrame, n_slices: int, note: str) -> list[tuple[str, str, Estimate]]:
+    """Box aggregates, overall and per pathology; ``on(idx)`` weights each box by how often its slice is
+    drawn, so the bootstrap over subjects carries the boxes of each drawn slice."""
+    pb = per_box[per_box["counted"]]
+    img = pb["image_index"].to_numpy()
+    det, f1, fp = (pb[c].to_numpy(np.float64) for c in ("detected", "f1", "fp"))
+
+    def weighted(values: np.ndarray, sel: np.ndarray, kind: str) -> Callable[[np.ndarray], float]:
+        def on(idx: np.ndarray) -> float:
+            wt = np.bincount(idx, minlength=n_slices)[img] * sel
+            ok = wt > 0
+            if kind == "sum":
+                return float((values * wt).sum())
+            fin = ok & np.isfinite(values)
+            return float((values[fin] * wt[fin]).sum() / wt[fin].sum()) if fin.any() else math.nan
+        return on
+
+    out = []
+    groups = [("", np.ones(len(pb), bool))] + [(p, (pb["pathology"] == p).to_numpy()) for p in
+                                                 dict.fromkeys(pb["pathology"])]
+    for group, sel in groups:
+        all_idx = np.arange(n_slices)
+        det_on = weighted(det, sel, "sum")
+        e_det = Estimate(det_on(all_idx), det_on, f"{int(det[sel].sum())}/{int(sel.sum())} boxes; {note}", "raw")
+        rate_on = weighted(det, sel, "mean")
+        f1_on = weighted(f1, sel, "mean")
+        fp_on = weighted(fp, sel, "mean")
+        out += [("detected_boxes|fpr@5%_healthy_image", group, e_det),
+                ("detection_rate|per_box|fpr@5%_healthy_image", group, Estimate(rate_on(all_idx), rate_on, note)),
+                ("f1|per_box|fpr@5%_healthy_image", group, Estimate(f1_on(all_idx), f1_on, note)),
+                ("fp_ratio|per_box|fpr@5%_healthy_image", group,
+                 Estimate(fp_on(all_idx), fp_on, note + "; boxes with no firing pixel but healthy FP left out",
+                          "raw"))]
+    return out
+
+
+def _global_estimates(scored: ScoreSet) -> list[tuple[str, str, Estimate]]:
+    """RA's global detection: AUROC of the map mean, normal slices vs each pathology, and the average."""
+    s = scored.maps.flatten(1).mean(1)
+    y = scored.labels
+    path = scored.manifest["pathology"].astype(str).to_numpy()
+    normal = (y == 0).cpu().numpy()
+    groups = [p for p in dict.fromkeys(path[~normal])]
+    if not normal.any() or not groups:
+        return [("auroc|image|map_mean", "average", Estimate(math.nan, None, "needs normal and abnormal slices"))]
+    ons = {}
+    for g in groups:
+        keep = normal | (path == g)
+
+        def on(idx: np.ndarray, keep=keep) -> float:
+            i = idx[keep[idx]]
+            yi = y[i]
+            return M.image_auroc_ap(s[i], yi)["auroc"] if 0 < int(yi.sum()) < len(i) else math.nan
+        ons[g] = on
+    avg = lambda idx: float(np.nanmean([f(idx) for f in ons.values()]))  # noqa: E731
+    full = np.arange(len(s))
+    note = "score = mean of the anomaly map over the slice; normal test slices vs each group"
+    return [("auroc|image|map_mean", g, Estimate(f(full), f, note)) for g, f in ons.items()] + [
+        ("auroc|image|map_mean", "average", Estimate(avg(full), avg, f"mean over {len(ons)} groups"))]
+
+
+def run_localisation(method: Method, test, val, metric_ids: Sequence[str], options: dict[str, Any], *,
+                     progress: bool = True, n_boot: int = 200) -> Evaluation:
+    scored = collect(method, test, progress=progress)
+    healthy_val = _score_val(method, val, progress)
+    est: list[tuple[str, str, Estimate]] = []
+    box_ids = [m for m in metric_ids if m != "auroc|image|map_mean"]
+    if box_ids:
+        boxes, union = manifest_boxes(scored.manifest, tuple(scored.maps.shape[-2:]))
+        if healthy_val is None:
+            note, res = "no healthy validation slices to calibrate the threshold", None
+        elif not boxes:
+            note, res = "no annotated box in the test set", None
+        else:
+            fpr = options.get("fpr", 0.05)
+            t = M.threshold_at_fpr(healthy_val.maps, fpr)
+            healthy = (scored.brain.cpu() > 0.5).float() * (1 - torch.from_numpy(union))
+            res = localise(scored.maps, boxes, healthy, t, variant=options.get("box_variant", "suite"))
+            note = (f"threshold {t:.4g}: ≤ {fpr:.0%} of healthy validation pixels above; a box counts as detected "
+                    f"when > 10 % of its pixels fire")
+        if res is None:
+            est += [(m, "", Estimate(math.nan, None, note)) for m in box_ids]
+        else:
+            est += [e for e in _box_estimates(res["per_box"], len(scored), note) if e[0] in box_ids]
+    if "auroc|image|map_mean" in metric_ids:
+        est += _global_estimates(scored)
+    subjects = scored.manifest["subject"].astype(str).to_numpy()
+    out = estimate_rows(subjects, est, n=len(scored), n_boot=n_boot)
+    return Evaluation(out.rows, out.subject_rows, scored.wall_s, len(scored))
+
+
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
+    Protocol("standard", 2, run_standard, tuple(METRIC_BUILDERS),
+             "score the test and healthy validation slices; image- and pixel-level metrics by id"),
+    Protocol("synthetic", 1, run_synthetic, SYNTHETIC_METRICS,
+             "seeded synthetic anomalies on the healthy test slices (RA / PHANES Table 1)"),
+    Protocol("localisation", 1, run_localisation, LOCALISATION_METRICS,
+             "RA box localisation at the ≤ 5 % healthy-FPR threshold and global detection by map mean"),
+]}
+
+
+def get_protocol(name: str) -> Protocol:
+    if name not in PROTOCOLS:
+        raise KeyError(f"unknown protocol {name!r}; known: {sorted(PROTOCOLS)}")
+    return PROTOCOLS[name]
+
+
+def validate(protocol: Protocol, metric_ids: Sequence[str]) -> None:
+    """A table asking for an id its protocol cannot fill fails when it is defined, not after training."""
+    check_metric_ids(metric_ids, protocol.metric_ids)
