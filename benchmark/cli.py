@@ -2,7 +2,9 @@
 
     phbench list                                   methods, datasets, tables
     phbench table table1 [--profile default]       train/score/render a table (skips finished runs)
-    phbench check [--profile smoke]                re-run table1 and compare with results/<profile>/table1.csv
+    phbench check [TABLE ...] [--profile smoke]    re-run tables and compare with results/<profile>/<table>.csv
+    phbench render <table> [--profile default]     re-render a table from its finished runs
+    phbench figure <table> [--profile default]     qualitative figure of the table's trained methods
     phbench data info <dataset> --root DIR         counts per split/label + a preview PNG
 """
 
@@ -55,35 +57,98 @@ def _cmd_table(args: argparse.Namespace) -> int:
     return 1 if res.failures else 0
 
 
+def load_tolerances(path: Path | None, default: float | None) -> dict[str, float]:
+    """Per-metric tolerances (``results/tolerances.json``: keys ``table:metric_id``, ``metric_id``, ``metric``,
+    ``table`` or ``default``); ``--tolerance`` overrides only the default."""
+    import json
+
+    tol: dict[str, float] = {"default": 0.05}
+    if path is not None and path.is_file():
+        try:
+            tol.update({k: float(v) for k, v in json.loads(path.read_text()).items() if not k.startswith("_")})
+        except (ValueError, AttributeError) as err:
+            raise PhbenchError(f"{path}: not a JSON object of tolerances ({err})") from err
+    if default is not None:
+        tol["default"] = default
+    return tol
+
+
+def _stored_tables(profile: str) -> list[str]:
+    from benchmark.registry import all_tables
+
+    return [t for t in all_tables() if (RESULTS / profile / f"{t}.csv").is_file()]
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from benchmark.runner import run_table
     from protocols.check import check
 
-    stored_path = Path(args.stored) if args.stored else RESULTS / args.profile / f"{args.table_id}.csv"
-    res = run_table(args.table_id, profile=args.profile, store=args.store, out=args.out, device=args.device,
-                    progress=False)
-    if res.failures:
-        for f in res.failures:
-            print(f"FAILED {f}", file=sys.stderr)
-        return 1
-    if args.update:
-        from benchmark.io import atomic_path
+    tables = args.table_ids or (["table1"] if args.stored else _stored_tables(args.profile)) or ["table1"]
+    if args.stored and len(tables) > 1:
+        raise PhbenchError("--stored names one CSV: give exactly one table id with it")
+    tolerances = load_tolerances(Path(args.tolerances) if args.tolerances else RESULTS / "tolerances.json",
+                                 args.tolerance)
+    status = 0
+    for table_id in tables:
+        stored_path = Path(args.stored) if args.stored else RESULTS / args.profile / f"{table_id}.csv"
+        res = run_table(table_id, profile=args.profile, store=args.store, out=args.out, device=args.device,
+                        progress=False)
+        if res.failures:
+            for f in res.failures:
+                print(f"FAILED {table_id}: {f}", file=sys.stderr)
+            status = max(status, 1)
+            continue
+        if args.update:
+            from benchmark.io import atomic_path
 
-        with atomic_path(stored_path) as tmp:
-            res.rows.to_csv(tmp, index=False)
-        print(f"stored {len(res.rows)} rows in {stored_path}")
-        return 0
-    if not stored_path.exists():
-        print(f"{stored_path}: no stored results to compare with; run with --update to create them", file=sys.stderr)
+            with atomic_path(stored_path) as tmp:
+                res.rows.to_csv(tmp, index=False)
+            print(f"stored {len(res.rows)} rows in {stored_path}")
+            continue
+        if not stored_path.exists():
+            print(f"{stored_path}: no stored results to compare with; run with --update to create them",
+                  file=sys.stderr)
+            status = 2
+            continue
+        stored = pd.read_csv(stored_path, keep_default_na=False, na_values=[""])
+        problems = check(res.rows, stored, tolerances, se_factor=args.se_factor)
+        for p in problems:
+            print(f"REGRESSION {p}", file=sys.stderr)
+        print(f"check {table_id} [{args.profile}]: {len(res.rows)} cells, {len(problems)} regressions")
+        if problems:
+            status = max(status, 1)
+    return status
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from benchmark.registry import get_table
+    from benchmark.runner import collect_finished, render_from_rows
+
+    spec = get_table(args.table_id)
+    rows, subjects, missing = collect_finished(args.table_id, profile=args.profile, store=args.store,
+                                               methods=args.methods)
+    for m in missing:
+        print(f"not finished: {m} (run `phbench table {args.table_id} --profile {args.profile}`)", file=sys.stderr)
+    if rows.empty:
+        print(f"{args.table_id}: no finished run in {Path(args.store) / args.profile}", file=sys.stderr)
         return 2
-    stored = pd.read_csv(stored_path, keep_default_na=False, na_values=[""])
-    problems = check(res.rows, stored, {"default": args.tolerance}, se_factor=args.se_factor)
-    for p in problems:
-        print(f"REGRESSION {p}", file=sys.stderr)
-    print(f"check {args.table_id} [{args.profile}]: {len(res.rows)} cells, {len(problems)} regressions")
-    return 1 if problems else 0
+    chosen = [(m, v) for m, v in spec.methods if not args.methods or m in args.methods]
+    out = render_from_rows(spec, rows, subjects, chosen, Path(args.out) / args.profile, args.profile)
+    print(Path(out["md"]).read_text())
+    print("written: " + ", ".join(str(p) for p in out.values()))
+    return 0
+
+
+def _cmd_figure(args: argparse.Namespace) -> int:
+    from protocols.figures import table_figure
+
+    paths = table_figure(args.table_id, profile=args.profile, store=args.store,
+                         out=Path(args.out) / args.profile / f"{args.table_id}-qualitative", n=args.n,
+                         device=args.device, methods=args.methods)
+    print("written: " + ", ".join(str(p) for p in paths))
+    return 0
 
 
 def _cmd_data_info(args: argparse.Namespace) -> int:
@@ -125,14 +190,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_table)
 
     c = sub.add_parser("check", help="compare fresh results with results/<profile>/<table>.csv")
-    c.add_argument("table_id", nargs="?", default="table1")
+    c.add_argument("table_ids", nargs="*", default=None,
+                   help="tables to check (default: every table with a stored results/<profile>/<table>.csv)")
     run_opts(c, "smoke")
     c.add_argument("--stored", default=None, help="stored CSV (default results/<profile>/<table>.csv)")
-    c.add_argument("--tolerance", type=float, default=0.05, help="absolute tolerance per cell")
+    c.add_argument("--tolerances", default=None,
+                   help="JSON of per-metric absolute tolerances (default results/tolerances.json)")
+    c.add_argument("--tolerance", type=float, default=None, help="override the default tolerance of that file")
     c.add_argument("--se-factor", type=float, default=2.0,
                    help="widen a cell's tolerance to this many stored bootstrap standard errors (0: off)")
     c.add_argument("--update", action="store_true", help="store the fresh results instead of comparing")
     c.set_defaults(func=_cmd_check)
+
+    r = sub.add_parser("render", help="re-render a table from its finished runs (no training, no scoring)")
+    r.add_argument("table_id")
+    run_opts(r, "default")
+    r.add_argument("--methods", nargs="+", default=None, help="only these methods")
+    r.set_defaults(func=_cmd_render)
+
+    f = sub.add_parser("figure", help="qualitative figure (input, ground truth, reconstruction, map per method)")
+    f.add_argument("table_id")
+    run_opts(f, "default")
+    f.add_argument("--n", type=int, default=4, help="number of example slices (largest lesions, one per subject)")
+    f.add_argument("--methods", nargs="+", default=None, help="only these methods")
+    f.set_defaults(func=_cmd_figure)
 
     d = sub.add_parser("data", help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True)

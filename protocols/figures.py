@@ -16,7 +16,7 @@ import torch
 
 from benchmark.io import atomic_path
 
-__all__ = ["qualitative_figure"]
+__all__ = ["qualitative_figure", "table_figure", "pick_examples"]
 
 
 def _np(x: Any) -> np.ndarray | None:
@@ -93,3 +93,75 @@ def qualitative_figure(images: Any, gts: Any, outputs: Mapping[str, Mapping[str,
         written.append(target)
     plt.close(fig)
     return written
+
+
+def pick_examples(manifest, lesion_area: np.ndarray, n: int) -> list[int]:
+    """Up to ``n`` test slices to show: the largest lesion of each subject, pathologies taken in turn so
+    every kind of anomaly appears before any repeats; healthy test sets fall back to evenly spaced slices."""
+    lesion_area = np.asarray(lesion_area, dtype=np.float64)
+    has = np.flatnonzero(lesion_area > 0)
+    if not has.size:
+        return np.linspace(0, len(manifest) - 1, min(n, len(manifest))).round().astype(int).tolist()
+    best: dict[str, int] = {}
+    for i in has:
+        s = str(manifest["subject"].iloc[i])
+        if s not in best or lesion_area[i] > lesion_area[best[s]]:
+            best[s] = int(i)
+    by_path: dict[str, list[int]] = {}
+    for i in sorted(best.values(), key=lambda i: -lesion_area[i]):
+        by_path.setdefault(str(manifest["pathology"].iloc[i]), []).append(i)
+    picked: list[int] = []
+    while len(picked) < n and any(by_path.values()):
+        for queue in by_path.values():
+            if queue and len(picked) < n:
+                picked.append(queue.pop(0))
+    return picked
+
+
+def table_figure(table_id: str, *, profile: str = "default", store: str | Path = "runs", out: str | Path,
+                 n: int = 4, device: str | None = None, methods: Sequence[str] | None = None) -> list[Path]:
+    """The qualitative figure of a table's trained methods (first seed of the profile) on ``n`` test slices.
+
+    Reads the models the table's runs trained (``phbench table`` first); a method without a trained model is
+    left out with a warning, and no trained model at all is an error naming the run store.
+    """
+    import warnings
+
+    from benchmark.device import pick_device
+    from benchmark.profiles import get_profile
+    from benchmark.registry import get_table
+    from benchmark.runner import load_trained, plan_run
+    from benchmark.runstore import RunStore
+
+    spec, prof = get_table(table_id), get_profile(profile)
+    data = spec.store(profile)
+    run_store = RunStore(Path(store) / profile)
+    dev = pick_device(device)
+    outputs: dict[str, dict[str, Any]] = {}
+    positions: list[int] | None = None
+    images = gts = None
+    titles: list[str] = []
+    for name, variant in spec.methods:
+        if methods and name not in methods:
+            continue
+        plan = plan_run(spec, name, variant, prof.seeds[0], prof, data)
+        if positions is None:
+            area = np.asarray(plan.test.store.lesion[plan.test.rows]).reshape(len(plan.test), -1).sum(1, dtype=np.int64)
+            positions = pick_examples(plan.test.manifest, area, n)
+            man = plan.test.manifest.iloc[positions]
+            titles = [f"{s}\n{p} z{z}" for s, p, z in zip(man["subject"], man["pathology"], man["slice"])]
+        try:
+            method = load_trained(plan, run_store, dev)
+        except FileNotFoundError as err:
+            warnings.warn(f"{name}: left out of the figure ({err})", RuntimeWarning, stacklevel=2)
+            continue
+        batch = plan.test.batch(positions, device=dev)
+        with torch.no_grad():
+            res = method.score(batch)
+        images, gts = batch.image, batch.lesion_mask
+        label = name + (f" ({variant})" if variant else "")
+        outputs[label] = {"reconstruction": res.reconstruction, "anomaly_map": res.anomaly_map}
+    if not outputs:
+        raise FileNotFoundError(f"{Path(store) / profile}: no trained model for {table_id} "
+                                f"(run `phbench table {table_id} --profile {profile}` first)")
+    return qualitative_figure(images, gts, outputs, out, row_titles=titles)

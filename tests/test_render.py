@@ -75,3 +75,46 @@ def test_figure(tmp_path):
            "patchcore": {"reconstruction": None, "anomaly_map": torch.rand(2, 1, 16, 16)}}
     paths = qualitative_figure(x, g, out, tmp_path / "fig")
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
+
+
+def _two_methods(gap: float, n_subjects: int = 10, seed: int = 0):
+    """One seed each; per-subject Dice of 'good' = 'weak' + gap + noise (the paired test's input)."""
+    rng = torch.Generator().manual_seed(seed)
+    weak = torch.rand(n_subjects, generator=rng) * 0.5
+    good = weak + gap + 0.02 * torch.randn(n_subjects, generator=rng)
+    rows, subj = [], []
+    for m, vals in (("good", good), ("weak", weak)):
+        rows.append(dict(table_id="t", method=m, variant="", dataset="d", metric="dice", metric_id="dice|x",
+                         value=float(vals.mean()), ci_low=float(vals.min()), ci_high=float(vals.max()),
+                         scale="fraction", seed=0, run_key=f"k-{m}"))
+        subj += [dict(subject=f"s{i}", metric_id="dice|x", column_group="", value=float(v), run_key=f"k-{m}")
+                 for i, v in enumerate(vals)]
+    return pd.DataFrame(rows), pd.DataFrame(subj)
+
+
+def test_paired_test_marks_only_a_significant_best():
+    rows, subj = _two_methods(gap=0.2)
+    t = R.build_table(rows, table_id="t", subjects=subj)
+    assert t.cells[(0, 0)].mark == "*" and t.cells[(1, 0)].mark == ""
+    assert t.tests[0]["p"] < 0.05 and t.tests[0]["n_subjects"] == 10
+    assert any("Wilcoxon" in n for n in t.footnotes)
+    rows, subj = _two_methods(gap=0.0)
+    t = R.build_table(rows, table_id="t", subjects=subj)
+    assert all(c.mark == "" for c in t.cells.values()) and not any("Wilcoxon" in n for n in t.footnotes)
+
+
+def test_single_seed_cells_show_their_bootstrap_ci_and_nan_cells_their_reason():
+    rows, _ = _two_methods(gap=0.2)
+    rows.loc[1, ["value", "ci_low", "ci_high"]] = float("nan")
+    rows.loc[1, "note"] = "no lesion pixels in the test set"
+    md = R.markdown_table(rows, table_id="t")
+    lo, hi = rows.loc[0, "ci_low"], rows.loc[0, "ci_high"]
+    assert f"[{lo:.3f}, {hi:.3f}]" in md
+    assert "weak / dice [a]): no lesion pixels in the test set" in md
+
+
+def test_render_table_writes_the_tests_csv(tmp_path):
+    rows, subj = _two_methods(gap=0.2)
+    paths = R.render_table(rows, table_id="t", title="T", out_dir=tmp_path, subjects=subj)
+    tests = pd.read_csv(paths["tests"])
+    assert list(tests["other"]) == ["weak"] and bool(tests["significant"].iloc[0])

@@ -52,13 +52,22 @@ def test_rerun_skips_finished_runs(smoke_run):
 
 
 def test_no_regression_against_stored_smoke_results(smoke_run):
-    """The CI regression check: fresh smoke numbers vs results/smoke/table1.csv (what `phbench check` runs)."""
-    _, res = smoke_run
-    if not STORED.exists():
-        pytest.fail(f"{STORED} missing: create it with `phbench check --update`")
-    stored = pd.read_csv(STORED, keep_default_na=False, na_values=[""])
-    problems = check(res.rows, stored, {"default": 0.05})
-    assert problems == []
+    """The CI regression check, through the CLI exactly as a user runs it: `phbench check --profile smoke`
+    re-runs every table with a stored results/smoke/<table>.csv (table1 and its detail, synthetic and
+    localisation tables, which reuse table1's trained models) and compares cell by cell."""
+    tmp, _ = smoke_run
+    stored = sorted(p.stem for p in (REPO / "results" / "smoke").glob("*.csv"))
+    assert "table1" in stored, f"{STORED} missing: create it with `phbench check --update`"
+    assert main(["check", "--profile", "smoke", "--store", str(tmp / "runs"), "--out", str(tmp / "out-check")]) == 0
+
+
+def test_companion_tables_reuse_table1_models(smoke_run):
+    """table1-detail evaluates the weights table1 trained: no model is trained a second time."""
+    tmp, _ = smoke_run
+    res = run_table("table1-detail", profile="smoke", store=tmp / "runs", out=tmp / "out-detail", progress=False)
+    assert not res.failures, res.failures
+    assert res.trained == [] and len(res.ran) + len(res.skipped) == len(get_table("table1-detail").methods)
+    assert len(list((tmp / "runs" / "smoke" / "models").iterdir())) == len(get_table("table1").methods)
 
 
 def test_check_detects_a_regression(smoke_run):

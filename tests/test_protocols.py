@@ -1,0 +1,180 @@
+"""protocols.evaluate (metric ids → rows) and protocols.suites (standard, synthetic, localisation).
+
+Fake methods with known maps make the expected numbers computable independently of the protocol code.
+"""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from benchmark.contract import Method, MethodConfig, MethodInfo, ScoreOutput, SliceBatch
+from protocols import metrics as M
+from protocols.evaluate import METRIC_BUILDERS, MetricContext, ScoreSet, metric_rows
+from protocols.suites import PROTOCOLS, manifest_boxes, run_localisation, run_synthetic, synthetic_set
+from protocols.synthetic import make_synthetic
+
+
+def _score_set(n_subjects=8, per_subject=4, seed=0, size=32, lesions=True):
+    g = torch.Generator().manual_seed(seed)
+    n = n_subjects * per_subject
+    labels = torch.tensor([(i // per_subject + i) % 2 for i in range(n)]) if lesions else torch.zeros(n, dtype=torch.long)
+    lesion = torch.zeros(n, 1, size, size)
+    for i in torch.nonzero(labels).flatten():
+        r = 3 + int(i) % 9  # lesions of different areas
+        lesion[i, :, 8:8 + r, 8:8 + r] = 1.0
+    images = torch.rand(n, 1, size, size, generator=g) * 0.5 + 0.5 * lesion
+    maps = torch.rand(n, 1, size, size, generator=g) + 0.6 * lesion
+    brain = torch.zeros(n, 1, size, size)
+    brain[:, :, 2:-2, 2:-2] = 1.0
+    recon = images * (1 - lesion) + 0.25 * lesion
+    manifest = pd.DataFrame({"subject": np.repeat([f"s{k}" for k in range(n_subjects)], per_subject),
+                             "slice": np.tile(np.arange(per_subject), n_subjects),
+                             "label": labels.numpy(), "pathology": np.where(labels.numpy() == 1, "tumour", "healthy")})
+    return ScoreSet(maps, maps.flatten(1).amax(1), labels, lesion, brain, images, recon, manifest, 0.0)
+
+
+def _healthy_val(seed=5):
+    v = _score_set(seed=seed, lesions=False)
+    return v
+
+
+def test_every_registered_id_gives_a_value_or_says_why():
+    test, val = _score_set(), _healthy_val()
+    out = metric_rows(MetricContext(test, val, clean=test.images), list(METRIC_BUILDERS), n_boot=30)
+    assert len(out.rows) == len(METRIC_BUILDERS)
+    for r in out.rows:
+        assert math.isfinite(r["value"]) or r["note"], r["metric_id"]
+        if math.isfinite(r["se"]):
+            assert r["ci_low"] <= r["ci_high"]
+    by = {r["metric_id"]: r for r in out.rows}
+    assert "LPIPS" in by["lpips|inside_mask"]["note"] and math.isnan(by["lpips|inside_mask"]["value"])
+    assert math.isfinite(by["mse|inside_mask"]["value"]) and math.isfinite(by["ssim|normal_brain"]["value"])
+
+
+def test_unknown_metric_id_raises_before_anything_runs():
+    with pytest.raises(KeyError, match="no computation"):
+        metric_rows(MetricContext(_score_set(), None), ["auroc|image", "dice|made_up_rule"])
+
+
+def test_values_match_the_metric_functions():
+    test, val = _score_set(), _healthy_val()
+    by = {r["metric_id"]: r for r in metric_rows(MetricContext(test, val), [
+        "auroc_pixel|pooled_brain", "ap_pixel|pooled_brain", "dice|fpr@5%_healthy_image",
+        "dice|per_image|oracle_test|itermask2", "mse|inside_mask"], n_boot=0).rows}
+    a, p = M.pooled_pixel_auroc_ap(test.maps, test.lesion, valid=test.brain > 0.5)
+    assert by["auroc_pixel|pooled_brain"]["value"] == pytest.approx(a, abs=1e-12)
+    assert by["ap_pixel|pooled_brain"]["value"] == pytest.approx(p, abs=1e-12)
+    t = M.threshold_at_fpr(val.maps, 0.05)
+    assert by["dice|fpr@5%_healthy_image"]["value"] == pytest.approx(M.dice(test.maps > t, test.lesion), abs=1e-12)
+    assert by["dice|per_image|oracle_test|itermask2"]["value"] == pytest.approx(
+        M.itermask2_global_dice(test.maps, test.lesion, test.brain)[0], abs=1e-12)
+    assert "synthetic" in by["mse|inside_mask"]["note"]  # no clean originals outside the synthetic protocol
+
+
+def test_per_subject_values_are_the_metric_on_that_subject_alone():
+    test, val = _score_set(), _healthy_val()
+    out = metric_rows(MetricContext(test, val), ["auroc|image", "dice|fpr@5%_healthy_brain"], n_boot=0)
+    subj = pd.DataFrame(out.subject_rows)
+    t = M.threshold_at_fpr(val.maps, 0.05, valid=val.brain > 0.5)
+    for s in ("s0", "s3"):
+        idx = np.flatnonzero(test.manifest["subject"] == s)
+        dice = M.dice(test.maps[idx] > t, test.lesion[idx])
+        got = subj[(subj.subject == s) & (subj.metric_id == "dice|fpr@5%_healthy_brain")]["value"].item()
+        assert got == pytest.approx(dice, abs=1e-12)
+        auc = roc_auc_score(test.labels[idx].numpy(), test.scores[idx].numpy())
+        got = subj[(subj.subject == s) & (subj.metric_id == "auroc|image")]["value"].item()
+        assert got == pytest.approx(auc, abs=1e-12)
+
+
+def test_bootstrap_ci_brackets_the_value_and_narrows_with_more_subjects():
+    few = {r["metric_id"]: r for r in metric_rows(MetricContext(_score_set(n_subjects=6), None),
+                                                  ["auroc_pixel|pooled"], n_boot=200).rows}["auroc_pixel|pooled"]
+    many = {r["metric_id"]: r for r in metric_rows(MetricContext(_score_set(n_subjects=60), None),
+                                                   ["auroc_pixel|pooled"], n_boot=200).rows}["auroc_pixel|pooled"]
+    for r in (few, many):
+        assert r["ci_low"] <= r["value"] <= r["ci_high"]
+    assert (many["ci_high"] - many["ci_low"]) < (few["ci_high"] - few["ci_low"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# protocols on fake methods
+# ----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def phantom():
+    from datasets.phantom import phantom_store
+
+    return phantom_store("smoke", modality="flair")
+
+
+class _Fake(Method):
+    """map = |x − recon| with recon = the input (identity) or = the lesion mask as the map (oracle)."""
+
+    name = "fake"
+    Config = MethodConfig
+    info = MethodInfo(paper="test", summary="test double")
+
+    def __init__(self, mode: str):
+        super().__init__(MethodConfig(), device="cpu")
+        self.mode = mode
+
+    def networks(self):
+        return {}
+
+    def fit(self, train, val=None, *, trainer=None):
+        return {}
+
+    def _score(self, batch: SliceBatch) -> ScoreOutput:
+        if self.mode == "oracle":
+            m = batch.lesion_mask.float()
+            return ScoreOutput(anomaly_map=m, image_score=m.flatten(1).mean(1), reconstruction=batch.image)
+        return ScoreOutput(anomaly_map=batch.image.clone(), image_score=batch.image.flatten(1).mean(1),
+                           reconstruction=batch.image.clone())
+
+
+def test_synthetic_protocol_scores_the_cached_corruptions(phantom, tmp_path):
+    test, val = phantom.split("test"), phantom.split("val", label=0)
+    ids = ("mse|inside_mask", "mse|outside_mask", "auprc|pooled")
+    ev = run_synthetic(_Fake("identity"), test, val, ids, {"preset": "ra", "cache_dir": tmp_path}, progress=False,
+                       n_boot=0)
+    rows = pd.DataFrame(ev.rows)
+    assert set(rows["column_group"]) == {"sprites", "copy_paste"}
+    # identity reconstruction of the corrupted slice: its error is exactly the corruption
+    healthy = test.subset(np.flatnonzero(test.manifest["label"].to_numpy() == 0))
+    clean = np.asarray(healthy.store.images[healthy.rows], dtype=np.float64)
+    corrupted, masks, record = make_synthetic(clean.astype(np.float32), kind="sprites", params="ra", seed=2109)
+    err = (corrupted.astype(np.float64) - clean) ** 2
+    inside = [(e[m > 0.5]).mean() for e, m in zip(err, masks) if m.sum()]
+    got = rows[(rows.column_group == "sprites") & (rows.metric_id == "mse|inside_mask")]["value"].item()
+    assert got == pytest.approx(np.mean(inside), rel=1e-5)
+    assert rows[(rows.metric_id == "mse|outside_mask")]["value"].abs().max() < 1e-12  # untouched outside
+    cached = sorted(tmp_path.glob("synthetic-sprites-ra-*.npz"))
+    assert len(cached) == 1 and json.loads(cached[0].with_suffix(".json").read_text())["seed"] == 2109
+    again = synthetic_set(test, "sprites", "ra", 2109, tmp_path)
+    np.testing.assert_array_equal(again[2], masks)
+
+
+def test_localisation_with_a_perfect_map_detects_every_box(phantom):
+    test, val = phantom.split("test"), phantom.split("val", label=0)
+    ids = PROTOCOLS["localisation"].metric_ids
+    ev = run_localisation(_Fake("oracle"), test, val, ids, {"fpr": 0.05}, progress=False, n_boot=0)
+    rows = pd.DataFrame(ev.rows)
+    overall = rows[rows.column_group == ""].set_index("metric_id")["value"]
+    boxes, _ = manifest_boxes(test.manifest, tuple(test.store.images.shape[-2:]))
+    assert overall["detected_boxes|fpr@5%_healthy_image"] == len(boxes) > 0
+    assert overall["detection_rate|per_box|fpr@5%_healthy_image"] == 1.0
+    assert overall["f1|per_box|fpr@5%_healthy_image"] == 1.0  # nothing fires on healthy tissue
+    glob = rows[rows.metric_id == "auroc|image|map_mean"].set_index("column_group")["value"]
+    assert set(glob.index) == set(test.manifest.loc[test.manifest.label == 1, "pathology"]) | {"average"}
+    assert (glob == 1.0).all()
+
+
+def test_localisation_without_validation_says_why(phantom):
+    test = phantom.split("test")
+    ev = run_localisation(_Fake("oracle"), test, None, ("f1|per_box|fpr@5%_healthy_image",), {}, progress=False,
+                          n_boot=0)
+    assert math.isnan(ev.rows[0]["value"]) and "validation" in ev.rows[0]["note"]
