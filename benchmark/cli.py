@@ -35,7 +35,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
                    tablefmt="github"))
     print()
     tables = all_tables()
-    trows = [(t, s.title, "runnable" if s.runnable else s.extra.get("status", "planned")) for t, s in tables.items()]
+    trows = [(t, s.title, ("runnable with --root: " + s.needs_root) if s.needs_root else "runnable" if s.runnable
+              else s.extra.get("status", "planned")) for t, s in tables.items()]
     trows += [(t, "paper table (results/paper_tables.csv)", "reference numbers only") for t in paper_table_ids()
               if t not in tables]
     print(tabulate(trows, headers=["table", "title", "status"], tablefmt="github"))
@@ -46,7 +47,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
     from benchmark.runner import run_table
 
     res = run_table(args.table_id, profile=args.profile, store=args.store, out=args.out, methods=args.methods,
-                    device=args.device, seeds=args.seeds, progress=not args.quiet)
+                    device=args.device, seeds=args.seeds, progress=not args.quiet, root=args.root)
     if res.outputs.get("md"):
         print(Path(res.outputs["md"]).read_text())
         print("written: " + ", ".join(str(p) for p in res.outputs.values()))
@@ -94,7 +95,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     for table_id in tables:
         stored_path = Path(args.stored) if args.stored else RESULTS / args.profile / f"{table_id}.csv"
         res = run_table(table_id, profile=args.profile, store=args.store, out=args.out, device=args.device,
-                        progress=False)
+                        progress=False, root=args.root)
         if res.failures:
             for f in res.failures:
                 print(f"FAILED {table_id}: {f}", file=sys.stderr)
@@ -128,7 +129,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
     spec = get_table(args.table_id)
     rows, subjects, missing = collect_finished(args.table_id, profile=args.profile, store=args.store,
-                                               methods=args.methods)
+                                               methods=args.methods, root=args.root)
     for m in missing:
         print(f"not finished: {m} (run `phbench table {args.table_id} --profile {args.profile}`)", file=sys.stderr)
     if rows.empty:
@@ -146,7 +147,7 @@ def _cmd_figure(args: argparse.Namespace) -> int:
 
     paths = table_figure(args.table_id, profile=args.profile, store=args.store,
                          out=Path(args.out) / args.profile / f"{args.table_id}-qualitative", n=args.n,
-                         device=args.device, methods=args.methods)
+                         device=args.device, methods=args.methods, root=args.root)
     print("written: " + ", ".join(str(p) for p in paths))
     return 0
 
@@ -180,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--store", default=str(REPO / "runs"), help="run store folder (default: runs/)")
         sp.add_argument("--out", default=str(REPO / "out" / "tables"), help="rendered tables folder")
         sp.add_argument("--device", default=None, help="cuda, cpu, cuda:1 (default: CUDA when present)")
+        sp.add_argument("--root", default=None, help="data folder, for tables on a downloaded release (phbench list)")
 
     t = sub.add_parser("table", help="run and render a table")
     t.add_argument("table_id")

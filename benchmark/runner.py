@@ -52,6 +52,27 @@ class PlannedRun:
     test: object  # SliceSet
 
 
+def _group(part: str, own: str) -> str:
+    """A table part's column group (e.g. the modality) joined with the protocol's own (e.g. the anomaly kind)."""
+    return " / ".join(x for x in (part, own) if x)
+
+
+def planned_runs(spec_table, profile: str, root: str | Path | None = None, methods: list[str] | None = None,
+                 seeds: list[int] | None = None):
+    """Every (part, method, variant, seed) of a table with its prepared data, in table order; each part's
+    store is prepared (or opened) once."""
+    prof = get_profile(profile)
+    for part in spec_table.all_parts:
+        data = part.store(profile, None if root is None else Path(root))
+        for method_name, variant in spec_table.methods:
+            if methods and method_name not in methods:
+                continue
+            for seed in seeds if seeds is not None else prof.seeds:
+                label = "".join([f"{part.column_group}: " if part.column_group else "", method_name,
+                                 f"/{variant}" if variant else "", f" seed {seed}"])
+                yield part, method_name, variant, seed, data, label
+
+
 def plan_run(spec_table, method_name: str, variant: str, seed: int, profile: Profile, store_data) -> PlannedRun:
     """The profile's config and data splits of one run (the same for training it and for reading it back)."""
     cls = get_method(method_name)
@@ -105,7 +126,7 @@ def train_or_load(plan: PlannedRun, run_store: RunStore, device: torch.device, p
 
 
 def run_one(spec_table, method_name: str, variant: str, seed: int, profile: Profile, store_data, run_store: RunStore,
-            device: torch.device, progress: bool = True) -> tuple[RunSpec, bool, bool]:
+            device: torch.device, progress: bool = True, column_group: str = "") -> tuple[RunSpec, bool, bool]:
     """Train (or reuse) and evaluate one (method, variant, seed); returns (run spec, evaluated now, trained now)."""
     from protocols.suites import get_protocol
 
@@ -126,7 +147,9 @@ def run_one(spec_table, method_name: str, variant: str, seed: int, profile: Prof
         "eval_wall_s": round(evaluation.eval_wall_s, 2), "peak_mem_mb": training.get("peak_mem_mb"),
         "config": json.dumps(plan.config.to_dict(), sort_keys=True),
     }
-    full = [{**common, **r} for r in evaluation.rows]
+    full = [{**common, **r, "column_group": _group(column_group, r.get("column_group", ""))} for r in evaluation.rows]
+    for r in evaluation.subject_rows:
+        r["column_group"] = _group(column_group, r.get("column_group", ""))
     info = {"provenance": prov, "training": training, "profile": profile.name, "n_test": evaluation.n_test,
             "calibration": method.calibration, "protocol": evaluation.info,
             "test_slices_per_s": evaluation.n_test / evaluation.eval_wall_s if evaluation.eval_wall_s else None}
@@ -136,33 +159,32 @@ def run_one(spec_table, method_name: str, variant: str, seed: int, profile: Prof
 
 def run_table(table_id: str, *, profile: str = "default", store: str | Path = "runs", out: str | Path = "out/tables",
               methods: list[str] | None = None, device: str | None = None, seeds: list[int] | None = None,
-              progress: bool = True, render: bool = True) -> TableRun:
+              progress: bool = True, render: bool = True, root: str | Path | None = None) -> TableRun:
+    """Train (or reuse), evaluate and render every run of ``table_id``; ``root`` is the user's data folder
+    for tables on a downloaded release (``TableSpec.needs_root`` says which)."""
     spec_table = get_table(table_id)
     if not spec_table.runnable:
         raise NotImplementedError(f"{table_id}: not runnable yet ({spec_table.extra.get('status', 'no protocol')})")
     prof = get_profile(profile)
     dev = pick_device(device)
     run_store = RunStore(Path(store) / profile)
-    data = spec_table.store(profile)
     result = TableRun(table_id, pd.DataFrame())
     chosen = [(m, v) for m, v in spec_table.methods if not methods or m in methods]
     keys: list[str] = []
-    for method_name, variant in chosen:
-        for seed in seeds if seeds is not None else prof.seeds:
-            label = f"{method_name}{'/' + variant if variant else ''} seed {seed}"
-            try:
-                run, ran, trained = run_one(spec_table, method_name, variant, seed, prof, data, run_store, dev,
-                                            progress)
-            except Exception as err:  # one failing run must not lose the others
-                log.debug("run failed", exc_info=True)
-                result.failures.append(f"{label}: {type(err).__name__}: {err}")
-                if log.isEnabledFor(logging.DEBUG):
-                    traceback.print_exc()
-                continue
-            keys.append(run.key)
-            (result.ran if ran else result.skipped).append(label)
-            if trained:
-                result.trained.append(label)
+    for part, method_name, variant, seed, data, label in planned_runs(spec_table, profile, root, methods, seeds):
+        try:
+            run, ran, trained = run_one(spec_table, method_name, variant, seed, prof, data, run_store, dev,
+                                        progress, part.column_group)
+        except Exception as err:  # one failing run must not lose the others
+            log.debug("run failed", exc_info=True)
+            result.failures.append(f"{label}: {type(err).__name__}: {err}")
+            if log.isEnabledFor(logging.DEBUG):
+                traceback.print_exc()
+            continue
+        keys.append(run.key)
+        (result.ran if ran else result.skipped).append(label)
+        if trained:
+            result.trained.append(label)
     frames = [run_store.read_rows(k) for k in keys]
     result.rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if render and not result.rows.empty:
@@ -186,25 +208,21 @@ def render_from_rows(spec_table, rows: pd.DataFrame, subjects: pd.DataFrame, cho
 
 
 def collect_finished(table_id: str, *, profile: str = "default", store: str | Path = "runs",
-                     methods: list[str] | None = None, seeds: list[int] | None = None
-                     ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+                     methods: list[str] | None = None, seeds: list[int] | None = None,
+                     root: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """The rows and per-subject values of a table's finished runs (no training, no scoring), and the
     labels of the runs not finished yet -- for re-rendering and for ``phbench render``."""
     spec_table = get_table(table_id)
     prof = get_profile(profile)
     run_store = RunStore(Path(store) / profile)
-    data = spec_table.store(profile)
     rows, subjects, missing = [], [], []
-    for method_name, variant in spec_table.methods:
-        if methods and method_name not in methods:
-            continue
-        for seed in seeds if seeds is not None else prof.seeds:
-            run = plan_run(spec_table, method_name, variant, seed, prof, data).spec
-            if run_store.is_finished(run):
-                rows.append(run_store.read_rows(run))
-                subjects.append(run_store.read_subjects(run))
-            else:
-                missing.append(f"{method_name}{'/' + variant if variant else ''} seed {seed}")
+    for _, method_name, variant, seed, data, label in planned_runs(spec_table, profile, root, methods, seeds):
+        run = plan_run(spec_table, method_name, variant, seed, prof, data).spec
+        if run_store.is_finished(run):
+            rows.append(run_store.read_rows(run))
+            subjects.append(run_store.read_subjects(run))
+        else:
+            missing.append(label)
     cat = lambda fs: pd.concat(fs, ignore_index=True) if fs else pd.DataFrame()  # noqa: E731
     return cat(rows), cat(subjects), missing
 

@@ -119,7 +119,8 @@ def pick_examples(manifest, lesion_area: np.ndarray, n: int) -> list[int]:
 
 
 def table_figure(table_id: str, *, profile: str = "default", store: str | Path = "runs", out: str | Path,
-                 n: int = 4, device: str | None = None, methods: Sequence[str] | None = None) -> list[Path]:
+                 n: int = 4, device: str | None = None, methods: Sequence[str] | None = None,
+                 root: str | Path | None = None) -> list[Path]:
     """The qualitative figure of a table's trained methods (first seed of the profile) on ``n`` test slices.
 
     Reads the models the table's runs trained (``phbench table`` first); a method without a trained model is
@@ -134,7 +135,7 @@ def table_figure(table_id: str, *, profile: str = "default", store: str | Path =
     from benchmark.runstore import RunStore
 
     spec, prof = get_table(table_id), get_profile(profile)
-    data = spec.store(profile)
+    data = spec.all_parts[0].store(profile, None if root is None else Path(root))  # first part (e.g. modality)
     run_store = RunStore(Path(store) / profile)
     dev = pick_device(device)
     outputs: dict[str, dict[str, Any]] = {}

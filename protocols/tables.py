@@ -20,6 +20,15 @@ PAPER_TABLES_CSV = Path(__file__).resolve().parent.parent / "results" / "paper_t
 
 
 @dataclass(frozen=True)
+class TablePart:
+    """One block of columns with its own data (and so its own trained models): e.g. one MRI modality of
+    IterMask2 Table 1. ``store(profile, root)`` returns the prepared slice store with train/val/test."""
+
+    column_group: str
+    store: Callable[[str, Path | None], Any]
+
+
+@dataclass(frozen=True)
 class TableSpec:
     """One table: its data, methods, protocol and metric ids (each id is footnoted when rendered).
 
@@ -34,16 +43,27 @@ class TableSpec:
     protocol: str
     methods: tuple[tuple[str, str], ...]  # (method, variant)
     metrics: tuple[str, ...]
-    # profile name -> SliceStore with train / val / test splits
-    store: Callable[[str], Any]
+    # profile name -> SliceStore with train / val / test splits (single-part tables on embedded data)
+    store: Callable[[str], Any] | None = None
     footnotes: tuple[str, ...] = ()
     runnable: bool = True
     options: dict[str, Any] = field(default_factory=dict)
     reference_method: str = ""
+    parts: tuple[TablePart, ...] = ()
+    needs_root: str = ""  # what --root must point at, for tables on a user-downloaded release
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         validate(get_protocol(self.protocol), self.metrics)
+        if (self.store is None) == (not self.parts):
+            raise ValueError(f"{self.table_id}: give either store or parts")
+
+    @property
+    def all_parts(self) -> tuple[TablePart, ...]:
+        if self.parts:
+            return self.parts
+        store = self.store
+        return (TablePart("", lambda profile, root: store(profile)),)
 
     @property
     def protocol_id(self) -> str:
@@ -128,6 +148,42 @@ TABLE1_LOCALISATION = register_table(TableSpec(
     footnotes=("Boxes: one per 8-connected lesion component of each test slice; healthy tissue = brain outside "
                "every box of the slice. Global detection: normal test slices vs the slices of each pathology.",
                "Same trained models as table1 (nothing is retrained)."),
+))
+
+
+def _setup_store(setup_id: str, table_id: str, needs: str) -> Callable[[str, Path | None], Any]:
+    """A part's store from a suite setup (``datasets.recipes_paper.SETUPS``) prepared from the user's root."""
+    def load(profile: str, root: Path | None):
+        from benchmark.errors import PhbenchError
+        from datasets.recipes_paper import SETUPS
+
+        if root is None:
+            raise PhbenchError(f"{table_id}: give --root, the folder of {needs} (see README, Datasets)")
+        return SETUPS[setup_id].prepare(root)
+    return load
+
+
+ITERMASK2_METRIC_IDS = ("dice|per_image|oracle_test|itermask2", "sensitivity|per_image|oracle_test|itermask2",
+                        "precision|per_image|oracle_test|itermask2", "ssim|itermask2_code")
+
+ITERMASK2_TABLE1 = register_table(TableSpec(
+    table_id="itermask2-table1",
+    title="IterMask2 Table 1 — BraTS2021, one model per modality (IterMask2 protocol)",
+    dataset="brats2021",
+    protocol="standard",
+    methods=(("ae", ""), ("itermask2", "")),
+    metrics=ITERMASK2_METRIC_IDS,
+    parts=tuple(TablePart(label, _setup_store(f"itermask2-brats2021-{m}", "itermask2-table1",
+                                              "the BraTS2021 training release (BraTS2021_XXXXX/ folders)"))
+                for label, m in (("FLAIR", "flair"), ("T1CE", "t1ce"), ("T2", "t2"), ("T1", "t1"))),
+    needs_root="BraTS2021 training release (BraTS2021_XXXXX/BraTS2021_XXXXX_{flair,t1,t1ce,t2,seg}.nii.gz)",
+    reference_method="itermask2",
+    footnotes=("Data: IterMask2's official 990 / 128 / 133 BraTS2021 subject split "
+               "(datasets/splits/itermask2/brats2021_*.csv) and its slice rule and intensity normalisation "
+               "(recipes itermask2_brats_<modality>); one model per modality and method.",
+               "Metrics as the IterMask2 evaluation code computes them: maps min-max over the test set × brain, "
+               "one global θ on 0…0.0099 maximising mean per-image Dice (oracle), SSIM with brain-outside and "
+               "lesion zeroed. Methods of the paper not implemented in phbench show the paper's number only."),
 ))
 
 
