@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -37,6 +37,7 @@ class ScoreSet:
     reconstructions: torch.Tensor | None
     manifest: pd.DataFrame
     wall_s: float
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # per-slice [N] extras, e.g. latent_score
 
     def __len__(self) -> int:
         return int(self.maps.shape[0])
@@ -46,7 +47,8 @@ class ScoreSet:
         pick = lambda t: None if t is None else t[idx]  # noqa: E731
         return ScoreSet(pick(self.maps), pick(self.scores), pick(self.labels), pick(self.lesion), pick(self.brain),
                         pick(self.images), pick(self.reconstructions),
-                        self.manifest.iloc[idx.cpu().numpy()].reset_index(drop=True), self.wall_s)
+                        self.manifest.iloc[idx.cpu().numpy()].reset_index(drop=True), self.wall_s,
+                        {k: pick(v) for k, v in self.extras.items()})
 
 
 def collect(method: Method, slices, *, batch_size: int = 32, progress: bool = True) -> ScoreSet:
@@ -66,11 +68,16 @@ def collect(method: Method, slices, *, batch_size: int = 32, progress: bool = Tr
         parts["images"].append(batch.image)
         if out.reconstruction is not None:
             parts["recon"].append(out.reconstruction)
+        for k, v in out.extras.items():  # per-slice extras only (e.g. a latent-space score)
+            if isinstance(v, torch.Tensor) and tuple(v.shape) == (len(batch),):
+                parts.setdefault(f"extra:{k}", []).append(v.detach())
     if method.device.type == "cuda":
         torch.cuda.synchronize(method.device)
     cat = {k: torch.cat(v) if v else None for k, v in parts.items()}
+    extras = {k.removeprefix("extra:"): v for k, v in cat.items() if k.startswith("extra:") and v is not None
+              and len(v) == len(slices)}
     return ScoreSet(cat["maps"], cat["scores"], cat["labels"], cat["lesion"], cat["brain"], cat["images"],
-                    cat["recon"], slices.manifest, time.perf_counter() - t0)
+                    cat["recon"], slices.manifest, time.perf_counter() - t0, extras)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -185,6 +192,21 @@ def _image(ctx: MetricContext, which: str, scores: torch.Tensor | None = None) -
     if y.min() == y.max():
         raise Undefined("image-level metric needs normal and abnormal test slices")
     return Estimate(M.image_auroc_ap(s, y)[which], lambda i: M.image_auroc_ap(s[i], y[i])[which])
+
+
+def _latent_score(ctx: MetricContext) -> torch.Tensor:
+    s = ctx.test.extras.get("latent_score")
+    if s is None:
+        raise Undefined("the method reports no latent-space score (ScoreOutput.extras['latent_score'])")
+    return s.float()
+
+
+def _image_space_score(ctx: MetricContext) -> torch.Tensor:
+    """ProxyAno's image-space score ‖I − Î‖_F per slice (needs a reconstruction)."""
+    if ctx.test.reconstructions is None:
+        raise Undefined("the method gives no reconstruction")
+    return ctx.cached("frobenius", lambda: (ctx.test.images.float() - ctx.test.reconstructions.float()
+                                            ).flatten(1).norm(dim=1))
 
 
 def _map_mean(ctx: MetricContext) -> torch.Tensor:
@@ -375,6 +397,8 @@ METRIC_BUILDERS: dict[str, MetricBuilder] = {
     "auroc|image": lambda c: _image(c, "auroc"),
     "ap|image": lambda c: _image(c, "ap"),
     "auroc|image|map_mean": lambda c: _image(c, "auroc", _map_mean(c)),
+    "auroc|image|eq13": lambda c: _image(c, "auroc", _latent_score(c)),
+    "auroc|image|recon_frobenius": lambda c: _image(c, "auroc", _image_space_score(c)),
     "acc|image|fpr@5%_healthy_image": lambda c: _acc_f1(c, "acc"),
     "f1|image|fpr@5%_healthy_image": lambda c: _acc_f1(c, "f1"),
     "mean_score_normal|normal_minmax": lambda c: _score_gap(c, "mean_score_normal"),

@@ -886,6 +886,8 @@ _SPECS = [
     _m("auroc|image|map_mean", "image AUROC, score = mean of the anomaly map over all pixels (RA global detection)",
        fn="image_auroc_ap"),
     _m("auroc|image|eq13", "image AUROC of ProxyAno's latent distance (eq. 13)", fn="image_auroc_ap"),
+    _m("auroc|image|recon_frobenius", "image AUROC of the image-space score ‖I − Î‖_F (ProxyAno image-space rows)",
+       fn="image_auroc_ap"),
     _m("auroc_pixel|pooled", "pixel AUROC, all pixels of all test images pooled, no brain mask", fn="pooled_pixel_auroc_ap"),
     _m("ap_pixel|pooled", "pixel AP, all pixels of all test images pooled, no brain mask", fn="pooled_pixel_auroc_ap"),
     _m("auprc|pooled", "pooled pixel AP (sklearn average_precision_score), as ap_pixel|pooled (RA, PHANES)",

@@ -234,13 +234,20 @@ def _box_estimates(per_box: pd.DataFrame, n_slices: int, note: str) -> list[tupl
     return out
 
 
-def _global_estimates(scored: ScoreSet) -> list[tuple[str, str, Estimate]]:
-    """RA's global detection: AUROC of the map mean, normal slices vs each pathology, and the average."""
+def _global_estimates(scored: ScoreSet, groups_of: dict[str, Sequence[str]] | None = None
+                      ) -> list[tuple[str, str, Estimate]]:
+    """RA's global detection: AUROC of the map mean, normal slices vs each group, and the average over groups.
+
+    ``groups_of`` maps a group name to its pathologies (RA: "global pathologies" and "global artefacts");
+    default: each pathology of the abnormal test slices is its own group.
+    """
     s = scored.maps.flatten(1).mean(1)
     y = scored.labels
     path = scored.manifest["pathology"].astype(str).to_numpy()
     normal = (y == 0).cpu().numpy()
-    groups = [p for p in dict.fromkeys(path[~normal])]
+    if groups_of:
+        path = np.array([next((g for g, members in groups_of.items() if p in members), "") for p in path])
+    groups = [p for p in dict.fromkeys(path[~normal]) if p]
     if not normal.any() or not groups:
         return [("auroc|image|map_mean", "average", Estimate(math.nan, None, "needs normal and abnormal slices"))]
     ons = {}
@@ -283,7 +290,7 @@ def run_localisation(method: Method, test, val, metric_ids: Sequence[str], optio
         else:
             est += [e for e in _box_estimates(res["per_box"], len(scored), note) if e[0] in box_ids]
     if "auroc|image|map_mean" in metric_ids:
-        est += _global_estimates(scored)
+        est += _global_estimates(scored, options.get("global_groups"))
     subjects = scored.manifest["subject"].astype(str).to_numpy()
     out = estimate_rows(subjects, est, n=len(scored), n_boot=n_boot)
     return Evaluation(out.rows, out.subject_rows, scored.wall_s, len(scored))

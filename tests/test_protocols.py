@@ -178,3 +178,57 @@ def test_localisation_without_validation_says_why(phantom):
     ev = run_localisation(_Fake("oracle"), test, None, ("f1|per_box|fpr@5%_healthy_image",), {}, progress=False,
                           n_boot=0)
     assert math.isnan(ev.rows[0]["value"]) and "validation" in ev.rows[0]["note"]
+
+
+def test_image_space_and_latent_scores():
+    test = _score_set()
+    by = {r["metric_id"]: r for r in metric_rows(MetricContext(test, None),
+                                                 ["auroc|image|recon_frobenius", "auroc|image|eq13"], n_boot=0).rows}
+    frob = (test.images - test.reconstructions).flatten(1).norm(dim=1)
+    assert by["auroc|image|recon_frobenius"]["value"] == pytest.approx(
+        roc_auc_score(test.labels.numpy(), frob.numpy()), abs=1e-12)
+    assert math.isnan(by["auroc|image|eq13"]["value"]) and "latent" in by["auroc|image|eq13"]["note"]
+    test.extras["latent_score"] = -frob
+    by = {r["metric_id"]: r for r in metric_rows(MetricContext(test, None), ["auroc|image|eq13"], n_boot=0).rows}
+    assert by["auroc|image|eq13"]["value"] == pytest.approx(1 - roc_auc_score(test.labels.numpy(), frob.numpy()))
+
+
+def test_global_detection_groups_pathologies(phantom):
+    test, val = phantom.split("test"), phantom.split("val", label=0)
+    present = sorted(set(test.manifest.loc[test.manifest.label == 1, "pathology"]))
+    groups = {"global pathologies": present[:1], "other": present[1:]}
+    ev = run_localisation(_Fake("oracle"), test, val, ("auroc|image|map_mean",), {"global_groups": groups},
+                          progress=False, n_boot=0)
+    assert {r["column_group"] for r in ev.rows} == {g for g, members in groups.items() if members} | {"average"}
+
+
+class _Broken(_Fake):
+    def _score(self, batch):
+        out = super()._score(batch)
+        return ScoreOutput(anomaly_map=out.anomaly_map[:, :, :-1], image_score=out.image_score)
+
+
+def test_malformed_maps_are_rejected_with_the_method_named(phantom):
+    with pytest.raises(ValueError, match="fake: anomaly_map has shape"):
+        run_localisation(_Broken("identity"), phantom.split("test"), None, ("auroc|image|map_mean",), {},
+                         progress=False)
+
+
+def test_a_failing_method_keeps_the_other_rows(monkeypatch, tmp_path):
+    """One method raising mid-table: its failure is reported on one line, the others' rows are written and
+    rendered, and the broken method is listed as having no results (never a silent number)."""
+    from benchmark.registry import get_method
+    from benchmark.runner import run_table
+
+    intensity = get_method("intensity")
+
+    def boom(self, batch):
+        raise RuntimeError("simulated crash")
+    monkeypatch.setattr(get_method("ae"), "_score", boom)
+    monkeypatch.setattr(get_method("ae"), "fit", lambda self, train, val=None, trainer=None: {})
+    res = run_table("table1", profile="smoke", store=tmp_path / "runs", out=tmp_path / "out", progress=False,
+                    methods=["ae", "intensity"])
+    assert len(res.failures) == 1 and "ae" in res.failures[0] and "simulated crash" in res.failures[0]
+    assert set(res.rows["method"]) == {intensity.name}
+    md = (tmp_path / "out" / "smoke" / "table1.md").read_text()
+    assert "No results yet for: ae" in md
