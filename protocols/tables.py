@@ -1,7 +1,11 @@
-"""Table specifications: which data, methods, protocol and metrics make each table.
+"""Table specifications: which data, methods, protocol and metric ids make each table.
 
-``table1`` is the suite's own table on the embedded MNI phantom; the 18 paper tables
-(``results/paper_tables.csv``) are listed with their status until their protocol is implemented.
+``table1`` is the suite's own table on the embedded MNI phantom; ``table1-detail``, ``table1-synthetic`` and
+``table1-localisation`` evaluate the same trained models with every metric variant, RA's synthetic anomalies
+and RA's box localisation; ``lgg-dev`` is the real-data development table. Paper tables whose methods and
+protocol exist here are registered under their paper id (``itermask2-table1``) and run on the user's copy of
+the release (``--root``); the other paper ids of ``results/paper_tables.csv`` are listed by ``phbench list``
+as reference numbers only.
 """
 
 from __future__ import annotations
