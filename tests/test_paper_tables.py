@@ -51,3 +51,12 @@ def test_itermask2_table1_runs_per_modality_with_paper_numbers(brats_root, tmp_p
     # the CLI re-renders from the finished runs without training anything
     assert main(["render", "itermask2-table1", "--profile", "smoke", "--store", str(tmp_path / "runs"),
                  "--out", str(tmp_path / "out2"), "--root", str(brats_root), "--methods", "ae"]) == 0
+
+
+def test_itermask2_table3_ablations_share_the_flair_store(brats_root, tmp_path):
+    res = run_table("itermask2-table3", profile="smoke", store=tmp_path / "runs", out=tmp_path / "out",
+                    progress=False, root=brats_root)
+    assert not res.failures, res.failures
+    assert set(res.rows["variant"].fillna("")) == {"-freq", "-spat", ""}
+    assert {"dice_small", "dice_medium", "dice_large"} <= set(res.rows["metric"])
+    assert set(res.rows["column_group"]) == {"BraTS FLAIR"}
