@@ -6,6 +6,7 @@
     phbench render <table> [--profile default]     re-render a table from its finished runs
     phbench figure <table> [--profile default]     qualitative figure of the table's trained methods
     phbench data info <dataset> --root DIR         counts per split/label + a preview PNG
+    phbench data prepare <dataset> --root DIR      build the slice store ([--skip-bad] lists skipped subjects)
 """
 
 from __future__ import annotations

@@ -8,13 +8,14 @@ atomically, cached by (adapter, recipe, source fingerprint).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
@@ -73,8 +74,17 @@ class DatasetAdapter(ABC):
     def load(self, subject: Subject) -> Volume:
         """Read one subject; raises DataError(path, cause) on bad files."""
 
+    def describe_without_subjects(self) -> list[str] | None:
+        """Lines that ``data info`` prints for a root with files the adapter can describe but no subjects
+        to prepare (fastMRI+ annotations without volumes); None: such a root is an error."""
+        return None
+
     def source_fingerprint(self, subjects: list[Subject]) -> str:
-        """Cheap identity of the source files (names, sizes, mtimes) for cache invalidation."""
+        """Cheap identity of the source files (names, sizes, mtimes in ns) for cache invalidation.
+
+        Contents are not hashed (terabytes for BraTS); a rewritten file changes its mtime, and nanoseconds
+        catch a same-size rewrite within the same second.
+        """
         h = hashlib.sha256()
         for s in subjects:
             for role, p in sorted(s.files.items()):
@@ -82,7 +92,7 @@ class DatasetAdapter(ABC):
                     st = Path(p).stat()
                 except OSError as err:
                     raise DataError(p, f"cannot read ({err.strerror or err})") from err
-                h.update(f"{s.id}|{role}|{Path(p).name}|{st.st_size}|{int(st.st_mtime)}|{s.split}".encode())
+                h.update(f"{s.id}|{role}|{Path(p).name}|{st.st_size}|{st.st_mtime_ns}|{s.split}".encode())
         return h.hexdigest()[:16]
 
 
@@ -94,13 +104,111 @@ def _describe(value: Any) -> str:
     return repr(value)
 
 
+def default_workers() -> int:
+    """Worker processes ``prepare`` uses when not told: ``$PHBENCH_PREPARE_WORKERS``, else min(4, usable cores).
+
+    Capped because loading is partly I/O bound and every worker holds one decoded volume in memory.
+    """
+    env = os.environ.get("PHBENCH_PREPARE_WORKERS", "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise DataError("PHBENCH_PREPARE_WORKERS", f"not a whole number: {env!r}") from None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
+def _can_fork() -> bool:
+    """Workers are forked: they inherit the adapter and recipe (recipes hold closures, which do not pickle).
+
+    No fork on Windows, none on macOS (system libraries are not fork-safe there), none inside a daemonic
+    process (it may not have children): those prepare serially.
+    """
+    import multiprocessing
+    import sys
+
+    return ("fork" in multiprocessing.get_all_start_methods() and sys.platform != "darwin"
+            and not multiprocessing.current_process().daemon)
+
+
+# (adapter, recipe, [(subject, split), ...]) inherited by forked workers; set only inside them
+_WORK: tuple | None = None
+
+
+def _prepare_one(adapter: DatasetAdapter, recipe: Any, subject: Subject, split: str) -> tuple[list[PreparedSlice], Any]:
+    """One subject's slices, or (no slices, (path, cause)) when its files are bad."""
+    try:
+        return recipe.slices(adapter.load(subject), subject, split), None
+    except DataError as err:
+        return [], (err.path, err.cause)
+
+
+def _worker_init(work: tuple) -> None:
+    global _WORK
+    _WORK = work
+    try:  # one thread per worker: the workers already use the cores, and forked OpenMP pools can hang
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+
+
+def _worker_run(i: int) -> tuple[int, list[PreparedSlice], Any]:
+    adapter, recipe, todo = _WORK
+    subject, split = todo[i]
+    return (i, *_prepare_one(adapter, recipe, subject, split))
+
+
+def _prepared(adapter: DatasetAdapter, recipe: Any, todo: list[tuple[Subject, str]], workers: int,
+              stop_at_error: bool) -> Iterator[tuple[Subject, list[PreparedSlice], Any]]:
+    """(subject, slices, error) in ``todo`` order, serially or from a pool of forked workers.
+
+    Order and content do not depend on ``workers``: every subject is prepared by the same function and
+    results are consumed in subject order, so the store (and its fingerprint) is the same.
+    """
+    if workers <= 1 or len(todo) < 2 or not _can_fork():
+        for s, split in todo:
+            slices, err = _prepare_one(adapter, recipe, s, split)
+            yield s, slices, err
+            if err is not None and stop_at_error:
+                return
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    workers = min(workers, len(todo))
+    chunk = max(1, len(todo) // (workers * 8))  # small chunks keep every worker busy to the end
+    ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_init,
+                             initargs=((adapter, recipe, todo),))
+    try:
+        for i, slices, err in ex.map(_worker_run, range(len(todo)), chunksize=chunk):
+            yield todo[i][0], slices, err
+            if err is not None and stop_at_error:
+                return
+    except BrokenProcessPool as err:
+        raise DataError(adapter.root, f"a preparation worker died ({err}); out of memory? prepare again with "
+                                      "workers=1 (--workers 1)") from None
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
 def prepare(adapter: DatasetAdapter, recipe: "Any", *, cache_dir: str | Path | None = None,
-            skip_bad: bool = False, split_fn: "Any | None" = None, force: bool = False) -> SliceStore:
+            skip_bad: bool = False, split_fn: "Any | None" = None, force: bool = False,
+            workers: int | None = None) -> SliceStore:
     """Build (or reuse) the slice store for ``adapter`` × ``recipe``.
 
     ``split_fn(subjects) -> {subject_id: split}`` assigns subject-level splits where the release has none.
-    With ``skip_bad`` a subject that fails to load is logged and listed in ``meta['skipped']``;
-    without it the first bad file raises its one-line DataError.
+    With ``skip_bad`` a subject that fails to load is logged and listed in ``meta['skipped']`` (one line
+    each) and ``meta['skipped_subjects']``; without it the first bad file (in subject order) raises its
+    one-line DataError, also when a cached store was built with ``skip_bad`` and left subjects out.
+    ``workers`` processes prepare subjects in parallel (default :func:`default_workers`, serial below four
+    subjects); the store is identical to a serial build.
     """
     subjects = adapter.subjects()
     if not subjects:
@@ -114,21 +222,30 @@ def prepare(adapter: DatasetAdapter, recipe: "Any", *, cache_dir: str | Path | N
     cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE / "stores"
     path = cache_dir / f"{adapter.name}-{recipe.name}-{key}"
     if not force and (path / "meta.json").exists():
-        return SliceStore(path)
+        store = SliceStore(path)
+        bad = store.meta.get("skipped_subjects") or []
+        if bad and not skip_bad:
+            first = bad[0]
+            raise DataError(first["path"], f"{first['cause']} (subject {first['subject']}; the cached store "
+                                           f"{path.name} left it out: pass skip_bad / --skip-bad to use it)")
+        return store
+    todo = [(s, splits[s.id]) for s in subjects if splits.get(s.id) is not None]
+    if workers is None:
+        workers = default_workers() if len(todo) >= 4 else 1
     slices: list[PreparedSlice] = []
     skipped: list[str] = []
-    for s in subjects:
-        split = splits.get(s.id)
-        if split is None:
-            continue
-        try:
-            vol = adapter.load(s)
-            slices.extend(recipe.slices(vol, s, split))
-        except DataError as err:
-            if not skip_bad:
-                raise
-            log.warning("skipped %s", err)
-            skipped.append(str(err))
+    skipped_subjects: list[dict[str, str]] = []
+    with contextlib.closing(_prepared(adapter, recipe, todo, workers, stop_at_error=not skip_bad)) as results:
+        for s, got, err in results:  # closing: a raise below shuts the worker pool down at once
+            if err is not None:
+                if not skip_bad:
+                    raise DataError(*err)
+                line = str(DataError(*err))
+                log.warning("skipped %s: %s", s.id, line)
+                skipped.append(line)
+                skipped_subjects.append({"subject": s.id, "path": err[0], "cause": err[1]})
+                continue
+            slices.extend(got)
     meta = {"dataset": adapter.name, "recipe": recipe.id, "source_fingerprint": src,
-            "root": str(adapter.root), "skipped": skipped}
+            "root": str(adapter.root), "skipped": skipped, "skipped_subjects": skipped_subjects}
     return write_store(path, slices, meta)

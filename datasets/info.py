@@ -140,39 +140,126 @@ def resolve_recipe(name: str) -> Any:
         raise
 
 
+SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+UNUSED = "unused"  # a subject the split function leaves out of the setup
+
+
+def suite_setup(name: str, recipe: Any) -> Any:
+    """The suite setup (``datasets.recipes_paper.SETUPS``) that prepares ``name`` with ``recipe``: the one with
+    this exact recipe, else one with a recipe of the same paper (``afsc_t2`` for ``afsc_t2_brain``); None
+    when the suite defines no split for this pair (then the release's own split applies)."""
+    from datasets.recipes_paper import SETUPS
+
+    mine = [st for st in SETUPS.values() if st.dataset == name]
+    base = getattr(recipe, "name", str(recipe)).partition("@v")[0]
+    exact = [st for st in mine if st.recipe == base]
+    if exact:
+        return exact[0]
+    paper = base.split("_")[0]
+    same_paper = [st for st in mine if st.recipe.split("_")[0] == paper]
+    return same_paper[0] if same_paper else None
+
+
+def suite_split(name: str, recipe: Any, subjects: list[Subject]) -> tuple[dict[str, str | None], str, Any]:
+    """(subject id → split or None, one line naming the split and its file, setup or None)."""
+    from datasets.splits import split_source
+
+    setup = suite_setup(name, recipe)
+    if setup is None:
+        assign = {s.id: s.split for s in subjects}
+        kinds = sorted({str(v) for v in assign.values()})
+        nosetup = f"no suite setup pairs {name} with {recipe.id}"
+        if kinds == ["all"]:
+            return assign, f"split: none — the release defines none and {nosetup}; subjects shown as 'all'", None
+        return assign, f"split: the release's own folders ({', '.join(kinds)}); {nosetup}", None
+    fn = setup.split()
+    assign = fn(subjects)
+    kw = f"; the setup reads {dict(setup.adapter_kwargs)}" if setup.adapter_kwargs else ""
+    note = f" ({setup.note})" if setup.note else ""
+    return assign, f"split: setup {setup.id}{note} — {split_source(fn)}{kw}", setup
+
+
+def _split_cols(values) -> list[str]:
+    return sorted({v for v in values if v != UNUSED}, key=lambda v: (SPLIT_ORDER.get(v, 3), v)) + \
+        ([UNUSED] if UNUSED in values else [])
+
+
+def _store_lines(store: Any) -> list[str]:
+    lines = [f"  store:       {store.path}", f"  fingerprint: {store.fingerprint}",
+             f"  slices:      {len(store)} of {store.manifest['subject'].nunique()} subjects, "
+             f"[C, H, W] = {list(store.images.shape[1:])}"]
+    lines += ["  " + ln for ln in store.counts().to_string(index=False).splitlines()]
+    skipped = store.meta.get("skipped_subjects") or []
+    if skipped:
+        lines.append(f"  skipped {len(skipped)} subject(s):")
+        lines += [f"    {d['subject']}: {d['path']}: {d['cause']}" for d in skipped]
+    else:
+        lines += [f"  skipped: {e}" for e in store.meta.get("skipped", [])]
+    return lines
+
+
+def prepare_for_suite(name: str, adapter: Any, rec: Any, subjects: list[Subject], *, cache_dir=None,
+                      skip_bad: bool = False, workers: int | None = None, force: bool = False) -> tuple[Any, str]:
+    """Prepare the store the suite itself uses for ``name`` × ``rec`` (its setup's split and adapter options),
+    falling back to the release's split when no setup applies or none of the subjects is in its split."""
+    from benchmark.registry import get_dataset
+    from datasets.base import prepare
+
+    assign, line, setup = suite_split(name, rec, subjects)
+    split_fn = None
+    if setup is not None:
+        if not any(v is not None for v in assign.values()):
+            line += f" — none of the {len(subjects)} subjects is listed there, so the release's own split is used"
+        else:
+            split_fn = setup.split()
+            adapter = get_dataset(name)(adapter.root, **dict(setup.adapter_kwargs))
+    store = prepare(adapter, rec, cache_dir=cache_dir, skip_bad=skip_bad, split_fn=split_fn, workers=workers,
+                    force=force)
+    return store, line
+
+
 def data_info(name: str, root: str | Path | None, out_png: str | Path | None = None, recipe: Any = None, *,
-              n_preview: int = 8, full: bool = False, cache_dir: str | Path | None = None) -> str:
+              n_preview: int = 8, full: bool = False, cache_dir: str | Path | None = None, skip_bad: bool = False,
+              workers: int | None = None) -> str:
     """Counts per split / pathology (+ release facts) as text, and a preview PNG at ``out_png``
     (default ``out/preview-<dataset>.png``).
 
-    ``root=None`` uses the shared development copy when there is one. ``recipe``: a Recipe, a recipe
-    name/id, or None for the adapter's default. ``full=True`` prepares the whole store (official splits)
-    and adds slice counts per split × pathology.
+    Subjects are counted under the split the suite prepares this dataset with (``suite_split``: e.g. the
+    committed LGG patient split, RA's IXI list), else under the release's own. ``root=None`` uses the shared
+    development copy when there is one. ``recipe``: a Recipe, a recipe name/id, or None for the adapter's
+    default. ``full=True`` prepares the whole store with that split and adds slice counts per split × label ×
+    pathology; a bad subject stops it unless ``skip_bad`` (then it is listed). A root the adapter can describe
+    but not prepare (fastMRI+ annotations without h5 volumes) gets that description and no preview.
     """
     cls = get_dataset(name)
     root = Path(root) if root is not None else default_root(name, cls.layout)
     out_png = Path(out_png) if out_png is not None else REPO / "out" / f"preview-{name}.png"
     adapter = cls(root)
     subjects = adapter.subjects()
-    if not subjects:
-        raise DataError(root, f"no {name} subjects found; expected layout: {adapter.layout}")
     rec = resolve_recipe(recipe or adapter.default_recipe) if recipe is None or isinstance(recipe, str) else recipe
-    lines = [f"{name}: {adapter.title}", f"  root:   {Path(root)}", f"  source: {adapter.url}",
-             f"  layout: {adapter.layout}", f"  recipe: {rec.id}", "", f"subjects: {len(subjects)}"]
-    split_of = lambda s: s.split or "unsplit"  # noqa: E731
-    c = collections.Counter((split_of(s), s.pathology) for s in subjects)
-    splits = sorted({split_of(s) for s in subjects})
+    head = [f"{name}: {adapter.title}", f"  root:   {Path(root)}", f"  source: {adapter.url}",
+            f"  layout: {adapter.layout}", f"  recipe: {rec.id}", ""]
+    if not subjects:
+        described = adapter.describe_without_subjects()
+        if described is None:
+            raise DataError(root, f"no {name} subjects found; expected layout: {adapter.layout}")
+        return "\n".join(head + ["subjects: 0", *described, *_annotation_split_lines(name, rec)])
+    assign, split_line, _ = suite_split(name, rec, subjects)
+    split_of = {s.id: (assign.get(s.id) or UNUSED) for s in subjects}
+    lines = head + [f"subjects: {len(subjects)}", f"  {split_line}"]
+    c = collections.Counter((s.pathology, split_of[s.id]) for s in subjects)
+    splits = _split_cols(set(split_of.values()))
     paths = sorted({s.pathology for s in subjects}, key=lambda p: (p != "healthy", p))
-    lines += _table(collections.Counter({(p, sp): v for (sp, p), v in c.items()}), paths, splits, "pathology \\ split")
+    lines += _table(c, paths, splits, "pathology \\ split")
     extra = _meta_summary(subjects)
     if extra:
         lines += [""] + extra
-    # preview
+    # preview: every slice the recipe keeps (the release's split), so lesions show whatever the suite split
     items, errors = [], []
     slice_counts: collections.Counter = collections.Counter()
     for s in _pick(subjects, n_preview):
         try:
-            sl = rec.slices(adapter.load(s), s, split_of(s))
+            sl = rec.slices(adapter.load(s), s, s.split or "unsplit")
         except DataError as err:
             errors.append(str(err))
             continue
@@ -183,18 +270,56 @@ def data_info(name: str, root: str | Path | None, out_png: str | Path | None = N
             tag = f"{best.pathology}" if best.label else "healthy"
             items.append((f"{s.id[-28:]} z={best.slice}\n{tag[:34]}", best))
     by_label = ", ".join(f"{'anomalous' if lab else 'normal'}/{p} {n}" for (lab, p), n in sorted(slice_counts.items()))
-    lines += ["", f"preview ({rec.id}): {len(items)} subjects, slices by label/pathology: {by_label or 'none'}"]
+    lines += ["", f"preview ({rec.id}, every slice the recipe keeps): {len(items)} subjects, slices by "
+                  f"label/pathology: {by_label or 'none'}"]
     lines += [f"  skipped: {e}" for e in errors]
-    if full:
-        from datasets.base import prepare
-
-        store = prepare(adapter, rec, cache_dir=cache_dir, skip_bad=True)
-        lines += ["", f"prepared store {store.path} ({len(store)} slices, fingerprint {store.fingerprint[:12]})"]
-        lines += ["  " + ln for ln in store.counts().to_string(index=False).splitlines()]
-        lines += [f"  skipped: {e}" for e in store.meta.get("skipped", [])]
+    if not full:
+        lines.append("(--full prepares every subject and adds slice counts per split × label × pathology)")
+    else:
+        store, line = prepare_for_suite(name, adapter, rec, subjects, cache_dir=cache_dir, skip_bad=skip_bad,
+                                        workers=workers)
+        lines += ["", f"prepared store ({line}):", *_store_lines(store)]
     render_preview(items, out_png, f"{name} — {rec.id}")
     lines.append(f"preview written to {out_png}")
     return "\n".join(lines)
+
+
+def _annotation_split_lines(name: str, rec: Any) -> list[str]:
+    """For a root without subjects: how many ids the suite's split lists hold per split."""
+    from datasets.splits import split_source
+
+    setup = suite_setup(name, rec)
+    if setup is None:
+        return []
+    fn = setup.split()
+    listed = getattr(fn, "listed", None)
+    if not listed:
+        return [f"  split: setup {setup.id} — {split_source(fn)}"]
+    cnt = collections.Counter(listed.values())
+    per = ", ".join(f"{k} {cnt[k]}" for k in _split_cols(set(cnt)))
+    return [f"  split: setup {setup.id} — {split_source(fn)}: {len(listed)} listed files ({per})"]
+
+
+def prepare_report(name: str, root: str | Path | None, recipe: Any = None, *, skip_bad: bool = False,
+                   cache_dir: str | Path | None = None, workers: int | None = None, force: bool = False) -> str:
+    """``phbench data prepare``: build (or reuse) the store the suite uses; counts, path, fingerprint, skips."""
+    import time
+
+    cls = get_dataset(name)
+    root = Path(root) if root is not None else default_root(name, cls.layout)
+    adapter = cls(root)
+    subjects = adapter.subjects()
+    if not subjects:
+        raise DataError(root, f"no {name} subjects found; expected layout: {adapter.layout}")
+    rec = resolve_recipe(recipe or adapter.default_recipe) if recipe is None or isinstance(recipe, str) else recipe
+    wall, t0 = time.time(), time.perf_counter()
+    store, line = prepare_for_suite(name, adapter, rec, subjects, cache_dir=cache_dir, skip_bad=skip_bad,
+                                    workers=workers, force=force)
+    dt = time.perf_counter() - t0
+    built = (store.path / "meta.json").stat().st_mtime >= wall - 1.0
+    how = f"built in {dt:.1f} s" if built else f"reused the cached store ({dt:.1f} s; --force rebuilds it)"
+    return "\n".join([f"{name} × {rec.id}: {len(subjects)} subjects under {root}", f"  {line}", f"  {how}",
+                      *_store_lines(store)])
 
 
 def _meta_summary(subjects: list[Subject]) -> list[str]:

@@ -134,9 +134,14 @@ class SliceStore:
         return SliceSet(self, np.arange(len(self)), name="all")
 
     def counts(self) -> pd.DataFrame:
-        """Slices and subjects per split × pathology (``phbench data info``)."""
-        g = self.manifest.groupby(["split", "pathology"])
-        return pd.DataFrame({"slices": g.size(), "subjects": g["subject"].nunique()}).reset_index()
+        """Slices and subjects per split × label × pathology (``phbench data info / prepare``); splits in
+        train, val, test order."""
+        g = self.manifest.groupby(["split", "label", "pathology"])
+        out = pd.DataFrame({"slices": g.size(), "subjects": g["subject"].nunique()}).reset_index()
+        rank = {"train": 0, "val": 1, "test": 2}
+        order = sorted(range(len(out)), key=lambda i: (rank.get(out["split"][i], 3), out["split"][i],
+                                                       int(out["label"][i]), out["pathology"][i]))
+        return out.iloc[order].reset_index(drop=True)
 
 
 class SliceSet:

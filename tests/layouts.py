@@ -38,20 +38,24 @@ def save_nifti(path: Path, arr: np.ndarray, affine=LPS_1MM, dtype=None) -> Path:
 
 
 def write_brats(root: Path, case: str, *, naming: str = "2021", shape=(32, 32, 24), labels=(1, 2, 4),
-                modalities=None, seg: bool = True, seed: int = 0, lesion_z=None, lesion_r2=0.08) -> Path:
-    """One case folder: 2017–2021 ``<case>_{flair,t1,t1ce,t2,seg}`` or 2023 ``<case>-{t2f,t1n,t1c,t2w,seg}``."""
+                modalities=None, seg: bool = True, seed: int = 0, lesion_z=None, lesion_r2=0.08,
+                ext: str = ".nii.gz", seg_name: str | None = None) -> Path:
+    """One case folder: 2017–2021 ``<case>_{flair,t1,t1ce,t2,seg}`` or 2023 ``<case>-{t2f,t1n,t1c,t2w,seg}``.
+
+    ``ext='.nii'``: BraTS 2020 ships uncompressed files; ``seg_name``: a label file off the naming scheme
+    (BraTS20_Training_355's ``W39_1998.09.19_Segm.nii``)."""
     folder = root / case
     img, les = phantom(shape, seed=seed, lesion_z=lesion_z, lesion_r2=lesion_r2)
     mods = modalities or (("flair", "t1", "t1ce", "t2") if naming != "2023" else ("t2f", "t1n", "t1c", "t2w"))
     sep = "-" if naming == "2023" else "_"
     for i, m in enumerate(mods):
-        save_nifti(folder / f"{case}{sep}{m}.nii.gz", img * (1 + 0.1 * i), dtype=np.int16)
+        save_nifti(folder / f"{case}{sep}{m}{ext}", img * (1 + 0.1 * i), dtype=np.int16)
     if seg:
         lab = np.zeros(shape, np.int16)
         idx = np.flatnonzero(les.ravel())
         for j, v in enumerate(labels):  # split the lesion voxels into the release's label values
             lab.ravel()[idx[j::len(labels)]] = v
-        save_nifti(folder / f"{case}{sep}seg.nii.gz", lab)
+        save_nifti(folder / (seg_name or f"{case}{sep}seg{ext}"), lab)
     return folder
 
 
@@ -67,12 +71,52 @@ def write_msseg(root: Path, patient: int, tp: int, *, shape=(24, 28, 20), raters
     return base
 
 
-def write_hcp(root: Path, sid: str, *, shape=(26, 31, 26), spacing=0.7) -> Path:
+def write_hcp(root: Path, sid: str, *, shape=(26, 31, 26), spacing=0.7, space: str = "mni",
+              package: bool = False) -> Path:
+    """``<root>/<id>/MNINonLinear/T{1,2}w_restore_brain.nii.gz`` (``space='acpc'``: ``<id>/T1w/T{1,2}w_acpc_dc_
+    restore_brain.nii.gz``); ``package``: unzipped ``<id>_3T_Structural_preproc/<id>/…`` as ConnectomeDB ships it."""
     aff = np.diag([-spacing, spacing, spacing, 1.0])
-    img, _ = phantom(shape, lesion_value=None)
-    for m in ("T1w", "T2w"):
-        save_nifti(root / sid / "MNINonLinear" / f"{m}_restore_brain.nii.gz", img, affine=aff)
-    return root / sid
+    img, _ = phantom(shape, lesion_value=None, seed=int(sid) % 1000 if sid.isdigit() else 0)
+    base = root / f"{sid}_3T_Structural_preproc" if package else root
+    for i, m in enumerate(("T1w", "T2w")):
+        rel = (Path("MNINonLinear") / f"{m}_restore_brain.nii.gz" if space == "mni"
+               else Path("T1w") / f"{m}_acpc_dc_restore_brain.nii.gz")
+        save_nifti(base / sid / rel, img * (1 + i), affine=aff)
+    return base / sid
+
+
+def write_ixi(root: Path, sid: str, site: str, n: int, modalities=("T1", "T2", "PD"), *, folders: bool = True,
+              shape=(20, 24, 16)) -> dict[str, Path]:
+    """``IXI<id>-<site>-<nnnn>-<MOD>.nii.gz`` in ``IXI-<MOD>/`` (as the per-modality tars unpack) or flat.
+    T1 is stored sagittally on its own grid, T2/PD axially on another, like the release."""
+    out = {}
+    for i, mod in enumerate(modalities):
+        img, _ = phantom(shape if mod == "T1" else (shape[0] + 4, shape[1], shape[2] - 2), lesion_value=None, seed=i)
+        aff = np.array([[0, 0, 1.2, 0], [-1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1.0]]) if mod == "T1" else \
+            np.diag([-0.9, 0.9, 1.2, 1.0])
+        folder = root / f"IXI-{mod}" if folders else root
+        out[mod] = save_nifti(folder / f"{sid}-{site}-{n:04d}-{mod}.nii.gz", img * (1 + i), affine=aff, dtype=np.int16)
+    return out
+
+
+def write_lgg_patient(root: Path, folder: str, numbers=(1, 2, 3), *, shape=(32, 32), tumour=(2,)) -> Path:
+    """``<root>/kaggle_3m/<folder>/<folder>_<n>.tif`` (RGB: pre, FLAIR, post) + ``_<n>_mask.tif`` (0/255);
+    slices in ``tumour`` get a mask blob and a bright FLAIR spot."""
+    import tifffile
+
+    d = root / "kaggle_3m" / folder
+    d.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    head = ((yy - shape[0] / 2) ** 2 + (xx - shape[1] / 2) ** 2) < (min(shape) / 2.4) ** 2
+    for n in numbers:
+        rgb = np.dstack([np.where(head, 90 + 20 * c + n, 0) for c in range(3)]).astype(np.uint8)
+        m = np.zeros(shape, np.uint8)
+        if n in tumour:
+            m[12:18, 12:20] = 255
+            rgb[..., 1][m > 0] = 230
+        tifffile.imwrite(d / f"{folder}_{n}.tif", rgb)
+        tifffile.imwrite(d / f"{folder}_{n}_mask.tif", m)
+    return d
 
 
 def write_atlas(root: Path, site: str, sub: str, *, part: str = "Training", shape=(30, 34, 28),

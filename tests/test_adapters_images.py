@@ -233,3 +233,30 @@ def test_phash_groups_near_duplicates(tmp_path):
     Image.open(imgs[0]).resize((200, 200)).save(tmp_path / "dup.jpg", quality=80)  # rescaled, re-encoded copy
     groups = near_duplicate_groups([phash(p) for p in imgs + [tmp_path / "dup.jpg"]])
     assert groups[3] == groups[0] and len({groups[0], groups[1], groups[2]}) == 3
+
+
+@pytest.mark.parametrize("name", ["oct2017", "idrid", "lgg", "fastmri_plus"])
+def test_empty_missing_and_foreign_roots_are_one_line(name, tmp_path, capsys, monkeypatch):
+    from benchmark.cli import main
+
+    monkeypatch.delenv("PHBENCH_FASTMRI_PLUS", raising=False)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ".DS_Store").write_bytes(b"\0")  # hidden files do not count as content
+    with pytest.raises(DataError) as e:
+        get_dataset(name)(tmp_path / "empty").subjects()
+    one_line(e.value, str(tmp_path / "empty"), f"{name} root folder is empty", "expected layout")
+    with pytest.raises(DataError) as e:
+        get_dataset(name)(tmp_path / "nope").subjects()
+    one_line(e.value, f"{name} root folder does not exist")
+    (tmp_path / "other" / "misc").mkdir(parents=True)
+    (tmp_path / "other" / "misc" / "notes.txt").write_text("not a dataset")
+    for cmd in (["info", name, "--root", str(tmp_path / "other"), "--preview", str(tmp_path / "p.png")],
+                ["prepare", name, "--root", str(tmp_path / "other"), "--store", str(tmp_path / "s")],
+                ["prepare", name, "--root", str(tmp_path / "empty"), "--store", str(tmp_path / "s")]):
+        assert main(["data", *cmd]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        expect = ("empty" if "empty" in cmd[3] else
+                  "fastMRI+ annotations not found" if name == "fastmri_plus" else f"no {name} subjects found")
+        assert expect in err[0], err
+    assert not (tmp_path / "p.png").exists() and not (tmp_path / "s").exists()

@@ -13,7 +13,7 @@ from benchmark.registry import get_dataset
 from datasets.base import prepare
 from datasets.recipes_paper import get_recipe
 from tests.layouts import (phantom, save_nifti, write_atlas, write_brats, write_fastmri, write_fastmri_annotations,
-                           write_hcp, write_isles, write_msseg)
+                           write_hcp, write_isles, write_ixi, write_msseg)
 
 
 def one_line(err: Exception, *needles: str) -> str:
@@ -64,6 +64,29 @@ def test_brats_unknown_label_value_per_release(tmp_path, dataset, labels, bad):
     with pytest.raises(DataError) as e:
         a.load(a.subjects()[0])
     one_line(e.value, "seg.nii.gz", f"unknown label value(s) [{bad}]")
+
+
+def test_brats2020_naming_and_case_355_seg_quirk(tmp_path):
+    root = tmp_path / "MICCAI_BraTS2020_TrainingData"
+    write_brats(root, "BraTS20_Training_001", ext=".nii")  # 2020 ships uncompressed .nii
+    write_brats(root, "BraTS20_Training_355", ext=".nii", seg_name="W39_1998.09.19_Segm.nii", seed=3)
+    write_brats(root, "BraTS20_Training_356", ext=".nii", seg=False, seed=4)
+    (root / "name_mapping.csv").write_text("Grade,BraTS_2019_subject_ID,BraTS_2020_subject_ID\n"
+                                           "HGG,x,BraTS20_Training_001\n")
+    (root / "survival_info.csv").write_text("Brats20ID,Age,Survival_days,Extent_of_Resection\n")
+    a = get_dataset("brats2020")(tmp_path)
+    subs = {s.id: s for s in a.subjects()}
+    assert list(subs) == ["BraTS20_Training_001", "BraTS20_Training_355", "BraTS20_Training_356"]
+    assert subs["BraTS20_Training_001"].files["seg"].name == "BraTS20_Training_001_seg.nii"
+    assert subs["BraTS20_Training_355"].files["seg"].name == "W39_1998.09.19_Segm.nii"
+    assert [subs[k].meta["has_seg"] for k in subs] == [True, True, False]
+    assert {s.meta["release"] for s in get_dataset("brats")(tmp_path).subjects()} == {"2020"}  # from the name
+    vol = a.load(subs["BraTS20_Training_355"])
+    assert vol.lesion.sum() > 0 and subs["BraTS20_Training_355"].meta["labels_present"] == ["NCR", "ED", "ET"]
+    assert vol.channel("t1ce").shape == (32, 32, 24)
+    store = prepare(a, get_recipe("afsc_t2_brain"), cache_dir=tmp_path / "c")
+    lab = store.manifest.groupby("subject")["label"].sum()
+    assert lab["BraTS20_Training_001"] > 0 and lab["BraTS20_Training_355"] > 0
 
 
 def test_brats2024_resection_cavity_is_known_and_selectable(tmp_path):
@@ -168,6 +191,49 @@ def test_hcp_resampled_to_1mm(tmp_path):
     sl = get_recipe("afsc_t2").slices(vol, subs[0], "train")
     assert len(sl) == round(26 * 0.7)  # all axial slices after 0.7 → 1 mm
     assert all(s.label == 0 for s in sl) and max(float(s.image.max()) for s in sl) <= 1.0
+
+
+def test_hcp_acpc_space_and_unzipped_package_layout(tmp_path):
+    write_hcp(tmp_path, "100307", space="acpc")
+    write_hcp(tmp_path, "100408", space="acpc", package=True)  # <id>_3T_Structural_preproc/<id>/T1w/...
+    write_hcp(tmp_path, "101915", package=True)  # MNINonLinear only
+    acpc = get_dataset("hcp")(tmp_path, space="acpc")
+    subs = acpc.subjects()
+    assert [s.id for s in subs] == ["100307", "100408"]
+    assert subs[1].files["t2"] == tmp_path / "100408_3T_Structural_preproc" / "100408" / "T1w" / \
+        "T2w_acpc_dc_restore_brain.nii.gz"
+    assert subs[0].meta["space"] == "acpc"
+    vol = acpc.load(subs[1])
+    assert vol.channel("t2").shape == (26, 31, 26) and np.allclose(vol.spacing, 0.7, atol=1e-4)
+    assert float(vol.channel("t2").max()) > float(vol.channel("t1").max())  # T2w read, not T1w
+    assert [s.id for s in get_dataset("hcp")(tmp_path).subjects()] == ["101915"]  # mni: the nested package too
+    with pytest.raises(ValueError, match="space must be one of"):
+        get_dataset("hcp")(tmp_path, space="native")
+
+
+def test_ixi_t2_and_pd_naming(tmp_path):
+    write_ixi(tmp_path, "IXI002", "Guys", 828)  # IXI-T1/, IXI-T2/, IXI-PD/ as the tars unpack
+    write_ixi(tmp_path, "IXI013", "IOP", 1212, ("T2", "PD"), folders=False)  # flat, no T1
+    a = get_dataset("ixi")(tmp_path)
+    subs = {s.id: s for s in a.subjects()}
+    assert set(subs) == {"IXI002", "IXI013"}
+    assert set(subs["IXI002"].files) == {"t1", "t2", "pd"} and set(subs["IXI013"].files) == {"t2", "pd"}
+    assert subs["IXI002"].files["pd"].name == "IXI002-Guys-0828-PD.nii.gz"
+    assert subs["IXI013"].meta["site"] == "IOP" and subs["IXI013"].meta["scan"] == "IXI013-IOP-1212"
+    v = a.load(subs["IXI002"])
+    assert v.channel("t1").shape == (16, 20, 24)  # sagittal on disk → RAS+ (x = the stored 3rd axis)
+    assert v.channel("t2").shape == v.channel("pd").shape == (24, 24, 14)
+    assert not np.array_equal(v.channel("t2"), v.channel("pd"))
+    v2 = a.load(subs["IXI013"])
+    assert np.allclose(v2.spacing, (0.9, 0.9, 1.2), atol=1e-4)
+    with pytest.raises(DataError) as e:
+        v2.channel("t1")
+    one_line(e.value, "IXI013-IOP-1212-T1.nii.gz", "missing modality T1 (subject has PD, T2)")
+    import dataclasses
+
+    t2_mid = dataclasses.replace(get_recipe("ra_mid_t1"), name="ra_mid_t2_test", channels=("t2",))
+    store = prepare(a, t2_mid, cache_dir=tmp_path / "c")
+    assert list(store.manifest["subject"]) == ["IXI002", "IXI013"] and store.images.shape[1:] == (1, 128, 128)
 
 
 def test_atlas_bids_training_testing_and_brainmask(tmp_path):
@@ -278,3 +344,19 @@ def test_gzip_magic_but_garbage_is_one_line(tmp_path):
     with pytest.raises(DataError) as e:
         a.load(a.subjects()[0])
     one_line(e.value, "BraTS2021_00020_flair.nii.gz")
+
+
+def test_head_mask_hole_filling_matches_scipy():
+    from scipy import ndimage
+
+    from datasets.adapters._common import fill_holes_inplane, head_mask
+
+    st = np.zeros((3, 3, 3), bool)
+    st[:, :, 1] = ndimage.generate_binary_structure(2, 1)
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        fg = rng.random(tuple(rng.integers(1, 12, 3))) < rng.uniform(0.2, 0.9)
+        assert np.array_equal(fill_holes_inplane(fg, st), ndimage.binary_fill_holes(fg, structure=st))
+    img, _ = phantom((30, 30, 12), lesion_value=0.0)  # a dark "lesion" hole inside the head
+    m = head_mask(img + 1.0 * (img > 0))
+    assert m.sum() > (img > 0).sum()  # the hole is filled

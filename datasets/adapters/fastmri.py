@@ -82,6 +82,56 @@ def finding_name(label: str) -> str:
     return label.lower().removeprefix("global label:").strip()
 
 
+def series_of(file_id: str) -> str:
+    m = _SERIES.match(file_id)
+    return m.group("series") if m else "?"
+
+
+def annotation_summary(ann_path: Path) -> list[str]:
+    """Text lines: annotated / reviewed files (by series), boxes per label, global (study_level=Yes) labels."""
+    import collections
+
+    ann, reviewed = read_annotations(ann_path)
+    boxes: collections.Counter = collections.Counter()
+    box_files: dict[str, set] = collections.defaultdict(set)
+    glob_files: dict[str, set] = collections.defaultdict(set)
+    for f, rec in ann.items():
+        for bs in rec["boxes"].values():
+            for b in bs:
+                boxes[b[0]] += 1
+                box_files[b[0]].add(f)
+        for g in rec["global"]:
+            glob_files[g].add(f)
+    with_boxes = {f for f, rec in ann.items() if rec["boxes"]}
+    with_global = {f for f, rec in ann.items() if rec["global"]}
+    by_series = collections.Counter(series_of(f) for f in ann)
+    out = [f"  annotations: {ann_path}",
+           f"  annotated files: {len(ann)} ({len(with_boxes)} with boxes, {len(with_global)} with global labels); "
+           "by series: " + ", ".join(f"{k} {v}" for k, v in sorted(by_series.items()))]
+    if reviewed is None:
+        out.append("  reviewed file list: brain_file_list.csv not found beside brain.csv")
+    else:
+        rs = collections.Counter(series_of(f) for f in reviewed)
+        out.append(f"  reviewed files (brain_file_list.csv): {len(reviewed)}, {len(reviewed - set(ann))} of them "
+                   "without any annotation row (reviewed normal); by series: "
+                   + ", ".join(f"{k} {v}" for k, v in sorted(rs.items())))
+        not_listed = set(ann) - reviewed
+        if not_listed:
+            out.append(f"  annotated but not in brain_file_list.csv: {len(not_listed)}")
+    knee = ann_path.with_name("knee_file_list.csv")
+    if knee.is_file():
+        n_knee = sum(1 for ln in knee.read_text().splitlines() if ln.strip())
+        out.append(f"  knee_file_list.csv: {n_knee} knee files (not used by the brain adapter)")
+    w = max([len(k) for k in list(boxes) + list(glob_files)] + [20])
+    out.append(f"  boxes per label ({sum(boxes.values())} boxes; label, boxes, files):")
+    out += [f"    {k:<{w}}  {v:>6}  {len(box_files[k]):>5}" for k, v in boxes.most_common()]
+    n_glob = sum(len(v) for v in glob_files.values())
+    out.append(f"  global labels, study_level=Yes ({n_glob} file labels; label, files):")
+    out += [f"    {k:<{w}}  {len(v):>6}" for k, v in sorted(glob_files.items(), key=lambda kv: (-len(kv[1]), kv[0]))]
+    out.append(f"  counted as normal, not anomalies: {', '.join(sorted(NORMAL_LABELS))}")
+    return out
+
+
 @register_dataset
 class FastMRIPlusAdapter(DatasetAdapter):
     """fastMRI brain h5 volumes that fastMRI+ reviewed; boxes/global findings in ``Subject.meta``."""
@@ -126,6 +176,17 @@ class FastMRIPlusAdapter(DatasetAdapter):
                                      "boxes": boxes, "normal_boxes": normal_boxes, "local_findings": local,
                                      "skull_stripped": False}))
         return out
+
+    def describe_without_subjects(self) -> list[str] | None:
+        """An annotations-only root (fastMRI+ CSVs without the NYU h5 files): what the annotations hold."""
+        root = require_dir(self.root, self.name, self.layout)
+        ann_path = find_annotations(root, self.annotations)
+        n_h5 = sum(1 for _ in root.rglob("*.h5"))
+        why = (f"{n_h5} .h5 file(s) under the root, none a fastMRI+ reviewed file_brain_*.h5"
+               + (f" of series {', '.join(self.series)}" if self.series else "")) if n_h5 else \
+            "no file_brain_*.h5 under the root"
+        return [f"annotations only: h5 volumes missing ({why}), so nothing is prepared and no preview is drawn",
+                *annotation_summary(ann_path)]
 
     def load(self, subject: Subject) -> Volume:
         import h5py

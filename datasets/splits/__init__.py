@@ -32,18 +32,28 @@ def read_csv(rel: str) -> tuple[dict[str, str], ...]:
         return tuple(csv.DictReader(fh))
 
 
+def sourced(fn: SplitFn, source: str) -> SplitFn:
+    """Tag a split function with where its assignment comes from (``phbench data info`` prints it)."""
+    fn.source = source  # type: ignore[attr-defined]
+    return fn
+
+
+def split_source(fn: SplitFn) -> str:
+    return getattr(fn, "source", "computed by the split function")
+
+
 # ---------------------------------------------------------------------------------------------------
 # generic
 
 
 def official() -> SplitFn:
     """The split the adapter read from the release's own layout (or ``all``)."""
-    return lambda subjects: {s.id: s.split for s in subjects}
+    return sourced(lambda subjects: {s.id: s.split for s in subjects}, "the release's own folders")
 
 
 def all_as(split: str) -> SplitFn:
     """Every subject into one split (AFSC: all BraTS2017 / MS-SEG scans are test)."""
-    return lambda subjects: {s.id: split for s in subjects}
+    return sourced(lambda subjects: {s.id: split for s in subjects}, f"every subject in {split}")
 
 
 def from_lists(lists: dict[str, Iterable[str]], *, key: Callable[[Subject], str] = lambda s: s.id) -> SplitFn:
@@ -54,7 +64,9 @@ def from_lists(lists: dict[str, Iterable[str]], *, key: Callable[[Subject], str]
             if i in lookup and lookup[i] != split:
                 raise ValueError(f"id {i} is in both {lookup[i]} and {split}")
             lookup[i] = split
-    return lambda subjects: {s.id: lookup.get(key(s)) for s in subjects}
+    fn = lambda subjects: {s.id: lookup.get(key(s)) for s in subjects}  # noqa: E731
+    fn.listed = lookup  # type: ignore[attr-defined]  # id → split, for summaries without subjects
+    return fn
 
 
 def holdout(fraction: float = 0.05, seed: int = 0, *, held: str = "val", rest: str = "train",
@@ -70,7 +82,7 @@ def holdout(fraction: float = 0.05, seed: int = 0, *, held: str = "val", rest: s
         n_held = max(1, int(round(fraction * len(groups)))) if len(groups) > 1 else 0
         held_set = {groups[i] for i in order[:n_held]}
         return {s.id: held if gid[s.id] in held_set else rest for s in subjects}
-    return fn
+    return sourced(fn, f"computed: seeded subject-level {fraction:.0%} hold-out (seed {seed}) → {held}, rest {rest}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -79,8 +91,9 @@ def holdout(fraction: float = 0.05, seed: int = 0, *, held: str = "val", rest: s
 
 def itermask2_brats2021() -> SplitFn:
     """IterMask2's 990 / 128 / 133 BraTS2021 subject lists."""
-    return from_lists({sp: [r["subject_id"] for r in read_csv(f"itermask2/brats2021_{sp}.csv")]
-                       for sp in ("train", "val", "test")})
+    return sourced(from_lists({sp: [r["subject_id"] for r in read_csv(f"itermask2/brats2021_{sp}.csv")]
+                               for sp in ("train", "val", "test")}),
+                   "datasets/splits/itermask2/brats2021_{train,val,test}.csv")
 
 
 _ATLAS_SUB = re.compile(r"(sub-r\d+s\d+)")
@@ -92,7 +105,7 @@ def atlas_ids(rel: str = "phanes/atlas_train.csv") -> list[str]:
 
 def phanes_atlas() -> SplitFn:
     """PHANES Table 2: the 655 ATLAS training cases are all test images (no ATLAS image is trained on)."""
-    return from_lists({"test": atlas_ids()})
+    return sourced(from_lists({"test": atlas_ids()}), "datasets/splits/phanes/atlas_train.csv (all → test)")
 
 
 def ra_fastmri(train_list: str = "bkp") -> SplitFn:
@@ -110,12 +123,16 @@ def ra_fastmri(train_list: str = "bkp") -> SplitFn:
     test = set(lists["test"]) | {r["file_id"] for r in read_csv("ra/global_detection_test.csv")}
     test |= {r["file_id"] for r in read_csv("ra/localization_boxes.csv")}
     lists["test"] = sorted(test)
-    return from_lists(lists)
+    files = ["fastmri_normal_splits.csv", "global_detection_test.csv", "localization_boxes.csv"]
+    if train_list == "official":
+        files.append("train_ixi_fastmri_official.csv")
+    return sourced(from_lists(lists), "datasets/splits/ra/{" + ",".join(files) + "}")
 
 
 def ra_ixi() -> SplitFn:
     """IXI for RA/PHANES: the 581 listed subjects are all training data."""
-    return from_lists({"train": [r["ixi_subject_id"] for r in read_csv("ra/ixi_t1_png_all.csv")]})
+    return sourced(from_lists({"train": [r["ixi_subject_id"] for r in read_csv("ra/ixi_t1_png_all.csv")]}),
+                   "datasets/splits/ra/ixi_t1_png_all.csv (all → train)")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -137,7 +154,8 @@ def make_itermask2_atlas2(seed: int = 0) -> list[dict[str, str]]:
 
 def itermask2_atlas2() -> SplitFn:
     rows = read_csv("itermask2/atlas2_suite_split.csv")
-    return from_lists({sp: [r["subject_id"] for r in rows if r["split"] == sp] for sp in ("train", "val", "test")})
+    lists = {sp: [r["subject_id"] for r in rows if r["split"] == sp] for sp in ("train", "val", "test")}
+    return sourced(from_lists(lists), "datasets/splits/itermask2/atlas2_suite_split.csv")
 
 
 def make_itermask2_isles2015(seed: int = 0, folds: int = 4, n_val: int = 3) -> list[dict[str, str]]:
@@ -161,13 +179,15 @@ def itermask2_isles2015(fold: int = 0) -> SplitFn:
     rows = [r for r in read_csv("itermask2/isles2015_cv4.csv") if int(r["fold"]) == fold]
     if not rows:
         raise ValueError(f"ISLES fold {fold} not in isles2015_cv4.csv (folds 0–3)")
-    return from_lists({sp: [r["subject_id"] for r in rows if r["split"] == sp] for sp in ("train", "val", "test")})
+    lists = {sp: [r["subject_id"] for r in rows if r["split"] == sp] for sp in ("train", "val", "test")}
+    return sourced(from_lists(lists), f"datasets/splits/itermask2/isles2015_cv4.csv (fold {fold})")
 
 
 def lgg() -> SplitFn:
     """LGG dev benchmark: committed patient-level split (``lgg/lgg_patients.csv``)."""
     rows = read_csv("lgg/lgg_patients.csv")
-    return from_lists({sp: [r["folder"] for r in rows if r["split"] == sp] for sp in ("train", "val", "test")})
+    return sourced(from_lists({sp: [r["folder"] for r in rows if r["split"] == sp] for sp in ("train", "val", "test")}),
+                   "datasets/splits/lgg/lgg_patients.csv")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -176,8 +196,9 @@ def lgg() -> SplitFn:
 
 def proxyano_oct() -> SplitFn:
     """OCT2017: NORMAL scans of the official train split train; all 1,000 official test (test ∪ val) scans test."""
-    return lambda subjects: {s.id: ("train" if s.pathology == "healthy" else None) if s.split == "train" else "test"
-                             for s in subjects}
+    return sourced(lambda subjects: {s.id: ("train" if s.pathology == "healthy" else None) if s.split == "train"
+                                     else "test" for s in subjects},
+                   "computed: official train NORMAL → train, official test ∪ val → test")
 
 
 def proxyano_idrid(test: str = "all81") -> SplitFn:
@@ -194,7 +215,7 @@ def proxyano_idrid(test: str = "all81") -> SplitFn:
             else:
                 out[s.id] = "test" if test == "all81" or s.split == "test" else None
         return out
-    return fn
+    return sourced(fn, f"computed ({test}): B grading grade-0 train images → train, part A → test")
 
 
 def phash(path: Path) -> int:
@@ -262,7 +283,8 @@ def proxyano_brain(variant: str = "bt_default", seed: int = 0) -> SplitFn:
         test_abn = [abnormals[i] for i in np.random.default_rng(seed).permutation(len(abnormals))[:n_abn]]
         lookup = {**{i: "train" for i in train}, **{i: "test" for i in test_norm + test_abn}}
         return {s.id: lookup.get(s.id) for s in subjects}
-    return fn
+    return sourced(fn, f"computed ({variant}, seed {seed}): pHash de-duplication, 400 train normals "
+                       "(× n/598 when fewer), test = the other normals + as many abnormals")
 
 
 SPLITS: dict[str, Callable[..., SplitFn]] = {
