@@ -221,13 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
     di = dsub.add_parser("info", help="counts per split/label and a preview PNG")
-    di.add_argument("dataset")
-    di.add_argument("--root", default=None, help="the release's root folder")
     di.add_argument("--preview", default=None, help="PNG path (default: out/preview-<dataset>.png)")
-    di.add_argument("--recipe", default=None, help="preprocessing recipe id (default: the dataset's own)")
     di.add_argument("--full", action="store_true", help="prepare every subject, not only a preview sample")
 
     def prep_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("dataset")
+        sp.add_argument("--root", default=None, help="the release's root folder")
+        sp.add_argument("--recipe", default=None, help="preprocessing recipe id (default: the dataset's own)")
         sp.add_argument("--skip-bad", action="store_true",
                         help="leave out (and list) subjects with bad files instead of stopping at the first")
         sp.add_argument("--workers", type=int, default=None,
@@ -236,9 +236,6 @@ def build_parser() -> argparse.ArgumentParser:
     prep_opts(di)
     di.set_defaults(func=_cmd_data_info)
     dp = dsub.add_parser("prepare", help="build the slice store the suite uses; counts, path, fingerprint")
-    dp.add_argument("dataset")
-    dp.add_argument("--root", default=None, help="the release's root folder")
-    dp.add_argument("--recipe", default=None, help="preprocessing recipe id (default: the dataset's own)")
     dp.add_argument("--store", default=None, help="store cache folder (default: $PHBENCH_CACHE/stores)")
     dp.add_argument("--force", action="store_true", help="rebuild even when a cached store matches")
     prep_opts(dp)

@@ -109,50 +109,41 @@ DETAIL_METRIC_IDS = (
     "score_gap|normal_minmax",
 )
 
-TABLE1_DETAIL = register_table(TableSpec(
-    table_id="table1-detail",
-    title="Table 1 (detail) — every pixel- and image-level metric variant on the table1 runs",
-    dataset=TABLE1.dataset,
-    protocol="standard",
-    methods=TABLE1.methods,
-    metrics=DETAIL_METRIC_IDS,
-    store=_phantom_store,
-    footnotes=(TABLE1.footnotes[0], "Same trained models as table1 (nothing is retrained); the footnote of each "
-               "column names its pooling and threshold rule. Oracle columns pick their threshold on the test set."),
-))
+def _table1_companion(table_id: str, title: str, protocol: str, metrics: tuple[str, ...], *footnotes: str,
+                      options: dict[str, Any] | None = None) -> TableSpec:
+    """A table that evaluates table1's trained models another way (same data, methods and runs' models)."""
+    return register_table(TableSpec(
+        table_id=table_id, title=title, dataset=TABLE1.dataset, protocol=protocol, methods=TABLE1.methods,
+        metrics=metrics, store=_phantom_store, options=options or {},
+        footnotes=(*footnotes, "Same trained models as table1 (nothing is retrained)."),
+    ))
 
-TABLE1_SYNTHETIC = register_table(TableSpec(
-    table_id="table1-synthetic",
-    title="Table 1 (synthetic) — RA's synthetic anomalies on the healthy phantom test slices",
-    dataset=TABLE1.dataset,
-    protocol="synthetic",
-    methods=TABLE1.methods,
-    metrics=("mse|inside_mask", "lpips|inside_mask", "lpips|outside_mask", "auprc|pooled",
-             "dice|oracle_test|max1000"),
-    store=_phantom_store,
-    options={"preset": "ra", "seed": 2109},
-    footnotes=("Data: the healthy slices of the table1 test subjects, corrupted once (seed 2109) by RA's paper "
-               "generators: 3 intensity ellipses (1-5th / 30-70th / 95-99th percentile), and one copy-paste "
-               "rectangle; the draws are cached beside the slice store with their record.",
-               "mse / lpips: the method's reconstruction against the clean slice, inside or outside the synthetic "
-               "mask; methods without a reconstruction (intensity) have none.",
-               "Same trained models as table1 (nothing is retrained)."),
-))
 
-TABLE1_LOCALISATION = register_table(TableSpec(
-    table_id="table1-localisation",
-    title="Table 1 (localisation) — RA box localisation and global detection on the phantom",
-    dataset=TABLE1.dataset,
-    protocol="localisation",
-    methods=TABLE1.methods,
-    metrics=("detected_boxes|fpr@5%_healthy_image", "detection_rate|per_box|fpr@5%_healthy_image",
-             "f1|per_box|fpr@5%_healthy_image", "fp_ratio|per_box|fpr@5%_healthy_image", "auroc|image|map_mean"),
-    store=_phantom_store,
-    options={"fpr": 0.05, "box_variant": "suite"},
-    footnotes=("Boxes: one per 8-connected lesion component of each test slice; healthy tissue = brain outside "
-               "every box of the slice. Global detection: normal test slices vs the slices of each pathology.",
-               "Same trained models as table1 (nothing is retrained)."),
-))
+TABLE1_DETAIL = _table1_companion(
+    "table1-detail", "Table 1 (detail) — every pixel- and image-level metric variant on the table1 runs",
+    "standard", DETAIL_METRIC_IDS, TABLE1.footnotes[0],
+    "The footnote of each column names its pooling and threshold rule; oracle columns pick their threshold on "
+    "the test set.")
+
+TABLE1_SYNTHETIC = _table1_companion(
+    "table1-synthetic", "Table 1 (synthetic) — RA's synthetic anomalies on the healthy phantom test slices",
+    "synthetic", ("mse|inside_mask", "lpips|inside_mask", "lpips|outside_mask", "auprc|pooled",
+                  "dice|oracle_test|max1000"),
+    "Data: the healthy slices of the table1 test subjects, corrupted once (seed 2109) by RA's paper generators: "
+    "3 intensity ellipses (1-5th / 30-70th / 95-99th percentile), and one copy-paste rectangle; the draws are "
+    "cached beside the slice store with their record.",
+    "mse / lpips: the method's reconstruction against the clean slice, inside or outside the synthetic mask; "
+    "methods without a reconstruction (intensity) have none.",
+    options={"preset": "ra", "seed": 2109})
+
+TABLE1_LOCALISATION = _table1_companion(
+    "table1-localisation", "Table 1 (localisation) — RA box localisation and global detection on the phantom",
+    "localisation", ("detected_boxes|fpr@5%_healthy_image", "detection_rate|per_box|fpr@5%_healthy_image",
+                     "f1|per_box|fpr@5%_healthy_image", "fp_ratio|per_box|fpr@5%_healthy_image",
+                     "auroc|image|map_mean"),
+    "Boxes: one per 8-connected lesion component of each test slice; healthy tissue = brain outside every box of "
+    "the slice. Global detection: normal test slices vs the slices of each pathology.",
+    options={"fpr": 0.05, "box_variant": "suite"})
 
 
 def _setup_store(setup_id: str, table_id: str, needs: str) -> Callable[[str, Path | None], Any]:
