@@ -59,15 +59,16 @@ def _cmd_table(args: argparse.Namespace) -> int:
     return 1 if res.failures else 0
 
 
-def load_tolerances(path: Path | None, default: float | None) -> dict[str, float]:
+def load_tolerances(path: Path | None, default: float | None) -> dict[str, float | None]:
     """Per-metric tolerances (``results/tolerances.json``: keys ``table:metric_id``, ``metric_id``, ``metric``,
     ``table`` or ``default``); ``--tolerance`` overrides only the default."""
     import json
 
-    tol: dict[str, float] = {"default": 0.05}
+    tol: dict[str, float | None] = {"default": 0.05}
     if path is not None and path.is_file():
         try:
-            tol.update({k: float(v) for k, v in json.loads(path.read_text()).items() if not k.startswith("_")})
+            tol.update({k: None if v is None else float(v) for k, v in json.loads(path.read_text()).items()
+                        if not k.startswith("_")})
         except (ValueError, AttributeError) as err:
             raise PhbenchError(f"{path}: not a JSON object of tolerances ({err})") from err
     if default is not None:

@@ -7,7 +7,8 @@ registry), turns NaN, or disappears. With ``two_sided=True`` improvements beyond
 too (useful when a result is supposed to be bit-identical).
 
 Tolerance lookup, first hit wins: ``"<table_id>:<metric_id>"``, ``metric_id``, ``metric``, ``table_id``,
-``"default"`` (0.0 when absent). Tolerances are absolute, on the rows' scale.
+``"default"`` (0.0 when absent). Tolerances are absolute, on the rows' scale; ``None`` leaves the cell
+unchecked (LPIPS: its ImageNet trunk is an optional offline asset, so a machine without it gets NaN cells).
 
 Statistical floor: when the stored rows carry ``se`` (the bootstrap standard error over test subjects that
 ``protocols.evaluate.standard_rows`` writes), a cell's tolerance is ``max(tolerance, se_factor × se)``. A
@@ -31,10 +32,13 @@ __all__ = ["check", "CELL_KEYS", "tolerance_for"]
 CELL_KEYS = ["table_id", "method", "variant", "dataset", "column_group", "metric", "metric_id"]
 
 
-def tolerance_for(tolerances: Mapping[str, float], table_id: str, metric: str, metric_id: str) -> float:
+def tolerance_for(tolerances: Mapping[str, float | None], table_id: str, metric: str, metric_id: str
+                  ) -> float | None:
+    """The first matching tolerance; ``None`` (JSON null) means the cell is not checked."""
     for key in (f"{table_id}:{metric_id}", metric_id, metric, table_id, "default"):
         if key in tolerances:
-            return float(tolerances[key])
+            v = tolerances[key]
+            return None if v is None else float(v)
     return 0.0
 
 
@@ -64,6 +68,8 @@ def check(fresh: pd.DataFrame, stored: pd.DataFrame, tolerances: Mapping[str, fl
     for key, s in old.items():
         table, method, variant, dataset, group, metric, mid = key
         tol = tolerance_for(tolerances, table, metric, mid)
+        if tol is None:
+            continue  # unchecked by design (e.g. a metric that needs optional offline weights)
         se = old_se.get(key, math.nan)
         if se_factor > 0 and math.isfinite(se) and se_factor * se > tol:
             tol = se_factor * se

@@ -43,3 +43,13 @@ def test_stored_standard_error_widens_the_tolerance():
     assert len(out) == 1 and "method=b" in out[0]  # a: 0.08 worse < 2 se = 0.10; b: no se → plain 0.02
     assert len(check(fresh, stored, {"default": 0.02}, se_factor=0)) == 2
     assert len(check(_f({"a": 0.65, "b": 0.80}), stored, {"default": 0.02})) == 1  # 0.15 > 2 se still fails
+
+
+def test_null_tolerance_leaves_a_cell_unchecked():
+    stored = pd.DataFrame([dict(table_id="t", method="m", metric="lpips", metric_id="lpips|inside_mask", value=0.3),
+                           dict(table_id="t", method="m", metric="mse", metric_id="mse|inside_mask", value=0.1)])
+    fresh = stored.copy()
+    fresh["value"] = [float("nan"), 0.5]
+    problems = check(fresh, stored, {"default": 0.05, "lpips": None})
+    assert len(problems) == 1 and "mse|inside_mask" in problems[0]
+    assert tolerance_for({"lpips": None, "default": 0.1}, "t", "lpips", "lpips|inside_mask") is None
