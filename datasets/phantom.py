@@ -42,7 +42,7 @@ from datasets.adapters.phantom import PHANTOM_CHANNELS, PhantomAdapter
 from datasets.recipes import Recipe, rule_every_brain_slice
 from datasets.store import SliceStore
 
-GENERATOR_VERSION = 1  # bump on any change that alters the written voxels: it is part of the cache key
+GENERATOR_VERSION = 2  # bump on any change that alters the written voxels: it is part of the cache key
 SPACING_MM = 2.0
 CHANNELS = PHANTOM_CHANNELS
 LABELS = {1: "core (tumour necrosis, stroke cavity)",

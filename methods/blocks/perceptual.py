@@ -202,23 +202,27 @@ def resolve_weights(net: str = "alex", weights_dir: str | Path | None = None) ->
 
 
 def load_lpips(net: str = "alex", *, weights_dir: str | Path | None = None, device: torch.device | str = "cpu",
-               allow_random: bool = False, spatial: bool = False) -> Any:
+               allow_random: bool = False, spatial: bool = False, force_random: bool = False) -> Any:
     """``lpips.LPIPS`` (v0.1 heads from the wheel) with offline ImageNet trunk weights; eval mode, frozen.
 
     ``spatial=True`` returns per-pixel maps (bilinear upsampling of each layer's distance, as RA eq. 5 uses).
     The returned module carries ``weights_source``: the file loaded, or ``'random'`` (allow_random fallback).
+    ``force_random=True`` always uses a random trunk (from the global torch RNG): smoke runs then give the
+    same numbers on machines with and without the weights, so a regression check compares like with like.
     """
     import lpips  # local import: the package prints nothing and loads no weights until constructed
 
     if net not in _CKPT:
         raise ValueError(f"unknown LPIPS net {net!r}; offline weights exist for {list(_CKPT)}")
-    path = resolve_weights(net, weights_dir)
-    if path is None and not allow_random:
+    path = None if force_random else resolve_weights(net, weights_dir)
+    if path is None and not (allow_random or force_random):
         raise LPIPSWeightsMissing(_missing_message(net))
     with warnings.catch_warnings():  # torchvision's deprecation note for `pretrained=False` inside lpips
         warnings.simplefilter("ignore", UserWarning)
         model = lpips.LPIPS(net=net, pnet_rand=True, spatial=spatial, verbose=False)
-    if path is None:
+    if path is None and force_random:
+        model.weights_source = "random (forced)"
+    elif path is None:
         warnings.warn(f"LPIPS-{net}: no ImageNet trunk found; using a RANDOM trunk (allow_random=True). "
                       + _missing_message(net), RuntimeWarning, stacklevel=2)
         model.weights_source = "random"
