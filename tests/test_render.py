@@ -118,3 +118,44 @@ def test_render_table_writes_the_tests_csv(tmp_path):
     paths = R.render_table(rows, table_id="t", title="T", out_dir=tmp_path, subjects=subj)
     tests = pd.read_csv(paths["tests"])
     assert list(tests["other"]) == ["weak"] and bool(tests["significant"].iloc[0])
+
+
+def _every_registered_text() -> list[str]:
+    """Everything a rendered table may print: metric descriptions, method metadata, table titles/footnotes."""
+    from benchmark.registry import all_methods, all_tables
+    from protocols.metrics import METRICS
+
+    texts = [getattr(spec, "description", "") for spec in METRICS.values()] + list(METRICS)
+    for cls in all_methods().values():
+        texts += [cls.info.paper, cls.info.summary, *cls.info.deviations, *cls.info.variants]
+    for spec in all_tables().values():
+        texts += [spec.title, *spec.footnotes]
+    return [t for t in texts if t]
+
+
+def test_latex_escaping_is_ascii_for_every_registered_text():
+    bad = {t: R._tex(t) for t in _every_registered_text() if not R._tex(t).isascii() or r"\texttt{U+" in R._tex(t)}
+    assert not bad, f"characters without a LaTeX mapping: {bad}"
+    assert R._tex("σ = 2, 10° → x̂, ‖I − Î‖, é") == r"$\sigma$ = 2, 10$^\circ$ $\rightarrow$ $\hat{x}$, $\|$I - \^{I}$\|$, \'{e}"
+    assert R._tex("a☃b") == r"a\texttt{U+2603}b"  # unmapped: visible and compilable, never raw Unicode
+
+
+def test_rendered_latex_compiles_with_pdflatex(tmp_path):
+    """The .tex of a table carrying every registered footnote compiles with plain pdflatex (needs TeX Live)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex not installed (apt-get install texlive-latex-base texlive-latex-recommended)")
+    rows = _rows()
+    second = rows[rows.table_id == "ra-table1b"].assign(metric="dice", metric_id="dice|oracle_test|max1000")
+    rows = pd.concat([rows, second], ignore_index=True)  # two footnoted columns: "[a] …\\ [b] …"
+    paths = R.render_table(rows, table_id="ra-table1b", title="Synthetic — σ° 100% & more", out_dir=tmp_path,
+                           footnotes=_every_registered_text(), paper=_paper())
+    doc = tmp_path / "doc.tex"
+    doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+                   + paths["tex"].read_text() + "\n\\end{document}\n")
+    res = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert (tmp_path / "doc.pdf").stat().st_size > 0
