@@ -156,13 +156,19 @@ class MetricContext:
             return t, f"threshold {t:.4g} from {len(self.val)} healthy validation slices"
         return self.cached(f"thr_{region}", make)
 
-    def counts_at(self, t: float) -> tuple[torch.Tensor, ...]:
-        """Per image: |P∩G|, |P|, |G| at ``map > t`` (float64, CPU)."""
+    def counts_at(self, t: float, region: str = "image") -> tuple[torch.Tensor, ...]:
+        """Per image: |P∩G|, |P|, |G| at ``map > t`` (float64, CPU).
+
+        ``region="brain"``: predictions only inside the brain (brain > 0.5), the pixels a healthy-brain
+        threshold was calibrated on; background never counts as a false positive it was not calibrated for.
+        """
         def make():
             pred = self.test.maps > t
+            if region == "brain":
+                pred = pred & (self.test.brain > 0.5)
             gt = self.gt
             return tuple(x.flatten(1).sum(1).double().cpu() for x in (pred & gt, pred, gt))
-        return self.cached(f"counts_{t!r}", make)
+        return self.cached(f"counts_{region}_{t!r}", make)
 
     def binned(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.cached("binned", lambda: tuple(x.cpu() for x in M.per_image_binned_counts(self.test.maps,
@@ -191,7 +197,16 @@ def _image(ctx: MetricContext, which: str, scores: torch.Tensor | None = None) -
     y = ctx.test.labels
     if y.min() == y.max():
         raise Undefined("image-level metric needs normal and abnormal test slices")
-    return Estimate(M.image_auroc_ap(s, y)[which], lambda i: M.image_auroc_ap(s[i], y[i])[which])
+    value = _quiet(lambda: M.image_auroc_ap(s, y)[which])  # the constant case is said in the row's note
+    return Estimate(value, lambda i: M.image_auroc_ap(s[i], y[i])[which], _constant_note(s, "image scores"))
+
+
+def _constant_note(values: torch.Tensor, what: str) -> str:
+    """A row note when every score is equal: AUROC is then exactly 0.5 (AP the prevalence) by ties, which
+    says nothing about detection -- the reader must see that in the table, not only in a log warning."""
+    lo, hi = float(values.min()), float(values.max())
+    return (f"CONSTANT {what} (all {lo:.4g}): AUROC 0.5 / AP = prevalence by ties, no ranking information"
+            if lo == hi else "")
 
 
 def _latent_score(ctx: MetricContext) -> torch.Tensor:
@@ -220,9 +235,10 @@ def _need_lesion(ctx: MetricContext) -> None:
 
 def _pooled(ctx: MetricContext, which: int) -> Estimate:
     _need_lesion(ctx)
-    exact = ctx.cached("pooled", lambda: M.pooled_pixel_auroc_ap(ctx.test.maps, ctx.test.lesion))
+    exact = ctx.cached("pooled", lambda: _quiet(lambda: M.pooled_pixel_auroc_ap(ctx.test.maps, ctx.test.lesion)))
     pos, neg = ctx.binned()  # a resample sums rows of binned counts instead of re-sorting
-    return Estimate(exact[which], lambda i: M.auroc_ap_from_counts(pos[i].sum(0), neg[i].sum(0))[which])
+    return Estimate(exact[which], lambda i: M.auroc_ap_from_counts(pos[i].sum(0), neg[i].sum(0))[which],
+                    _constant_note(ctx.test.maps, "anomaly maps"))
 
 
 def _pooled_brain(ctx: MetricContext, which: int) -> Estimate:
@@ -280,10 +296,12 @@ def _per_volume(ctx: MetricContext, which: str) -> Estimate:
 def _dice_calibrated(ctx: MetricContext, region: str, per_image: bool = False) -> Estimate:
     _need_lesion(ctx)
     t, note = ctx.calibrated(region)
-    inter, npred, ngt = ctx.counts_at(t)
-    if per_image:
-        d = torch.where(npred + ngt > 0, 2 * inter / (npred + ngt).clamp_min(1), torch.full_like(inter, math.nan))
-        return _per_image(d, note)
+    inter, npred, ngt = ctx.counts_at(t, region)
+    if region == "brain":
+        note += "; predictions inside the brain only"
+    if per_image:  # over the slices with a lesion: a healthy slice has no Dice to average (see METRICS)
+        d = torch.where(ngt > 0, 2 * inter / (npred + ngt).clamp_min(1), torch.full_like(inter, math.nan))
+        return _per_image(d, note + f"; mean over the {int((ngt > 0).sum())} slices with a lesion")
     on = lambda i: float(2 * inter[i].sum() / (npred[i].sum() + ngt[i].sum()))  # noqa: E731
     return Estimate(on(np.arange(ctx.n)), on, note)
 
@@ -292,7 +310,8 @@ def _rate_calibrated(ctx: MetricContext, which: str) -> Estimate:
     """Pooled sensitivity |P∩G|/|G| or precision |P∩G|/|P| at the calibrated healthy-brain threshold."""
     _need_lesion(ctx)
     t, note = ctx.calibrated("brain")
-    inter, npred, ngt = ctx.counts_at(t)
+    inter, npred, ngt = ctx.counts_at(t, "brain")
+    note += "; predictions inside the brain only"
     den = ngt if which == "sensitivity" else npred
 
     def on(i: np.ndarray) -> float:
@@ -364,8 +383,34 @@ def _acc_f1(ctx: MetricContext, which: str) -> Estimate:
         raise Undefined("image-level metric needs normal and abnormal test slices")
     t = M.threshold_at_fpr(ctx.val.scores, ctx.fpr)
     s = ctx.test.scores
-    return Estimate(M.image_acc_f1(s, y, t)[which], lambda i: M.image_acc_f1(s[i], y[i], t)[which],
-                    f"score ≥ {t:.4g} (≤ {ctx.fpr:.0%} of {len(ctx.val)} healthy validation scores above)")
+    rule = lambda i: M.image_acc_f1(s[i], y[i], t, strict=True)[which]  # noqa: E731  (> t, as calibrated)
+    return Estimate(rule(np.arange(ctx.n)), rule,
+                    f"score > {t:.4g} (≤ {ctx.fpr:.0%} of {len(ctx.val)} healthy validation scores above)")
+
+
+def _pixel_acc_f1_fixed(ctx: MetricContext, which: str, t: float = 0.5) -> Estimate:
+    """Pixel ACC / F1 pooled over every pixel at ``map ≥ t`` (ProxyAno fundus: A_pix ≥ 0.5, lesion positive)."""
+    _need_lesion(ctx)
+
+    def make():
+        pred = ctx.test.maps >= t
+        gt = ctx.gt
+        return tuple(x.flatten(1).sum(1).double().cpu() for x in (pred & gt, pred & ~gt, ~pred & gt))
+    tp, fp, fn = ctx.cached(f"fixed_{t!r}", make)
+    per_image = float(ctx.test.maps[0].numel())
+
+    def on(i: np.ndarray) -> float:
+        a, b, c = float(tp[i].sum()), float(fp[i].sum()), float(fn[i].sum())
+        if which == "acc":
+            return 1.0 - (b + c) / (per_image * len(i))
+        return 2 * a / (2 * a + b + c) if (2 * a + b + c) else math.nan
+    return Estimate(on(np.arange(ctx.n)), on, f"fixed threshold: map ≥ {t:g} is predicted lesion")
+
+
+def _per_image_ap(ctx: MetricContext) -> Estimate:
+    _need_lesion(ctx)
+    ap = ctx.cached("per_image_ap", lambda: M.per_image_pixel_ap(ctx.test.maps, ctx.test.lesion))
+    return _per_image(ap, f"mean over the {int(torch.isfinite(ap).sum())} slices with a lesion")
 
 
 def _score_gap(ctx: MetricContext, key: str) -> Estimate:
@@ -397,6 +442,8 @@ METRIC_BUILDERS: dict[str, MetricBuilder] = {
     "auroc|image": lambda c: _image(c, "auroc"),
     "ap|image": lambda c: _image(c, "ap"),
     "auroc|image|map_mean": lambda c: _image(c, "auroc", _map_mean(c)),
+    "auroc|image|afsc_max21": lambda c: _image(c, "auroc", c.cached("max21", lambda: M.afsc_slice_score(c.test.maps))),
+    "ap|image|afsc_max21": lambda c: _image(c, "ap", c.cached("max21", lambda: M.afsc_slice_score(c.test.maps))),
     "auroc|image|eq13": lambda c: _image(c, "auroc", _latent_score(c)),
     "auroc|image|recon_frobenius": lambda c: _image(c, "auroc", _image_space_score(c)),
     "acc|image|fpr@5%_healthy_image": lambda c: _acc_f1(c, "acc"),
@@ -412,6 +459,9 @@ METRIC_BUILDERS: dict[str, MetricBuilder] = {
     "ap_pixel|pooled_brain": lambda c: _pooled_brain(c, 1),
     "auroc_pixel|per_volume": lambda c: _per_volume(c, "auroc"),
     "ap_pixel|per_volume": lambda c: _per_volume(c, "ap"),
+    "ap_pixel|per_image": _per_image_ap,
+    "acc_pixel|pooled|paper_fixed": lambda c: _pixel_acc_f1_fixed(c, "acc"),
+    "f1_pixel|pooled|paper_fixed": lambda c: _pixel_acc_f1_fixed(c, "f1"),
     "dice|fpr@5%_healthy_brain": lambda c: _dice_calibrated(c, "brain"),
     "dice|fpr@5%_healthy_image": lambda c: _dice_calibrated(c, "image"),
     "dice|per_image|fpr@5%_healthy_brain": lambda c: _dice_calibrated(c, "brain", per_image=True),

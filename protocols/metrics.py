@@ -404,6 +404,18 @@ def per_image_pixel_ap(maps: Any, masks: Any, valid: Any = None) -> torch.Tensor
     return out
 
 
+def afsc_slice_score(maps: Any, size: int = 21) -> torch.Tensor:
+    """AFSC / DRAEM slice score: the maximum of the ``size``×``size`` mean-filtered map ([N] float64).
+
+    The mean filter zero-pads (``avg_pool2d(..., count_include_pad=True)``), as the DRAEM evaluation does.
+    """
+    m = _scores(maps, "maps")
+    if m.dim() != 4:
+        raise ValueError(f"maps must be [N,1,H,W], got {tuple(m.shape)}")
+    pooled = torch.nn.functional.avg_pool2d(m.float(), size, stride=1, padding=size // 2)
+    return pooled.flatten(1).amax(1).double()
+
+
 # ----------------------------------------------------------------------------------------------------
 # overlap metrics
 # ----------------------------------------------------------------------------------------------------
@@ -664,8 +676,9 @@ def sensitivity_precision_per_image(pred: Any, gt: Any) -> tuple[torch.Tensor, t
 
 def size_stratified_dice(dice_per_img: Any, gt: Any, bins: Mapping[str, tuple[float, float]] = SIZE_BINS
                          ) -> dict[str, float]:
-    """Mean per-image Dice within lesion-area bins (``dice_small`` / ``dice_medium`` / ``dice_large``).
-    An empty bin gives NaN + warning (the official code crashes there). Also returns ``n_<bin>``."""
+    """Mean per-image Dice within lesion-area bins (``dice_small`` / ``dice_medium`` / ``dice_large``); images
+    without lesion pixels are in no bin. An empty bin gives NaN + warning (the official code crashes there).
+    Also returns ``n_<bin>``."""
     d = _as_tensor(dice_per_img, "dice_per_img").to(torch.float64).reshape(-1).cpu()
     g = _binary(gt, "gt")
     area = g.reshape(g.shape[0], -1).sum(1).cpu().to(torch.float64)
@@ -673,7 +686,7 @@ def size_stratified_dice(dice_per_img: Any, gt: Any, bins: Mapping[str, tuple[fl
         raise ValueError(f"{d.numel()} Dice values for {area.numel()} masks")
     out: dict[str, float] = {}
     for name, (lo, hi) in bins.items():
-        sel = (area >= lo) & (area < hi)
+        sel = (area >= max(lo, 1)) & (area < hi)  # an image without lesion has no size: in no bin
         out[f"n_{name}"] = int(sel.sum())
         out[f"dice_{name}"] = float(torch.nanmean(d[sel]).item()) if bool(sel.any()) else _nan(
             f"size bin {name!r} [{lo}, {hi}) is empty", 3)
@@ -744,11 +757,15 @@ def ssim_normal(recon: Any, image: Any, brain: Any, lesion: Any, *, data_range: 
 # ----------------------------------------------------------------------------------------------------
 # image-level decisions, ProxyAno score statistics, reconstruction errors
 # ----------------------------------------------------------------------------------------------------
-def image_acc_f1(scores: Any, labels: Any, threshold: float, *, positive: int = 1) -> dict[str, float]:
+def image_acc_f1(scores: Any, labels: Any, threshold: float, *, positive: int = 1, strict: bool = False
+                 ) -> dict[str, float]:
     """ACC and F1 at a given threshold; predicted abnormal iff ``score >= threshold`` (ProxyAno / P-Net
-    code). ``positive=1``: abnormal is the positive class of F1; 0: normal (diagnostic of proxyano §2.2)."""
+    code), or ``score > threshold`` with ``strict=True`` (the rule :func:`threshold_at_fpr` calibrates for).
+    ``positive=1``: abnormal is the positive class of F1; 0: normal (diagnostic of proxyano §2.2)."""
+    if not math.isfinite(float(threshold)) and not math.isinf(float(threshold)):
+        raise ValueError(f"threshold is NaN: no decision rule (got {threshold!r})")
     s, y = _pair(scores, labels)
-    pred = s >= float(threshold)
+    pred = s > float(threshold) if strict else s >= float(threshold)
     if positive == 0:
         pred, y = ~pred, ~y
     elif positive != 1:
@@ -913,16 +930,17 @@ _SPECS = [
        "(IterMask2 white rows); oracle", oracle=True, fn="itermask2_global_dice"),
     _m("dice|per_image|oracle_image", "mean of each image's best Dice (own threshold per image; grey rows); oracle",
        oracle=True, fn="best_dice_per_image"),
-    _m("dice|fpr@5%_healthy_brain", "pooled Dice at the threshold giving ≤ 5 % FP brain pixels on healthy validation",
-       fn="dice"),
+    _m("dice|fpr@5%_healthy_brain", "pooled Dice at the threshold giving ≤ 5 % FP brain pixels on healthy validation; "
+       "predictions inside the test brain only", fn="dice"),
     _m("dice|fpr@5%_healthy_image", "pooled Dice at the threshold giving ≤ 5 % FP pixels (whole image) on healthy data",
        fn="dice"),
-    _m("dice|per_image|fpr@5%_healthy_brain", "mean per-image Dice at the calibrated healthy-brain threshold",
+    _m("dice|per_image|fpr@5%_healthy_brain", "mean per-image Dice at the calibrated healthy-brain threshold, over the slices with a "
+       "lesion (predictions inside the brain)",
        fn="dice_per_image"),
     _m("dice|paper_fixed", "pooled Dice at the paper's / code's fixed threshold", fn="dice"),
-    _m("sensitivity|pooled|fpr@5%_healthy_brain", "pooled |P∩G|/|G| at the calibrated healthy-brain threshold",
+    _m("sensitivity|pooled|fpr@5%_healthy_brain", "pooled |P∩G|/|G| at the calibrated healthy-brain threshold (P inside the brain)",
        fn="dice"),
-    _m("precision|pooled|fpr@5%_healthy_brain", "pooled |P∩G|/|P| at the calibrated healthy-brain threshold",
+    _m("precision|pooled|fpr@5%_healthy_brain", "pooled |P∩G|/|P| at the calibrated healthy-brain threshold (P inside the brain)",
        fn="dice"),
     _m("sensitivity|per_image|oracle_test|itermask2", "mean per-image TP/(TP+FN) at IterMask2's θ (pred != 0)",
        oracle=True, fn="itermask2_scores"),
@@ -941,8 +959,10 @@ _SPECS = [
        fn="image_acc_f1"),
     _m("f1|image|p75_train_normal", "image F1 (abnormal positive) at the 75th pct of training-normal scores",
        fn="image_acc_f1"),
-    _m("acc|image|fpr@5%_healthy_image", "image ACC at the 95th pct of held-out normal scores", fn="image_acc_f1"),
-    _m("f1|image|fpr@5%_healthy_image", "image F1 at the 95th pct of held-out normal scores", fn="image_acc_f1"),
+    _m("acc|image|fpr@5%_healthy_image", "image ACC at the 95th pct of held-out normal scores, score > t",
+       fn="image_acc_f1"),
+    _m("f1|image|fpr@5%_healthy_image", "image F1 at the 95th pct of held-out normal scores, score > t",
+       fn="image_acc_f1"),
     _m("acc_pixel|pooled|paper_fixed", "pixel ACC over all pixels at A_pix ≥ 0.5 (ProxyAno fundus)", fn="pixel_acc_f1"),
     _m("f1_pixel|pooled|paper_fixed", "pixel F1 (lesion positive) at A_pix ≥ 0.5", fn="pixel_acc_f1"),
     _m("mean_score_normal|normal_minmax", "mean eq.-13 score of normal test images, min-max by normal scores",

@@ -91,6 +91,11 @@ def bootstrap_ci(values: Sequence[float], *, subjects: Sequence[Any] | None = No
     if v.size == 0:
         return {"estimate": math.nan, "lo": math.nan, "hi": math.nan, "boot_std": math.nan, "n_boot": n_boot,
                 "n_subjects": 0, "method": "percentile bootstrap over subjects"}
+    n_subjects = len(_subject_groups(sub))
+    if n_subjects < 2:  # resampling one subject only ever redraws it: a zero-width interval would be a lie
+        warnings.warn("bootstrap_ci: one subject only, no interval over subjects", RuntimeWarning, stacklevel=2)
+        return {"estimate": float(statistic(v)), "lo": math.nan, "hi": math.nan, "boot_std": math.nan,
+                "n_boot": n_boot, "n_subjects": n_subjects, "method": "percentile bootstrap over subjects"}
     stats = bootstrap_replicates(lambda idx: statistic(v[idx]), sub, n_boot=n_boot, seed=seed, quiet=False)[:, 0]
     a = (1.0 - ci) / 2.0
     return {"estimate": float(statistic(v)), "lo": float(np.quantile(stats, a)), "hi": float(np.quantile(stats, 1 - a)),

@@ -85,6 +85,9 @@ class TensorSlices:
             yield SliceBatch(self.image[sl], self.brain[sl], self.lesion[sl], self.label[sl], idx).to(device)
 
 
+FPR = 0.05  # the 5 % that every ``fpr@5%_…`` id names; another rate needs ids of its own, not an option
+
+
 def _score_val(method: Method, val, progress: bool) -> ScoreSet | None:
     return collect(method, val, progress=progress) if val is not None and len(val) else None
 
@@ -95,7 +98,7 @@ def _score_val(method: Method, val, progress: bool) -> ScoreSet | None:
 def run_standard(method: Method, test, val, metric_ids: Sequence[str], options: dict[str, Any], *,
                  progress: bool = True, n_boot: int = 200) -> Evaluation:
     scored = collect(method, test, progress=progress)
-    ctx = MetricContext(scored, _score_val(method, val, progress), fpr=options.get("fpr", 0.05))
+    ctx = MetricContext(scored, _score_val(method, val, progress), fpr=FPR)
     est = [(mid, "", build_estimate(ctx, mid)) for mid in metric_ids]
     out = estimate_rows(ctx.subjects, est, n=ctx.n, n_boot=n_boot)
     return Evaluation(out.rows, out.subject_rows, scored.wall_s, len(scored),
@@ -178,9 +181,20 @@ def run_synthetic(method: Method, test, val, metric_ids: Sequence[str], options:
 # ----------------------------------------------------------------------------------------------------
 # box localisation + global detection (RA)
 # ----------------------------------------------------------------------------------------------------
-LOCALISATION_METRICS = ("detected_boxes|fpr@5%_healthy_image", "detection_rate|per_box|fpr@5%_healthy_image",
-                        "f1|per_box|fpr@5%_healthy_image", "fp_ratio|per_box|fpr@5%_healthy_image",
-                        "auroc|image|map_mean")
+BOX_METRICS = ("detected_boxes|fpr@5%_healthy_image", "detection_rate|per_box|fpr@5%_healthy_image",
+               "f1|per_box|fpr@5%_healthy_image", "fp_ratio|per_box|fpr@5%_healthy_image",
+               "f1|per_box|fpr@5%_healthy_image|ra_code", "detected_boxes|paper_fixed|ra_code",
+               "f1|per_box|paper_fixed|ra_code")
+LOCALISATION_METRICS = BOX_METRICS + ("auroc|image|map_mean",)
+RA_CODE_THRESHOLD = 0.009  # RA's evaluation hard-codes this threshold (SqueezeNet-LPIPS maps; protocols/ra.md §6)
+
+
+def _box_rule(metric_id: str) -> tuple[str, str]:
+    """(threshold rule, box computation) a box id names: ``fpr@5%_healthy_image`` or ``paper_fixed``, and
+    ``suite`` or ``ra_code`` (RA's own computation: soft boxes, floored FP)."""
+    parts = metric_id.split("|")
+    rule = next(p for p in parts if p in ("fpr@5%_healthy_image", "paper_fixed"))
+    return rule, "ra_code" if parts[-1] == "ra_code" else "suite"
 
 
 def manifest_boxes(manifest: pd.DataFrame, shape: tuple[int, int]) -> tuple[list[Box], np.ndarray]:
@@ -198,9 +212,12 @@ def manifest_boxes(manifest: pd.DataFrame, shape: tuple[int, int]) -> tuple[list
     return boxes, union
 
 
-def _box_estimates(per_box: pd.DataFrame, n_slices: int, note: str) -> list[tuple[str, str, Estimate]]:
-    """Box aggregates, overall and per pathology; ``on(idx)`` weights each box by how often its slice is
-    drawn, so the bootstrap over subjects carries the boxes of each drawn slice."""
+def _box_estimates(per_box: pd.DataFrame, n_slices: int, note: str, rule: str = "fpr@5%_healthy_image",
+                   variant: str = "suite") -> list[tuple[str, str, Estimate]]:
+    """Box aggregates, overall and per pathology, under the ids of ``rule`` × ``variant`` (the caller keeps
+    the registered ones it was asked for); ``on(idx)`` weights each box by how often its slice is drawn, so
+    the bootstrap over subjects carries the boxes of each drawn slice."""
+    suffix = "|ra_code" if variant == "ra_code" else ""
     pb = per_box[per_box["counted"]]
     img = pb["image_index"].to_numpy()
     det, f1, fp = (pb[c].to_numpy(np.float64) for c in ("detected", "f1", "fp"))
@@ -225,10 +242,10 @@ def _box_estimates(per_box: pd.DataFrame, n_slices: int, note: str) -> list[tupl
         rate_on = weighted(det, sel, "mean")
         f1_on = weighted(f1, sel, "mean")
         fp_on = weighted(fp, sel, "mean")
-        out += [("detected_boxes|fpr@5%_healthy_image", group, e_det),
-                ("detection_rate|per_box|fpr@5%_healthy_image", group, Estimate(rate_on(all_idx), rate_on, note)),
-                ("f1|per_box|fpr@5%_healthy_image", group, Estimate(f1_on(all_idx), f1_on, note)),
-                ("fp_ratio|per_box|fpr@5%_healthy_image", group,
+        out += [(f"detected_boxes|{rule}{suffix}", group, e_det),
+                (f"detection_rate|per_box|{rule}{suffix}", group, Estimate(rate_on(all_idx), rate_on, note)),
+                (f"f1|per_box|{rule}{suffix}", group, Estimate(f1_on(all_idx), f1_on, note)),
+                (f"fp_ratio|per_box|{rule}{suffix}", group,
                  Estimate(fp_on(all_idx), fp_on, note + "; boxes with no firing pixel but healthy FP left out",
                           "raw"))]
     return out
@@ -271,24 +288,31 @@ def run_localisation(method: Method, test, val, metric_ids: Sequence[str], optio
     scored = collect(method, test, progress=progress)
     healthy_val = _score_val(method, val, progress)
     est: list[tuple[str, str, Estimate]] = []
-    box_ids = [m for m in metric_ids if m != "auroc|image|map_mean"]
+    box_ids = [m for m in metric_ids if m in BOX_METRICS]
     if box_ids:
         boxes, union = manifest_boxes(scored.manifest, tuple(scored.maps.shape[-2:]))
-        if healthy_val is None:
-            note, res = "no healthy validation slices to calibrate the threshold", None
-        elif not boxes:
-            note, res = "no annotated box in the test set", None
-        else:
-            fpr = options.get("fpr", 0.05)
-            t = M.threshold_at_fpr(healthy_val.maps, fpr)
-            healthy = (scored.brain.cpu() > 0.5).float() * (1 - torch.from_numpy(union))
-            res = localise(scored.maps, boxes, healthy, t, variant=options.get("box_variant", "suite"))
-            note = (f"threshold {t:.4g}: ≤ {fpr:.0%} of healthy validation pixels above; a box counts as detected "
-                    f"when > 10 % of its pixels fire")
-        if res is None:
-            est += [(m, "", Estimate(math.nan, None, note)) for m in box_ids]
-        else:
-            est += [e for e in _box_estimates(res["per_box"], len(scored), note) if e[0] in box_ids]
+        healthy = (scored.brain.cpu() > 0.5).float() * (1 - torch.from_numpy(union))
+        for rule, variant in dict.fromkeys(_box_rule(m) for m in box_ids):
+            wanted = [m for m in box_ids if _box_rule(m) == (rule, variant)]
+            res = None
+            if not boxes:
+                note = "no annotated box in the test set"
+            elif rule == "paper_fixed":
+                t = float(options.get("paper_threshold", RA_CODE_THRESHOLD))
+                note = f"fixed threshold {t:g} (RA code; tuned on SqueezeNet-LPIPS maps, not on this method's)"
+            elif healthy_val is None:
+                note = "no healthy validation slices to calibrate the threshold"
+            else:
+                t = M.threshold_at_fpr(healthy_val.maps, FPR)
+                note = (f"threshold {t:.4g}: ≤ {FPR:.0%} of healthy validation pixels above; a box counts as "
+                        f"detected when > 10 % of its pixels fire")
+            if boxes and (rule == "paper_fixed" or healthy_val is not None):
+                res = localise(scored.maps, boxes, healthy, t, variant=variant)
+                note += "; RA code computation (soft boxes, floored FP)" if variant == "ra_code" else ""
+            if res is None:
+                est += [(m, "", Estimate(math.nan, None, note)) for m in wanted]
+            else:
+                est += [e for e in _box_estimates(res["per_box"], len(scored), note, rule, variant) if e[0] in wanted]
     if "auroc|image|map_mean" in metric_ids:
         est += _global_estimates(scored, options.get("global_groups"))
     subjects = scored.manifest["subject"].astype(str).to_numpy()

@@ -143,7 +143,7 @@ TABLE1_LOCALISATION = _table1_companion(
                      "auroc|image|map_mean"),
     "Boxes: one per 8-connected lesion component of each test slice; healthy tissue = brain outside every box of "
     "the slice. Global detection: normal test slices vs the slices of each pathology.",
-    options={"fpr": 0.05, "box_variant": "suite"})
+    options={})
 
 
 def _setup_store(setup_id: str, table_id: str, needs: str) -> Callable[[str, Path | None], Any]:

@@ -1,5 +1,7 @@
 """protocols.check: direction-aware regressions, tolerances, missing cells."""
 
+from pathlib import Path
+
 import pandas as pd
 
 from protocols.check import check, tolerance_for
@@ -53,3 +55,34 @@ def test_null_tolerance_leaves_a_cell_unchecked():
     problems = check(fresh, stored, {"default": 0.05, "lpips": None})
     assert len(problems) == 1 and "mse|inside_mask" in problems[0]
     assert tolerance_for({"lpips": None, "default": 0.1}, "t", "lpips", "lpips|inside_mask") is None
+
+
+def _stored_rows(tmp_path):
+    rows = pd.DataFrame([dict(table_id="table1", method=m, variant="", dataset="phantom-flair", column_group="",
+                              metric="auroc_pixel", metric_id="auroc_pixel|pooled", value=v, se=0.001,
+                              scale="fraction", seed=0) for m, v in [("ae", 0.9), ("ra", 0.8)]])
+    path = tmp_path / "stored.csv"
+    rows.to_csv(path, index=False)
+    return rows, path
+
+
+def test_cli_check_recomputes_in_a_fresh_store_and_keeps_checking_after_a_failure(tmp_path, monkeypatch, capsys):
+    """`phbench check` without --store never reuses runs/ (a finished run would hide a metric-code change),
+    and a method that fails does not stop the comparison of the others: its cells are reported MISSING."""
+    import benchmark.runner as runner
+    from benchmark.cli import REPO, main
+
+    rows, stored = _stored_rows(tmp_path)
+    seen = []
+
+    def fake_run_table(table_id, *, store, **kw):
+        seen.append(Path(store))
+        return runner.TableRun(table_id, rows[rows.method == "ae"].copy(), failures=["ra seed 0: boom"])
+    monkeypatch.setattr(runner, "run_table", fake_run_table)
+    assert main(["check", "table1", "--stored", str(stored), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED table1: ra seed 0: boom" in err and "MISSING" in err and "method=ra" in err
+    assert "method=ae" not in err  # the method that ran was compared and is fine
+    assert seen and seen[0] != REPO / "runs" and "phbench-check-" in seen[0].name and not seen[0].exists()
+    main(["check", "table1", "--stored", str(stored), "--store", str(tmp_path / "mine"), "--out", str(tmp_path / "o")])
+    assert seen[-1] == tmp_path / "mine"  # --store reuses the named store on purpose

@@ -280,3 +280,16 @@ def test_cuda_matches_cpu():
     a = M.pooled_pixel_auroc_ap(torch.tensor(s).cuda(), torch.tensor(y).cuda())
     assert a == pytest.approx(M.pooled_pixel_auroc_ap(s, y), abs=1e-12)
     assert M.best_dice(torch.tensor(s).cuda(), torch.tensor(y).cuda())[0] == pytest.approx(M.best_dice(s, y)[0])
+
+
+def test_size_bins_leave_lesion_free_images_out():
+    import math as _math
+    import warnings as _w
+
+    from protocols.metrics import size_stratified_dice
+    gt = torch.zeros(4, 1, 40, 40)
+    gt[0, :, :5, :5] = 1  # 25 px: small
+    with _w.catch_warnings():
+        _w.simplefilter("ignore", RuntimeWarning)
+        r = size_stratified_dice(torch.tensor([0.5, 0.0, 0.0, 0.0]), gt)
+    assert r["n_small"] == 1 and r["dice_small"] == 0.5 and _math.isnan(r["dice_large"])

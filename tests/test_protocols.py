@@ -83,7 +83,7 @@ def test_per_subject_values_are_the_metric_on_that_subject_alone():
     t = M.threshold_at_fpr(val.maps, 0.05, valid=val.brain > 0.5)
     for s in ("s0", "s3"):
         idx = np.flatnonzero(test.manifest["subject"] == s)
-        dice = M.dice(test.maps[idx] > t, test.lesion[idx])
+        dice = M.dice((test.maps[idx] > t) & (test.brain[idx] > 0.5), test.lesion[idx])  # inside the brain
         got = subj[(subj.subject == s) & (subj.metric_id == "dice|fpr@5%_healthy_brain")]["value"].item()
         assert got == pytest.approx(dice, abs=1e-12)
         auc = roc_auc_score(test.labels[idx].numpy(), test.scores[idx].numpy())
@@ -232,3 +232,88 @@ def test_a_failing_method_keeps_the_other_rows(monkeypatch, tmp_path):
     assert set(res.rows["method"]) == {intensity.name}
     md = (tmp_path / "out" / "smoke" / "table1.md").read_text()
     assert "No results yet for: ae" in md
+
+
+# ----------------------------------------------------------------------------------------------------
+# rules a row must follow (audit findings): brain-only calibrated predictions, per-image Dice over lesion
+# slices, strict > at an FPR threshold, constant scores said in the note, ids that name the computation
+# ----------------------------------------------------------------------------------------------------
+def _rows(test, val, ids):
+    return {r["metric_id"]: r for r in metric_rows(MetricContext(test, val), ids, n_boot=0).rows}
+
+
+def test_calibrated_brain_threshold_never_counts_background():
+    """A map saturated outside the brain: the healthy-brain threshold ignores background, so must the Dice."""
+    test, val = _score_set(), _healthy_val()
+    outside = test.brain < 0.5
+    loud = ScoreSet(test.maps.masked_fill(outside, 50.0), test.scores, test.labels, test.lesion, test.brain,
+                    test.images, None, test.manifest, 0.0)
+    quiet_ = _rows(test, val, ["dice|fpr@5%_healthy_brain", "precision|pooled|fpr@5%_healthy_brain"])
+    loud_ = _rows(loud, val, ["dice|fpr@5%_healthy_brain", "precision|pooled|fpr@5%_healthy_brain"])
+    for mid in quiet_:
+        assert loud_[mid]["value"] == pytest.approx(quiet_[mid]["value"], abs=1e-12), mid
+        assert "inside the brain" in loud_[mid]["note"]
+    whole = _rows(loud, val, ["dice|fpr@5%_healthy_image"])["dice|fpr@5%_healthy_image"]
+    assert whole["value"] < quiet_["dice|fpr@5%_healthy_brain"]["value"]  # the whole-image id does count it
+
+
+def test_per_image_calibrated_dice_averages_lesion_slices_only():
+    test, val = _score_set(), _healthy_val()
+    r = _rows(test, val, ["dice|per_image|fpr@5%_healthy_brain"])["dice|per_image|fpr@5%_healthy_brain"]
+    t = M.threshold_at_fpr(val.maps, 0.05, valid=val.brain > 0.5)
+    has = test.lesion.flatten(1).amax(1) > 0
+    pred = (test.maps > t) & (test.brain > 0.5)
+    expect = np.mean([M.dice(pred[i], test.lesion[i]) for i in torch.nonzero(has).flatten().tolist()])
+    assert r["value"] == pytest.approx(expect, abs=1e-12) and f"{int(has.sum())} slices with a lesion" in r["note"]
+
+
+def test_image_acc_at_an_fpr_threshold_uses_strict_greater():
+    """threshold_at_fpr bounds the share of healthy scores *above* t; the decision must be the same '>'."""
+    s = torch.arange(100, dtype=torch.float64)
+    t = M.threshold_at_fpr(s, 0.05)
+    assert int((s > t).sum()) == 5 and int((s >= t).sum()) == 6
+    y = torch.zeros(100, dtype=torch.long)
+    assert M.image_acc_f1(s, y, t, strict=True)["fp"] == 5
+    assert M.image_acc_f1(s, y, t)["fp"] == 6  # ProxyAno's own '≥' rule stays available
+    with pytest.raises(ValueError, match="NaN"):
+        M.image_acc_f1(s, y, float("nan"))
+
+
+def test_constant_scores_say_so_in_the_row():
+    test = _score_set()
+    flat = ScoreSet(torch.zeros_like(test.maps), torch.zeros_like(test.scores), test.labels, test.lesion,
+                    test.brain, test.images, None, test.manifest, 0.0)
+    by = _rows(flat, None, ["auroc|image", "auroc_pixel|pooled"])
+    for mid, r in by.items():
+        assert r["value"] == 0.5 and "CONSTANT" in r["note"], mid
+    assert all("CONSTANT" not in r["note"] for r in _rows(test, None, ["auroc|image", "auroc_pixel|pooled"]).values())
+
+
+def test_afsc_score_per_image_ap_and_fixed_pixel_rules_match_references():
+    from scipy.ndimage import uniform_filter
+    from sklearn.metrics import accuracy_score, average_precision_score, f1_score
+
+    test = _score_set()
+    ref = np.array([uniform_filter(m[0].double().numpy(), 21, mode="constant").max() for m in test.maps])
+    np.testing.assert_allclose(M.afsc_slice_score(test.maps).numpy(), ref, rtol=1e-5, atol=1e-6)
+    by = _rows(test, None, ["auroc|image|afsc_max21", "ap_pixel|per_image", "acc_pixel|pooled|paper_fixed",
+                            "f1_pixel|pooled|paper_fixed"])
+    assert by["auroc|image|afsc_max21"]["value"] == pytest.approx(roc_auc_score(test.labels.numpy(), ref), abs=1e-9)
+    y, m = test.lesion.flatten(1).numpy() > 0.5, test.maps.flatten(1).numpy()
+    aps = [average_precision_score(y[i], m[i]) for i in range(len(y)) if y[i].any()]
+    assert by["ap_pixel|per_image"]["value"] == pytest.approx(np.mean(aps), abs=1e-9)
+    assert by["acc_pixel|pooled|paper_fixed"]["value"] == pytest.approx(accuracy_score(y.ravel(), m.ravel() >= 0.5))
+    assert by["f1_pixel|pooled|paper_fixed"]["value"] == pytest.approx(f1_score(y.ravel(), m.ravel() >= 0.5))
+
+
+def test_box_rows_carry_the_id_of_the_computation_that_made_them(phantom):
+    test, val = phantom.split("test"), phantom.split("val", label=0)
+    ids = ("f1|per_box|fpr@5%_healthy_image", "f1|per_box|fpr@5%_healthy_image|ra_code",
+           "detected_boxes|paper_fixed|ra_code", "f1|per_box|paper_fixed|ra_code")
+    ev = run_localisation(_Fake("oracle"), test, val, ids, {}, progress=False, n_boot=0)
+    rows = pd.DataFrame(ev.rows)
+    assert set(rows["metric_id"]) == set(ids)
+    notes = rows[rows.column_group == ""].set_index("metric_id")["note"]
+    assert "RA code" in notes["f1|per_box|fpr@5%_healthy_image|ra_code"]
+    assert "RA code" not in notes["f1|per_box|fpr@5%_healthy_image"]
+    assert "fixed threshold 0.009" in notes["detected_boxes|paper_fixed|ra_code"]

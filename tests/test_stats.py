@@ -51,3 +51,14 @@ def test_paired_tests():
         S.paired_test(a, b[:5])
     rb = S.paired_bootstrap_test(lambda i: float(a[i].mean()), lambda i: float(b[i].mean()), np.arange(30), n_boot=200)
     assert rb["p"] < 0.05 and rb["test"] == "paired_bootstrap_one_sided"
+
+
+def test_bootstrap_ci_of_one_subject_is_no_interval():
+    import warnings as _w
+
+    from protocols.stats import bootstrap_ci
+    with _w.catch_warnings(record=True) as caught:
+        _w.simplefilter("always")
+        r = bootstrap_ci([0.2, 0.4, 0.6], subjects=["a", "a", "a"])
+    assert r["estimate"] == pytest.approx(0.4) and math.isnan(r["lo"]) and math.isnan(r["hi"])
+    assert r["n_subjects"] == 1 and any("one subject" in str(w.message) for w in caught)
