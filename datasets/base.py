@@ -217,8 +217,10 @@ def prepare(adapter: DatasetAdapter, recipe: "Any", *, cache_dir: str | Path | N
     src = adapter.source_fingerprint(subjects)
     # every recipe field, not only its id, so two same-named recipes of different size never share a store
     fields = {k: _describe(v) for k, v in getattr(recipe, "__dict__", {}).items()}
+    # and every adapter option (MS-SEG rater, BraTS lesion classes, IDRiD lesion types…): they change the masks
+    options = {k: _describe(v) for k, v in vars(adapter).items() if k != "root" and not k.startswith("_")}
     key = hashlib.sha256(f"{adapter.name}|{recipe.id}|{sorted(fields.items(), key=str)}|{src}|"
-                         f"{sorted(splits.items(), key=str)}".encode()).hexdigest()[:12]
+                         f"{sorted(splits.items(), key=str)}|{sorted(options.items())}".encode()).hexdigest()[:12]
     cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE / "stores"
     path = cache_dir / f"{adapter.name}-{recipe.name}-{key}"
     if not force and (path / "meta.json").exists():

@@ -260,3 +260,35 @@ def test_empty_missing_and_foreign_roots_are_one_line(name, tmp_path, capsys, mo
                   "fastMRI+ annotations not found" if name == "fastmri_plus" else f"no {name} subjects found")
         assert expect in err[0], err
     assert not (tmp_path / "p.png").exists() and not (tmp_path / "s").exists()
+
+
+def test_kaggle_colour_picture_and_idrid_odd_mask_values_are_one_line(tmp_path):
+    colour = np.zeros((40, 40, 3), np.uint8)
+    colour[..., 0] = 220
+    write_image(tmp_path / "kaggle" / "yes" / "Y1.jpg", colour)
+    write_image(tmp_path / "kaggle" / "no" / "N1.jpg", np.dstack([grey_image(40, 40)] * 3))  # grey as RGB: fine
+    a = get_dataset("brain_tumor_detection")(tmp_path / "kaggle")
+    by = {s.id.split("/")[-1]: s for s in a.subjects()}
+    assert a.load(by["N1"]) is not None
+    with pytest.raises(DataError) as e:
+        a.load(by["Y1"])
+    one_line(e.value, "Y1.jpg", "where a greyscale image is expected")
+    m = write_image(tmp_path / "mask.png", np.array([[0, 255], [128, 0]], np.uint8), "PNG")
+    with pytest.raises(DataError) as e:
+        read_binary_mask(m, values=(0, 1, 255))
+    one_line(e.value, "mask.png", "unknown mask value(s) [128]")
+
+
+def test_idrid_regrading_rebuilds_the_store(tmp_path):
+    rgb = np.dstack([grey_image(60, 90, s) for s in range(3)])
+    grading = tmp_path / "B. Disease Grading"
+    write_image(grading / "1. Original Images" / "a. Training Set" / "IDRiD_001.jpg", rgb)
+    csv = grading / "2. Groundtruths" / "a. IDRiD_Disease Grading_Training Labels.csv"
+    csv.parent.mkdir(parents=True)
+    csv.write_text("Image name,Retinopathy grade,Risk of macular edema\r\nIDRiD_001,0,0\r\n")
+    rec = get_recipe("proxyano_grey256")
+    first = prepare(get_dataset("idrid")(tmp_path), rec, cache_dir=tmp_path / "c")
+    assert set(first.manifest["pathology"]) == {"healthy"}
+    csv.write_text("Image name,Retinopathy grade,Risk of macular edema\r\nIDRiD_001,3,1\r\n")
+    second = prepare(get_dataset("idrid")(tmp_path), rec, cache_dir=tmp_path / "c")
+    assert second.path != first.path and set(second.manifest["pathology"]) == {"dr_grade3"}

@@ -360,3 +360,24 @@ def test_head_mask_hole_filling_matches_scipy():
     img, _ = phantom((30, 30, 12), lesion_value=0.0)  # a dark "lesion" hole inside the head
     m = head_mask(img + 1.0 * (img > 0))
     assert m.sum() > (img > 0).sum()  # the hole is filled
+
+
+def test_adapter_options_are_part_of_the_store_key(tmp_path):
+    """Another rater gives other masks, so it must never be served the first rater's cached store."""
+    write_msseg(tmp_path, 1, 1)
+    rec = get_recipe("afsc_t2_brain")
+    r1 = prepare(get_dataset("msseg2015")(tmp_path), rec, cache_dir=tmp_path / "c")
+    union = prepare(get_dataset("msseg2015")(tmp_path, rater="union"), rec, cache_dir=tmp_path / "c")
+    assert r1.path != union.path
+    assert union.lesion[:].sum() > r1.lesion[:].sum()
+    again = prepare(get_dataset("msseg2015")(tmp_path), rec, cache_dir=tmp_path / "c")
+    assert again.path == r1.path  # same options: the cached store is reused
+
+
+def test_fastmri_annotations_that_are_not_text_are_one_line(tmp_path):
+    write_fastmri(tmp_path, "file_brain_AXT1_202_2020001")
+    ann = write_fastmri_annotations(tmp_path, [], reviewed=["file_brain_AXT1_202_2020001"])
+    ann.write_bytes(b"file,slice,study_level,x,y,width,height,label\n\xff\xfe\xfa broken\n")
+    with pytest.raises(DataError) as e:
+        get_dataset("fastmri_plus")(tmp_path).subjects()
+    one_line(e.value, "brain.csv", "cannot read annotations")

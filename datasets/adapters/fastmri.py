@@ -69,7 +69,7 @@ def read_annotations(path: Path) -> tuple[dict[str, dict], set[str] | None]:
                 except ValueError as err:
                     raise DataError(path, f"line {i}: bad box values ({one_line(err)})") from err
                 rec["boxes"].setdefault(z, []).append(box)
-    except OSError as err:
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DataError(path, f"cannot read annotations ({one_line(err)})") from err
     listing = path.with_name("brain_file_list.csv")
     reviewed = None

@@ -121,7 +121,8 @@ class IDRiDAdapter(DatasetAdapter):
             for p in sorted((q for q in img_dir.iterdir() if is_image_file(q)), key=lambda q: natural_key(q.name)):
                 g = grades.get(p.stem)
                 pathology = "ungraded" if g is None else ("healthy" if g == 0 else f"dr_grade{g}")
-                out.append(Subject(id=f"B-{split}-{p.stem}", files={"image": p}, split=split, pathology=pathology,
+                files = {"image": p, **({"grades": csv_path} if csv_path else {})}  # a regrade rebuilds the store
+                out.append(Subject(id=f"B-{split}-{p.stem}", files=files, split=split, pathology=pathology,
                                    meta={"part": "B", "grade": g}))
         return out
 
@@ -136,7 +137,7 @@ class IDRiDAdapter(DatasetAdapter):
                 mp = subject.files.get(f"mask_{t}")
                 if mp is None:
                     continue  # IDRiD: no file = no lesion of that type
-                m = read_binary_mask(mp)
+                m = read_binary_mask(mp, values=(0, 1, 255))  # palette index {0,1}, or grey/colour {0,255}
                 if m.shape != (h, w):
                     raise DataError(mp, f"mask shape {m.shape} differs from image {p.name} shape {(h, w)}")
                 lesion |= m

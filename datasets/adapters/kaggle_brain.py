@@ -89,7 +89,7 @@ class _KaggleBrainBase(DatasetAdapter):
         return out
 
     def load(self, subject: Subject) -> Volume:
-        return grey_image_volume(subject.files["image"], colour="convert")
+        return grey_image_volume(subject.files["image"], colour="reject")  # grey MRI, often stored as RGB
 
 
 @register_dataset
