@@ -919,11 +919,14 @@ _SPECS = [
     _m("ap_pixel|per_volume", "pixel AP pooled per subject, mean over subjects with lesion",
        fn="per_volume_pixel_auroc_ap"),
     _m("ap_pixel|per_image", "mean over slices of each slice's pixel AP", fn="per_image_pixel_ap"),
-    _m("dice|oracle_test|pr_exact", "pooled Dice at the best threshold on the test set, exact PR curve (AFSC); oracle",
+    _m("dice|oracle_test|pr_exact", "pooled Dice over every pixel (no brain mask) at the best threshold on the test set, exact PR "
+       "curve (AFSC); oracle",
        oracle=True, fn="best_dice"),
-    _m("dice|oracle_test|max1000", "pooled Dice, best of 1000 thresholds in [0, max map] on the test set (PHANES); oracle",
+    _m("dice|oracle_test|max1000", "pooled Dice over every pixel (no brain mask), best of 1000 thresholds in [0, max map] on the "
+       "test set (PHANES); oracle",
        oracle=True, fn="best_dice"),
-    _m("dice|oracle_test|unit101", "pooled Dice, best of linspace(0, 1, 101) on the test set (autoDDPM); oracle",
+    _m("dice|oracle_test|unit101", "pooled Dice over every pixel (no brain mask), best of linspace(0, 1, 101) on the test set "
+       "(autoDDPM); oracle",
        oracle=True, fn="best_dice"),
     _m("dice|per_image|oracle_test|itermask2",
        "mean per-image Dice at one global θ ∈ {0,…,0.0099} maximising it on the test set, maps min-max over set × brain "

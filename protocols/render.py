@@ -244,6 +244,12 @@ def build_table(rows: pd.DataFrame, *, table_id: str, title: str = "", footnotes
             why.setdefault(c.note, []).append(f"{row_labels[i]} / {labels[j]}")
     for reason, where in why.items():
         notes.append(f"{MISSING} ({'; '.join(where)}): {reason}.")
+    flagged: dict[str, list[str]] = {}  # a number that is not evidence (constant scores: AUROC 0.5 by ties)
+    for (i, j), c in sorted(cells.items()):
+        if not c.empty and c.note.startswith("CONSTANT"):
+            flagged.setdefault(c.note, []).append(f"{row_labels[i]} / {labels[j]}")
+    for reason, where in flagged.items():
+        notes.append(f"Warning ({'; '.join(where)}): {reason}.")
     if missing:
         notes.append("No results yet for: " + ", ".join(missing) + ".")
     for t in footnotes:

@@ -320,12 +320,16 @@ def run_localisation(method: Method, test, val, metric_ids: Sequence[str], optio
     return Evaluation(out.rows, out.subject_rows, scored.wall_s, len(scored))
 
 
+# A version is part of every run key: bump it when a computation changes, so finished runs made by the old
+# code are never reused as if they were new. standard v3: calibrated healthy-brain thresholds predict inside
+# the brain, per-image calibrated Dice over lesion slices, image ACC/F1 at an FPR threshold use '>'.
+# localisation v2: box ids name their computation (suite / ra_code, fpr@5% / paper_fixed).
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
-    Protocol("standard", 2, run_standard, tuple(METRIC_BUILDERS),
+    Protocol("standard", 3, run_standard, tuple(METRIC_BUILDERS),
              "score the test and healthy validation slices; image- and pixel-level metrics by id"),
     Protocol("synthetic", 1, run_synthetic, SYNTHETIC_METRICS,
              "seeded synthetic anomalies on the healthy test slices (RA / PHANES Table 1)"),
-    Protocol("localisation", 1, run_localisation, LOCALISATION_METRICS,
+    Protocol("localisation", 2, run_localisation, LOCALISATION_METRICS,
              "RA box localisation at the ≤ 5 % healthy-FPR threshold and global detection by map mean"),
 ]}
 

@@ -159,3 +159,12 @@ def test_rendered_latex_compiles_with_pdflatex(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout[-3000:]
     assert (tmp_path / "doc.pdf").stat().st_size > 0
+
+
+def test_constant_score_cells_are_flagged_in_a_footnote():
+    rows = pd.DataFrame([dict(table_id="t", method=m, metric="auroc", metric_id="auroc|image", value=v,
+                              scale="fraction", seed=0, note=n) for m, v, n in
+                         [("a", 0.5, "CONSTANT image scores (all 0): AUROC 0.5 / AP = prevalence by ties"),
+                          ("b", 0.7, "")]])
+    md = R.markdown_table(rows, table_id="t")
+    assert "Warning (a / " in md and "CONSTANT image scores" in md and "(b / " not in md
