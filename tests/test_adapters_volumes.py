@@ -229,6 +229,12 @@ def test_ixi_t2_and_pd_naming(tmp_path):
     with pytest.raises(DataError) as e:
         v2.channel("t1")
     one_line(e.value, "IXI013-IOP-1212-T1.nii.gz", "missing modality T1 (subject has PD, T2)")
+    assert str(tmp_path / "IXI013-IOP-1212-T1.nii.gz") in str(e.value)  # flat release: the same folder
+    write_ixi(tmp_path / "t1only", "IXI020", "HH", 1300, ("T1",))  # per-modality folders, T1 only
+    v3 = get_dataset("ixi")(tmp_path / "t1only").load(get_dataset("ixi")(tmp_path / "t1only").subjects()[0])
+    with pytest.raises(DataError) as e:
+        v3.channel("t2")
+    assert str(tmp_path / "t1only" / "IXI-T2" / "IXI020-HH-1300-T2.nii.gz") in str(e.value)  # where its tar unpacks
     import dataclasses
 
     t2_mid = dataclasses.replace(get_recipe("ra_mid_t1"), name="ra_mid_t2_test", channels=("t2",))

@@ -83,9 +83,16 @@ class IXIAdapter(DatasetAdapter):
         return out
 
     def load(self, subject: Subject) -> Volume:
-        channels = modality_channels(subject.files, ("t1", "t2", "pd"),
-                                     lambda m: self.root / f"{subject.meta['scan']}-{m.upper()}.nii.gz",
-                                     native=str.upper)
         ref = subject.files.get("t1", next(iter(subject.files.values())))
+
+        def expected(mod: str) -> Path:
+            """Where the release puts the missing file: IXI-<MOD>/ beside the subject's own IXI-<mod>/ folder,
+            or the same folder when the release is unpacked flat."""
+            name = f"{subject.meta['scan']}-{mod.upper()}.nii.gz"
+            if re.fullmatch(r"IXI-(T1|T2|PD)", ref.parent.name, re.I):
+                return ref.parent.parent / f"IXI-{mod.upper()}" / name
+            return ref.parent / name
+
+        channels = modality_channels(subject.files, ("t1", "t2", "pd"), expected, native=str.upper)
         return Volume(channels=channels, lesion=None,
                       spacing=nifti_spacing(ref), source=str(ref))
