@@ -211,7 +211,7 @@ def test_hcp_acpc_space_and_unzipped_package_layout(tmp_path):
         get_dataset("hcp")(tmp_path, space="native")
 
 
-def test_ixi_t2_and_pd_naming(tmp_path):
+def test_ixi_t2_and_pd_naming(tmp_path, tmp_path_factory):
     write_ixi(tmp_path, "IXI002", "Guys", 828)  # IXI-T1/, IXI-T2/, IXI-PD/ as the tars unpack
     write_ixi(tmp_path, "IXI013", "IOP", 1212, ("T2", "PD"), folders=False)  # flat, no T1
     a = get_dataset("ixi")(tmp_path)
@@ -230,16 +230,17 @@ def test_ixi_t2_and_pd_naming(tmp_path):
         v2.channel("t1")
     one_line(e.value, "IXI013-IOP-1212-T1.nii.gz", "missing modality T1 (subject has PD, T2)")
     assert str(tmp_path / "IXI013-IOP-1212-T1.nii.gz") in str(e.value)  # flat release: the same folder
-    write_ixi(tmp_path / "t1only", "IXI020", "HH", 1300, ("T1",))  # per-modality folders, T1 only
-    v3 = get_dataset("ixi")(tmp_path / "t1only").load(get_dataset("ixi")(tmp_path / "t1only").subjects()[0])
-    with pytest.raises(DataError) as e:
-        v3.channel("t2")
-    assert str(tmp_path / "t1only" / "IXI-T2" / "IXI020-HH-1300-T2.nii.gz") in str(e.value)  # where its tar unpacks
     import dataclasses
 
     t2_mid = dataclasses.replace(get_recipe("ra_mid_t1"), name="ra_mid_t2_test", channels=("t2",))
     store = prepare(a, t2_mid, cache_dir=tmp_path / "c")
     assert list(store.manifest["subject"]) == ["IXI002", "IXI013"] and store.images.shape[1:] == (1, 128, 128)
+    t1only = tmp_path_factory.mktemp("ixi_t1only")
+    write_ixi(t1only, "IXI020", "HH", 1300, ("T1",))  # per-modality folders, T1 only
+    v3 = get_dataset("ixi")(t1only).load(get_dataset("ixi")(t1only).subjects()[0])
+    with pytest.raises(DataError) as e:
+        v3.channel("t2")
+    assert str(t1only / "IXI-T2" / "IXI020-HH-1300-T2.nii.gz") in str(e.value)  # where its tar unpacks
 
 
 def test_atlas_bids_training_testing_and_brainmask(tmp_path):
