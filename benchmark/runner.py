@@ -135,7 +135,8 @@ def run_one(spec_table, method_name: str, variant: str, seed: int, profile: Prof
     if run_store.is_finished(run):
         return run, False, False
     method, training, trained = train_or_load(plan, run_store, device, progress)
-    options = {**spec_table.options, "cache_dir": Path(store_data.path) / "synthetic"}
+    # run-time inputs, not settings: outside the run key (computed by plan_run from spec_table.options)
+    options = {**spec_table.options, "cache_dir": Path(store_data.path) / "synthetic", "train": plan.train}
     evaluation = get_protocol(spec_table.protocol).run(method, plan.test, plan.val, spec_table.metrics, options,
                                                        progress=progress)
     prov = provenance(device)

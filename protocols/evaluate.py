@@ -125,8 +125,10 @@ class MetricContext:
     computed once, lazily, and only for the ids a table asks for."""
 
     def __init__(self, test: ScoreSet, healthy_val: ScoreSet | None, *, fpr: float = 0.05,
-                 clean: torch.Tensor | None = None, lpips_net: Callable | None = None):
+                 clean: torch.Tensor | None = None, lpips_net: Callable | None = None,
+                 train: ScoreSet | None = None):
         self.test, self.val, self.fpr = test, healthy_val, fpr
+        self.train = train  # the scored training normals, for ProxyAno's p75_train_normal rule
         self.clean = clean  # healthy originals of synthetic anomalies (reconstruction targets)
         self.lpips_net = lpips_net
         self._cache: dict[str, Any] = {}
@@ -413,6 +415,22 @@ def _per_image_ap(ctx: MetricContext) -> Estimate:
     return _per_image(ap, f"mean over the {int(torch.isfinite(ap).sum())} slices with a lesion")
 
 
+def _acc_f1_p75_train(ctx: MetricContext, which: str) -> Estimate:
+    """ProxyAno's image ACC/F1 rule (P-Net ``validate_cls``): t = ``sorted(train_scores)[int(0.75 n)]`` over the
+    normal training images, abnormal iff score ≥ t, abnormal = positive class of F1."""
+    if ctx.train is None or not len(ctx.train):
+        raise Undefined("needs the scores of the training normals (the protocol scores them only when asked)")
+    y = ctx.test.labels
+    if y.min() == y.max():
+        raise Undefined("image-level metric needs normal and abnormal test slices")
+    train = torch.sort(ctx.train.scores.double().cpu()).values
+    t = float(train[int(0.75 * len(train))])
+    s = ctx.test.scores
+    rule = lambda i: M.image_acc_f1(s[i], y[i], t)[which]  # noqa: E731  (≥ t, as the code decides)
+    return Estimate(rule(np.arange(ctx.n)), rule,
+                    f"score ≥ {t:.4g}: sorted(train)[int(0.75·n)] of {len(train)} training-normal scores (ProxyAno)")
+
+
 def _score_gap(ctx: MetricContext, key: str) -> Estimate:
     s, y = ctx.test.scores, ctx.test.labels
     if y.min() == y.max():
@@ -446,6 +464,8 @@ METRIC_BUILDERS: dict[str, MetricBuilder] = {
     "ap|image|afsc_max21": lambda c: _image(c, "ap", c.cached("max21", lambda: M.afsc_slice_score(c.test.maps))),
     "auroc|image|eq13": lambda c: _image(c, "auroc", _latent_score(c)),
     "auroc|image|recon_frobenius": lambda c: _image(c, "auroc", _image_space_score(c)),
+    "acc|image|p75_train_normal": lambda c: _acc_f1_p75_train(c, "acc"),
+    "f1|image|p75_train_normal": lambda c: _acc_f1_p75_train(c, "f1"),
     "acc|image|fpr@5%_healthy_image": lambda c: _acc_f1(c, "acc"),
     "f1|image|fpr@5%_healthy_image": lambda c: _acc_f1(c, "f1"),
     "mean_score_normal|normal_minmax": lambda c: _score_gap(c, "mean_score_normal"),

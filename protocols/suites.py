@@ -98,7 +98,10 @@ def _score_val(method: Method, val, progress: bool) -> ScoreSet | None:
 def run_standard(method: Method, test, val, metric_ids: Sequence[str], options: dict[str, Any], *,
                  progress: bool = True, n_boot: int = 200) -> Evaluation:
     scored = collect(method, test, progress=progress)
-    ctx = MetricContext(scored, _score_val(method, val, progress), fpr=FPR)
+    train = options.get("train")  # scored only for ids whose threshold comes from the training normals
+    needs_train = any("train_normal" in m for m in metric_ids)
+    scored_train = collect(method, train, progress=progress) if needs_train and train is not None else None
+    ctx = MetricContext(scored, _score_val(method, val, progress), fpr=FPR, train=scored_train)
     est = [(mid, "", build_estimate(ctx, mid)) for mid in metric_ids]
     out = estimate_rows(ctx.subjects, est, n=ctx.n, n_boot=n_boot)
     return Evaluation(out.rows, out.subject_rows, scored.wall_s, len(scored),

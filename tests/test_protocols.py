@@ -317,3 +317,30 @@ def test_box_rows_carry_the_id_of_the_computation_that_made_them(phantom):
     assert "RA code" in notes["f1|per_box|fpr@5%_healthy_image|ra_code"]
     assert "RA code" not in notes["f1|per_box|fpr@5%_healthy_image"]
     assert "fixed threshold 0.009" in notes["detected_boxes|paper_fixed|ra_code"]
+
+
+def test_proxyano_p75_train_normal_rule_matches_its_code():
+    """t = sorted(train_scores)[int(0.75·n)], abnormal iff score ≥ t (P-Net validate_cls), sklearn ACC/F1."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    test, train = _score_set(), _score_set(seed=3, lesions=False)
+    by = {r["metric_id"]: r for r in metric_rows(MetricContext(test, None, train=train),
+                                                 ["acc|image|p75_train_normal", "f1|image|p75_train_normal"],
+                                                 n_boot=0).rows}
+    t = sorted(train.scores.tolist())[int(0.75 * len(train))]
+    pred = (test.scores >= t).numpy()
+    assert by["acc|image|p75_train_normal"]["value"] == pytest.approx(accuracy_score(test.labels.numpy(), pred))
+    assert by["f1|image|p75_train_normal"]["value"] == pytest.approx(f1_score(test.labels.numpy(), pred))
+    without = metric_rows(MetricContext(test, None), ["acc|image|p75_train_normal"], n_boot=0).rows[0]
+    assert math.isnan(without["value"]) and "training normals" in without["note"]
+
+
+def test_standard_protocol_scores_the_training_normals_only_when_an_id_needs_them(phantom):
+    from protocols.suites import run_standard
+
+    test, val, train = phantom.split("test"), phantom.split("val", label=0), phantom.split("train")
+    ev = run_standard(_Fake("identity"), test, val, ["acc|image|p75_train_normal"], {"train": train},
+                      progress=False, n_boot=0)
+    assert math.isfinite(ev.rows[0]["value"]) and f"of {len(train)} training-normal scores" in ev.rows[0]["note"]
+    ev = run_standard(_Fake("identity"), test, val, ["acc|image|p75_train_normal"], {}, progress=False, n_boot=0)
+    assert math.isnan(ev.rows[0]["value"])
