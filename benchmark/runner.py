@@ -205,7 +205,8 @@ def render_from_rows(spec_table, rows: pd.DataFrame, subjects: pd.DataFrame, cho
     paper = load_paper(PAPER_TABLES_CSV) if PAPER_TABLES_CSV.is_file() else None
     return render_table(rows, table_id=spec_table.table_id, title=f"{spec_table.title} [profile {profile}]",
                         out_dir=out_dir, footnotes=notes, paper=paper, expected_methods=[m for m, _ in chosen],
-                        subjects=subjects, reference_method=spec_table.reference_method)
+                        subjects=subjects, reference_method=spec_table.reference_method,
+                        paper_metric_ids=spec_table.paper_metric_ids)
 
 
 def collect_finished(table_id: str, *, profile: str = "default", store: str | Path = "runs",

@@ -18,7 +18,7 @@ import math
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import jinja2
 import pandas as pd
@@ -119,7 +119,8 @@ def _table_rows(rows: pd.DataFrame | None, table_id: str) -> pd.DataFrame:
 
 def build_table(rows: pd.DataFrame, *, table_id: str, title: str = "", footnotes: Sequence[str] = (),
                 paper: pd.DataFrame | None = None, expected_methods: Sequence[str] = (),
-                subjects: pd.DataFrame | None = None, reference_method: str = "") -> Table:
+                subjects: pd.DataFrame | None = None, reference_method: str = "",
+                paper_metric_ids: Mapping[str, str] | None = None) -> Table:
     """Aggregate rows over seeds, lay them out, rank each column, mark significance and collect footnotes.
 
     ``subjects`` (per-subject values, ``RunStore.read_subjects``) enables the paired test: in each column
@@ -173,12 +174,25 @@ def build_table(rows: pd.DataFrame, *, table_id: str, title: str = "", footnotes
         cells[(ri[(r.method, r.variant)], ci[(r.dataset, r.column_group, r.metric, r.metric_id)])] = Cell(
             mean=_num(r.mean), std=_num(r.std), n_seeds=int(r.n_seeds), scale=getattr(r, "scale", "") or "",
             ci_low=lo, ci_high=hi, note=str(getattr(r, "note", "") or ""))
+    paper_note = ""
     if pap is not None:
-        first_col: dict[tuple[str, str, str], int] = {}
-        for j, (d, g, m, _) in enumerate(col_keys):
-            first_col.setdefault((d, g, m), j)  # the paper's number sits beside the first id of that metric
+        # the paper's number sits beside the id the table names as the paper's computation of that metric
+        # (TableSpec.paper_metric_ids), else beside the first id of the metric -- said in a footnote when the
+        # metric has several ids, so a calibrated number is never silently read against a paper's oracle one
+        chosen = dict(paper_metric_ids or {})
+        paper_col: dict[tuple[str, str, str], int] = {}
+        ids_of: dict[tuple[str, str, str], list[str]] = {}
+        for j, (d, g, m, mid) in enumerate(col_keys):
+            ids_of.setdefault((d, g, m), []).append(mid)
+            if chosen.get(m) == mid or (m not in chosen and (d, g, m) not in paper_col):
+                paper_col[(d, g, m)] = j
+        guessed = sorted({(m, col_keys[j][3]) for (d, g, m), j in paper_col.items()
+                          if m not in chosen and len(ids_of[(d, g, m)]) > 1})
+        if guessed and pap[pap["metric"].isin([m for m, _ in guessed])].shape[0]:
+            paper_note = ("Paper numbers of " + ", ".join(f"`{m}` sit beside `{mid}`" for m, mid in guessed)
+                          + ", the first of several ids of that metric (the table names no paper id for it).")
         for r in pap.itertuples():
-            j = first_col.get((r.dataset, r.column_group, r.metric))
+            j = paper_col.get((r.dataset, r.column_group, r.metric))
             i = ri.get((r.method, r.variant))
             if i is None or j is None:
                 continue
@@ -236,6 +250,8 @@ def build_table(rows: pd.DataFrame, *, table_id: str, title: str = "", footnotes
     if pap is not None and any(math.isfinite(c.paper) for c in cells.values()):
         notes.append("Paper: the printed number (same table, method, variant, dataset, column, metric), our "
                      "mean converted to the paper's scale; Δ = ours − paper.")
+        if paper_note:
+            notes.append(paper_note)
     missing = [row_labels[i] for i in range(len(row_keys))
                if not any((i, j) in cells and not cells[(i, j)].empty for j in range(len(col_keys)))]
     why: dict[str, list[str]] = {}  # a NaN cell keeps the reason its run wrote
@@ -373,10 +389,12 @@ def _cell_text(c: Cell | None, with_paper: bool, latex: bool = False) -> str:
 
 def markdown_table(rows: pd.DataFrame, *, table_id: str, title: str = "", footnotes: Sequence[str] = (),
                    paper: pd.DataFrame | None = None, expected_methods: Sequence[str] = (),
-                   subjects: pd.DataFrame | None = None, reference_method: str = "") -> str:
+                   subjects: pd.DataFrame | None = None, reference_method: str = "",
+                   paper_metric_ids: Mapping[str, str] | None = None) -> str:
     """The table as GitHub Markdown (tabulate) with its footnotes, for printing or the README."""
     t = build_table(rows, table_id=table_id, title=title, footnotes=footnotes, paper=paper,
-                    expected_methods=expected_methods, subjects=subjects, reference_method=reference_method)
+                    expected_methods=expected_methods, subjects=subjects, reference_method=reference_method,
+                    paper_metric_ids=paper_metric_ids)
     return _markdown(t)
 
 
@@ -485,7 +503,8 @@ def latex_table(t: Table) -> str:
 def render_table(rows: pd.DataFrame, *, table_id: str, title: str, out_dir: Path,
                  footnotes: Sequence[str] = (), paper: pd.DataFrame | None = None,
                  expected_methods: Sequence[str] = (), subjects: pd.DataFrame | None = None,
-                 reference_method: str = "") -> dict[str, Path]:
+                 reference_method: str = "", paper_metric_ids: Mapping[str, str] | None = None
+                 ) -> dict[str, Path]:
     """Write ``<table_id>.csv`` (long rows with provenance), ``.md``, ``.tex`` and, with ``subjects``,
     ``<table_id>.tests.csv`` (every paired test behind a ``*``) atomically; return the paths.
 
@@ -495,7 +514,8 @@ def render_table(rows: pd.DataFrame, *, table_id: str, title: str, out_dir: Path
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t = build_table(rows, table_id=table_id, title=title, footnotes=footnotes, paper=paper,
-                    expected_methods=expected_methods, subjects=subjects, reference_method=reference_method)
+                    expected_methods=expected_methods, subjects=subjects, reference_method=reference_method,
+                    paper_metric_ids=paper_metric_ids)
     long = _table_rows(rows, table_id)
     paths = {"csv": out_dir / f"{table_id}.csv", "md": out_dir / f"{table_id}.md", "tex": out_dir / f"{table_id}.tex"}
     atomic_write_text(paths["csv"], long.to_csv(index=False))

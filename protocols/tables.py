@@ -55,6 +55,8 @@ class TableSpec:
     reference_method: str = ""
     parts: tuple[TablePart, ...] = ()
     needs_root: str = ""  # what --root must point at, for tables on a user-downloaded release
+    # CSV metric → the id that is the paper's computation of it: its column carries the paper's number
+    paper_metric_ids: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

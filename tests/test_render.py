@@ -168,3 +168,19 @@ def test_constant_score_cells_are_flagged_in_a_footnote():
                           ("b", 0.7, "")]])
     md = R.markdown_table(rows, table_id="t")
     assert "Warning (a / " in md and "CONSTANT image scores" in md and "(b / " not in md
+
+
+def test_paper_number_sits_beside_the_id_the_table_names():
+    rows = pd.DataFrame([dict(table_id="ra-table1b", method="ra", variant="", dataset="fastmri_plus",
+                              column_group="intensity anomaly", metric="auprc", metric_id=mid, value=v,
+                              scale="fraction", seed=0) for mid, v in [("auprc|pooled", 0.70),
+                                                                       ("auprc|pooled|trapezoid", 0.60)]])
+    guessed = R.build_table(rows, table_id="ra-table1b", paper=_paper())
+    j = {c[3]: k for k, c in enumerate(guessed.columns)}
+    assert guessed.cells[(0, j["auprc|pooled"])].paper_text == "73.7"
+    assert any("`auprc` sit beside `auprc|pooled`" in n for n in guessed.footnotes)  # the guess is said
+    named = R.build_table(rows, table_id="ra-table1b", paper=_paper(),
+                          paper_metric_ids={"auprc": "auprc|pooled|trapezoid"})
+    assert named.cells[(0, j["auprc|pooled|trapezoid"])].paper_text == "73.7"
+    assert named.cells[(0, j["auprc|pooled"])].paper_text == ""
+    assert not any("sit beside" in n for n in named.footnotes)
