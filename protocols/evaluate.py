@@ -230,6 +230,10 @@ def _map_mean(ctx: MetricContext) -> torch.Tensor:
     return ctx.cached("map_mean", lambda: ctx.test.maps.flatten(1).mean(1))
 
 
+def _afsc_score(ctx: MetricContext) -> torch.Tensor:
+    return ctx.cached("afsc_max21", lambda: M.afsc_slice_score(ctx.test.maps))
+
+
 def _need_lesion(ctx: MetricContext) -> None:
     if not ctx.has_lesion:
         raise Undefined("no lesion pixels in the test set")
@@ -377,17 +381,22 @@ def _ssim(ctx: MetricContext, variant: str) -> Estimate:
     return _per_image(torch.tensor(vals, dtype=torch.float64), f"data range {data_range:.4g} (max−min of R·B)")
 
 
+def _image_decision(ctx: MetricContext, which: str, t: float, *, strict: bool, note: str) -> Estimate:
+    """Image ACC or F1 (abnormal positive) of the test scores at threshold ``t``, the threshold held fixed
+    across resamples; ``strict``: abnormal iff score > t, else score ≥ t."""
+    y, s = ctx.test.labels, ctx.test.scores
+    if y.min() == y.max():
+        raise Undefined("image-level metric needs normal and abnormal test slices")
+    rule = lambda i: M.image_acc_f1(s[i], y[i], t, strict=strict)[which]  # noqa: E731
+    return Estimate(rule(np.arange(ctx.n)), rule, note)
+
+
 def _acc_f1(ctx: MetricContext, which: str) -> Estimate:
     if ctx.val is None or not len(ctx.val):
         raise Undefined("no healthy validation slices to calibrate the image threshold")
-    y = ctx.test.labels
-    if y.min() == y.max():
-        raise Undefined("image-level metric needs normal and abnormal test slices")
     t = M.threshold_at_fpr(ctx.val.scores, ctx.fpr)
-    s = ctx.test.scores
-    rule = lambda i: M.image_acc_f1(s[i], y[i], t, strict=True)[which]  # noqa: E731  (> t, as calibrated)
-    return Estimate(rule(np.arange(ctx.n)), rule,
-                    f"score > {t:.4g} (≤ {ctx.fpr:.0%} of {len(ctx.val)} healthy validation scores above)")
+    return _image_decision(ctx, which, t, strict=True,  # '>': the rule threshold_at_fpr calibrates for
+                           note=f"score > {t:.4g} (≤ {ctx.fpr:.0%} of {len(ctx.val)} healthy validation scores above)")
 
 
 def _pixel_acc_f1_fixed(ctx: MetricContext, which: str, t: float = 0.5) -> Estimate:
@@ -420,15 +429,11 @@ def _acc_f1_p75_train(ctx: MetricContext, which: str) -> Estimate:
     normal training images, abnormal iff score ≥ t, abnormal = positive class of F1."""
     if ctx.train is None or not len(ctx.train):
         raise Undefined("needs the scores of the training normals (the protocol scores them only when asked)")
-    y = ctx.test.labels
-    if y.min() == y.max():
-        raise Undefined("image-level metric needs normal and abnormal test slices")
     train = torch.sort(ctx.train.scores.double().cpu()).values
     t = float(train[int(0.75 * len(train))])
-    s = ctx.test.scores
-    rule = lambda i: M.image_acc_f1(s[i], y[i], t)[which]  # noqa: E731  (≥ t, as the code decides)
-    return Estimate(rule(np.arange(ctx.n)), rule,
-                    f"score ≥ {t:.4g}: sorted(train)[int(0.75·n)] of {len(train)} training-normal scores (ProxyAno)")
+    return _image_decision(ctx, which, t, strict=False,  # '≥', as the P-Net code decides
+                           note=f"score ≥ {t:.4g}: sorted(train)[int(0.75·n)] of {len(train)} training-normal "
+                                "scores (ProxyAno)")
 
 
 def _score_gap(ctx: MetricContext, key: str) -> Estimate:
@@ -460,8 +465,8 @@ METRIC_BUILDERS: dict[str, MetricBuilder] = {
     "auroc|image": lambda c: _image(c, "auroc"),
     "ap|image": lambda c: _image(c, "ap"),
     "auroc|image|map_mean": lambda c: _image(c, "auroc", _map_mean(c)),
-    "auroc|image|afsc_max21": lambda c: _image(c, "auroc", c.cached("max21", lambda: M.afsc_slice_score(c.test.maps))),
-    "ap|image|afsc_max21": lambda c: _image(c, "ap", c.cached("max21", lambda: M.afsc_slice_score(c.test.maps))),
+    "auroc|image|afsc_max21": lambda c: _image(c, "auroc", _afsc_score(c)),
+    "ap|image|afsc_max21": lambda c: _image(c, "ap", _afsc_score(c)),
     "auroc|image|eq13": lambda c: _image(c, "auroc", _latent_score(c)),
     "auroc|image|recon_frobenius": lambda c: _image(c, "auroc", _image_space_score(c)),
     "acc|image|p75_train_normal": lambda c: _acc_f1_p75_train(c, "acc"),

@@ -99,7 +99,7 @@ def bootstrap_ci(values: Sequence[float], *, subjects: Sequence[Any] | None = No
     stats = bootstrap_replicates(lambda idx: statistic(v[idx]), sub, n_boot=n_boot, seed=seed, quiet=False)[:, 0]
     a = (1.0 - ci) / 2.0
     return {"estimate": float(statistic(v)), "lo": float(np.quantile(stats, a)), "hi": float(np.quantile(stats, 1 - a)),
-            "boot_std": float(stats.std(ddof=0)), "n_boot": int(n_boot), "n_subjects": len(_subject_groups(sub)),
+            "boot_std": float(stats.std(ddof=0)), "n_boot": int(n_boot), "n_subjects": n_subjects,
             "method": "percentile bootstrap over subjects"}
 
 

@@ -297,7 +297,7 @@ def run_localisation(method: Method, test, val, metric_ids: Sequence[str], optio
         healthy = (scored.brain.cpu() > 0.5).float() * (1 - torch.from_numpy(union))
         for rule, variant in dict.fromkeys(_box_rule(m) for m in box_ids):
             wanted = [m for m in box_ids if _box_rule(m) == (rule, variant)]
-            res = None
+            t: float | None = None  # stays None when this rule cannot be evaluated; note says why
             if not boxes:
                 note = "no annotated box in the test set"
             elif rule == "paper_fixed":
@@ -309,13 +309,12 @@ def run_localisation(method: Method, test, val, metric_ids: Sequence[str], optio
                 t = M.threshold_at_fpr(healthy_val.maps, FPR)
                 note = (f"threshold {t:.4g}: ≤ {FPR:.0%} of healthy validation pixels above; a box counts as "
                         f"detected when > 10 % of its pixels fire")
-            if boxes and (rule == "paper_fixed" or healthy_val is not None):
-                res = localise(scored.maps, boxes, healthy, t, variant=variant)
-                note += "; RA code computation (soft boxes, floored FP)" if variant == "ra_code" else ""
-            if res is None:
+            if t is None:
                 est += [(m, "", Estimate(math.nan, None, note)) for m in wanted]
-            else:
-                est += [e for e in _box_estimates(res["per_box"], len(scored), note, rule, variant) if e[0] in wanted]
+                continue
+            res = localise(scored.maps, boxes, healthy, t, variant=variant)
+            note += "; RA code computation (soft boxes, floored FP)" if variant == "ra_code" else ""
+            est += [e for e in _box_estimates(res["per_box"], len(scored), note, rule, variant) if e[0] in wanted]
     if "auroc|image|map_mean" in metric_ids:
         est += _global_estimates(scored, options.get("global_groups"))
     subjects = scored.manifest["subject"].astype(str).to_numpy()
