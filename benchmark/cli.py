@@ -30,7 +30,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from benchmark.registry import all_datasets, all_methods, all_tables
     from protocols.tables import paper_table_ids
 
-    rows = [(n, c.info.paper, ", ".join(c.info.variants) or "–") for n, c in all_methods().items()]
+    rows = [(n, c.info.paper, ", ".join(c.variants) or "–") for n, c in all_methods().items()]
     print(tabulate(rows, headers=["method", "paper", "variants"], tablefmt="github"))
     print()
     print(tabulate([(n, c.title or "") for n, c in all_datasets().items()], headers=["dataset", "release"],
@@ -153,7 +153,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 
 def _cmd_figure(args: argparse.Namespace) -> int:
-    from protocols.figures import table_figure
+    from benchmark.figures import table_figure
 
     paths = table_figure(args.table_id, profile=args.profile, store=args.store,
                          out=Path(args.out) / args.profile / f"{args.table_id}-qualitative", n=args.n,

@@ -1,14 +1,29 @@
-"""The method contract: what every anomaly-detection method in phbench implements.
+"""The method contract (v2): what every anomaly-detection method in phbench implements.
 
 Modelled on scikit-learn's estimator contract (config in, ``fit``, then predict-like ``score``) and on
-anomalib's split between a torch module and its training wrapper: a :class:`Method` owns one or more
-``torch.nn.Module`` networks, declares how to train them through :class:`Trainable` (the shared
-:class:`benchmark.trainer.Trainer` runs every loop), and turns a batch into a :class:`ScoreOutput`.
+anomalib's split between torch modules and their training wrapper: a :class:`Method` owns ``torch.nn.Module``
+networks, declares how to train them through :class:`Trainable` (the shared :class:`benchmark.trainer.Trainer`
+runs every loop), and turns a batch into a :class:`ScoreOutput`.
 
-Shapes (B = batch, C = channels, H = W = image size):
+What a method declares, and who acts on it:
+
+- ``Config`` (a :class:`MethodConfig` dataclass): every field is a *training* field unless marked with
+  :func:`scoring` (changes only how a trained model scores: a variant that only changes such fields reuses
+  the trained weights) or :func:`runtime` (changes nothing in the numbers, e.g. the scoring batch size).
+- ``variants``: name → :class:`Variant` (config overrides, resolved *before* anything is recorded, and whether
+  the variant may see the lesion mask at scoring).
+- ``version``: the method's code version; it is part of the train key, so an edited method never serves a
+  stale model.
+- ``upstreams(config)``: trained methods this one is built on (PHANES on RA, AutoDDPM on DDPM); the runner
+  trains each once, under its own key, and hands it over before ``fit``.
+- ``networks()`` (trained, saved), ``fitted`` (non-parameter tensors such as memory banks, saved),
+  ``helper(...)`` (frozen pretrained trunks: moved with the method, never saved), ``calibration`` (floats
+  fitted on healthy validation slices, stored per scoring configuration).
+
+Shapes (B = batch, C = channels, H = W = image size; C and H come from the slice store as a :class:`DataSpec`):
     image          [B, C, H, W] float32, the recipe's normalised intensities
     brain_mask     [B, 1, H, W] float32 in [0, 1] (soft at the border after resizing)
-    lesion_mask    [B, 1, H, W] float32 {0, 1} (all zero for healthy slices)
+    lesion_mask    [B, 1, H, W] float32 {0, 1}; None at scoring unless the variant declares it uses it
     anomaly_map    [B, 1, H, W] float32, larger = more anomalous
     image_score    [B]          float32, larger = more anomalous
     reconstruction [B, C, H, W] float32 or None (pseudo-healthy image where the method makes one)
@@ -17,12 +32,42 @@ Shapes (B = batch, C = channels, H = W = image size):
 from __future__ import annotations
 
 import dataclasses
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 from torch import nn
+
+ROLE_TRAIN, ROLE_SCORE, ROLE_RUNTIME = "train", "score", "runtime"
+
+
+def scoring(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A config field that only changes scoring (maps, calibration): it stays out of the train key."""
+    return field(default=default, default_factory=default_factory, metadata={"role": ROLE_SCORE})
+
+
+def runtime(default: Any = dataclasses.MISSING) -> Any:
+    """A config field that changes no number (batch size of scoring): out of the train and the score key."""
+    return field(default=default, metadata={"role": ROLE_RUNTIME})
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Image size and channels of the slices a method trains and scores on (read from the slice store)."""
+
+    image_size: int = 128
+    channels: int = 1
+
+    @classmethod
+    def of(cls, slices: Any) -> "DataSpec":
+        """The spec of a store or a slice set (anything with a ``store.images`` or ``images`` array)."""
+        arr = getattr(getattr(slices, "store", slices), "images")
+        _, c, h, w = arr.shape
+        if h != w:
+            raise ValueError(f"slices are {h}×{w}: phbench methods take square slices")
+        return cls(int(h), int(c))
 
 
 @dataclass
@@ -42,15 +87,23 @@ class SliceBatch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return SliceBatch(*(move(getattr(self, f.name)) for f in dataclasses.fields(self)))
 
+    def without_ground_truth(self) -> "SliceBatch":
+        """The batch a method may see at scoring: no lesion mask, no label."""
+        return SliceBatch(self.image, self.brain_mask, None, None, self.index)
+
 
 @dataclass
 class ScoreOutput:
-    """What ``Method.score`` returns; validated so that no metric ever sees a malformed map."""
+    """What ``Method.score`` returns; validated so that no metric ever sees a malformed map.
+
+    ``extras``: tensors whose first dimension is the batch (e.g. a latent-space score ``[B]``, masks
+    ``[B, 1, H, W]``); they are cached with the maps and reach the protocols.
+    """
 
     anomaly_map: torch.Tensor
     image_score: torch.Tensor
     reconstruction: torch.Tensor | None = None
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. latent-space scores, masks
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def validate(self, batch: SliceBatch, method: str) -> "ScoreOutput":
         b, _, h, w = batch.image.shape
@@ -67,7 +120,36 @@ class ScoreOutput:
                 raise TypeError(f"{method}: {name} must be a floating tensor, got {t.dtype}")
             if not torch.isfinite(t).all():
                 raise ValueError(f"{method}: {name} contains NaN or Inf")
+        for k, v in self.extras.items():
+            if not isinstance(v, torch.Tensor) or v.ndim == 0 or v.shape[0] != b:
+                raise ValueError(f"{method}: extras[{k!r}] must be a tensor with the batch ({b}) as first dimension")
         return self
+
+    def detached_float(self) -> "ScoreOutput":
+        f = lambda t: None if t is None else t.detach().float()  # noqa: E731
+        return ScoreOutput(f(self.anomaly_map), f(self.image_score), f(self.reconstruction),
+                           {k: v.detach() for k, v in self.extras.items()})
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named row of a paper table: config overrides (resolved before the run is recorded) and what the
+    variant may see. ``uses_lesion_mask``: the lesion mask reaches ``_score`` (oracle rows, PHANES-GT); every
+    other variant never sees it. ``protocol``: hints for protocols (e.g. a per-image-best threshold)."""
+
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    uses_lesion_mask: bool = False
+    description: str = ""
+    protocol: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A trained method this one is built on: registry name, variant and config overrides of the upstream."""
+
+    method: str
+    variant: str = ""
+    overrides: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -76,7 +158,6 @@ class MethodInfo:
 
     paper: str  # short citation
     summary: str
-    variants: tuple[str, ...] = ()  # names accepted by ``Method(variant=...)``
     deviations: tuple[str, ...] = ()  # every place where phbench differs from the paper / official code
     code: str = ""  # official code reference
 
@@ -85,18 +166,35 @@ class MethodInfo:
 class MethodConfig:
     """Base config. Subclasses are dataclasses whose defaults are the paper's settings.
 
+    Image size and channels are not config: they come from the slice store (:class:`DataSpec`).
     Training-budget fields are shared so that profiles can override them uniformly.
     """
 
     epochs: int = 100
+    max_steps: int | None = None  # optimiser-step budget of the main stage; None = epochs only
     batch_size: int = 8
     lr: float = 1e-4
-    early_stop_patience: int | None = None  # epochs without validation improvement; None = off
+    early_stop_patience: int | None = None  # validations without improvement; None = off
+    val_every: int = 1  # validate every k epochs (when the method has a validation loss)
+    grad_clip_norm: float | None = None  # clip each optimiser's gradient norm before its step
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     augment: bool = False
+    score_batch_size: int = runtime(32)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def fields_with_role(self, role: str) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.metadata.get("role", ROLE_TRAIN) == role}
+
+    def training_dict(self) -> dict[str, Any]:
+        """The fields the trained weights depend on (part of the train key)."""
+        return _jsonable(self.fields_with_role(ROLE_TRAIN))
+
+    def scoring_dict(self) -> dict[str, Any]:
+        """The fields that change only scoring (part of the score key)."""
+        return _jsonable(self.fields_with_role(ROLE_SCORE))
 
     def replace(self, **changes: Any) -> "MethodConfig":
         known = {f.name for f in dataclasses.fields(self)}
@@ -106,72 +204,136 @@ class MethodConfig:
         return dataclasses.replace(self, **changes)
 
 
-class Method(ABC):
-    """Base class of every method. Subclasses set ``name``, ``Config`` and ``info`` and register.
+def _jsonable(d: Mapping[str, Any]) -> dict[str, Any]:
+    """Tuples as lists etc., so a config dict hashes the same after a JSON round trip."""
+    return json.loads(json.dumps(d, sort_keys=True, default=str))
 
-    Life cycle: ``m = Method(config, variant=..., device=...)`` → ``m.fit(train, val)`` (the shared trainer)
-    → ``m.calibrate(val)`` (optional, fits thresholds on healthy validation) → ``m.score(batch)``.
+
+class Method(ABC):
+    """Base class of every method. Subclasses set ``name``, ``Config``, ``info`` (and ``variants``,
+    ``version``) and register with ``@register_method``.
+
+    Life cycle: ``m = Method.build(config, variant=..., data=DataSpec(...), device=...)`` → ``m.fit(train, val)``
+    (the shared trainer, then ``calibrate``) → ``m.score(batch)``. The runner does the same through the run
+    store, so trained models, calibrations and scores are each computed once.
     """
 
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     info: ClassVar[MethodInfo]
+    version: ClassVar[int] = 1  # bump when a change alters what this method trains
+    variants: ClassVar[Mapping[str, Variant]] = {}
+    score_with_grad: ClassVar[bool] = False  # scoring needs autograd (z search, saliency); params stay frozen
+    min_size_multiple: ClassVar[int] = 1  # image size must be a multiple of this (strided networks)
+    channels_supported: ClassVar[tuple[int, ...] | None] = None  # None: any channel count
+    profile_overrides: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
-    def __init__(self, config: MethodConfig | None = None, *, variant: str = "", device: torch.device | str = "cpu"):
-        self.config = config if config is not None else self.Config()
+    def __init__(self, config: MethodConfig | None = None, *, variant: str = "", device: torch.device | str = "cpu",
+                 data: DataSpec | None = None, upstream: Mapping[str, "Method"] | None = None):
+        if variant and variant not in self.variants:
+            raise ValueError(f"{self.name}: unknown variant {variant!r}; known: {list(self.variants) or 'none'}")
+        self.variant = variant
+        self.config = config if config is not None else self.resolve(None, variant)
         if not isinstance(self.config, self.Config):
             raise TypeError(f"{self.name}: config must be a {self.Config.__name__}, got {type(self.config).__name__}")
-        if variant and variant not in self.info.variants:
-            raise ValueError(f"{self.name}: unknown variant {variant!r}; known: {list(self.info.variants) or 'none'}")
-        self.variant = variant
+        self._check_resolved()
+        self.data = data or DataSpec()
+        self.check_data(self.data)
         self.device = torch.device(device)
         self.calibration: dict[str, float] = {}  # scalars fitted on healthy validation data (thresholds, τ, ...)
+        self.fitted: dict[str, torch.Tensor] = {}  # non-parameter state (memory banks, coresets), saved
+        self._helpers: dict[str, nn.Module] = {}
+        self.upstream: dict[str, Method] = {}
+        wanted = self.upstreams(self.config)
+        if upstream is not None:
+            missing = set(wanted) - set(upstream)
+            if missing:
+                raise ValueError(f"{self.name}: upstream method(s) {sorted(missing)} not given")
+            self.upstream = {k: upstream[k] for k in wanted}
+            for up in self.upstream.values():  # trained under its own key: frozen here
+                up.train_mode(False)
+                for net in up.networks().values():
+                    net.requires_grad_(False)
 
-    # -- networks -----------------------------------------------------------------------------------
+    # -- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def resolve(cls, config: MethodConfig | None, variant: str = "") -> MethodConfig:
+        """``config`` (default: the paper's) with ``variant``'s overrides applied: the config that runs."""
+        cfg = config if config is not None else cls.Config()
+        if variant:
+            if variant not in cls.variants:
+                raise ValueError(f"{cls.name}: unknown variant {variant!r}; known: {list(cls.variants) or 'none'}")
+            if cls.variants[variant].overrides:
+                cfg = cfg.replace(**cls.variants[variant].overrides)
+        return cfg
+
+    @classmethod
+    def build(cls, config: MethodConfig | None = None, *, variant: str = "", **kw: Any) -> "Method":
+        """Construct with ``variant`` resolved into ``config`` (what the runner records is what runs)."""
+        return cls(cls.resolve(config, variant), variant=variant, **kw)
+
+    def _check_resolved(self) -> None:
+        if not self.variant:
+            return
+        for k, v in self.variants[self.variant].overrides.items():
+            if getattr(self.config, k) != v:
+                raise ValueError(f"{self.name}/{self.variant}: config.{k} = {getattr(self.config, k)!r}, the variant "
+                                 f"sets {v!r}; build with {type(self).__name__}.build(config, variant=...)")
+
+    @classmethod
+    def check_data(cls, data: DataSpec) -> None:
+        if data.image_size % cls.min_size_multiple:
+            raise ValueError(f"{cls.name}: image size {data.image_size} is not a multiple of {cls.min_size_multiple}")
+        if cls.channels_supported is not None and data.channels not in cls.channels_supported:
+            raise ValueError(f"{cls.name}: {data.channels}-channel slices; supported: {cls.channels_supported}")
+
+    @classmethod
+    def upstreams(cls, config: MethodConfig) -> dict[str, Upstream]:
+        """Trained methods this one builds on, by the name ``self.upstream`` uses. Default: none."""
+        return {}
+
+    @property
+    def uses_lesion_mask(self) -> bool:
+        return bool(self.variant and self.variants[self.variant].uses_lesion_mask)
+
+    # -- networks, helpers, state ----------------------------------------------------------------------
     @abstractmethod
     def networks(self) -> Mapping[str, nn.Module]:
-        """Every trainable module by name (checkpointing, train/eval mode and device moves use this)."""
+        """Every trained module by name (saved, moved, switched between train/eval mode)."""
+
+    def helper(self, name: str, make: Callable[[], nn.Module]) -> nn.Module:
+        """A frozen pretrained module (LPIPS, an ImageNet trunk), built on first use on the method's device:
+        moved with the method, always in eval mode, no gradients into it, never saved in the model file."""
+        if name not in self._helpers:
+            module = make().to(self.device).eval()
+            for p in module.parameters():
+                p.requires_grad_(False)
+            self._helpers[name] = module
+        return self._helpers[name]
+
+    def helpers(self) -> Mapping[str, nn.Module]:
+        return dict(self._helpers)
 
     def train_mode(self, on: bool = True) -> None:
         for net in self.networks().values():
             net.train(on)
+        for h in self._helpers.values():
+            h.eval()
 
-    # -- training -------------------------------------------------------------------------------------
-    def fit(self, train: "SliceSource", val: "SliceSource | None" = None, *, trainer: Any | None = None) -> dict[str, Any]:
-        """Train on healthy slices with the shared trainer, then calibrate on ``val``; returns a fit report."""
-        from benchmark.trainer import Trainer
+    def to(self, device: torch.device | str) -> "Method":
+        self.device = torch.device(device)
+        for module in [*self.networks().values(), *self._helpers.values()]:
+            module.to(self.device)
+        self.fitted = {k: v.to(self.device) for k, v in self.fitted.items()}
+        for up in self.upstream.values():
+            up.to(self.device)
+        return self
 
-        trainer = trainer or Trainer(device=self.device)
-        report = trainer.fit(self, train, val)
-        if val is not None and len(val):
-            self.calibrate(val)
-        return report
-
-    def calibrate(self, val: "SliceSource") -> None:
-        """Fit scalars on healthy validation slices (thresholds etc.). Default: nothing to fit."""
-
-    # -- inference ----------------------------------------------------------------------------------
-    @abstractmethod
-    def _score(self, batch: SliceBatch) -> ScoreOutput:
-        """Compute maps for one batch (networks are in eval mode, grads off, batch on the device)."""
-
-    @torch.no_grad()
-    def score(self, batch: SliceBatch) -> ScoreOutput:
-        self.train_mode(False)
-        batch = batch.to(self.device)
-        out = self._score(batch)
-        out = ScoreOutput(
-            anomaly_map=out.anomaly_map.float(),
-            image_score=out.image_score.float(),
-            reconstruction=None if out.reconstruction is None else out.reconstruction.float(),
-            extras=out.extras,
-        )
-        return out.validate(batch, self.name)
-
-    # -- persistence --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """Trained weights and fitted tensors (not helpers, not upstream methods: each has its own file)."""
         return {
             "networks": {k: v.state_dict() for k, v in self.networks().items()},
+            "fitted": {k: v.detach().clone() for k, v in self.fitted.items()},
             "calibration": dict(self.calibration),
         }
 
@@ -182,21 +344,78 @@ class Method(ABC):
             raise KeyError(f"{self.name}: checkpoint lacks networks {sorted(missing)}")
         for k, net in nets.items():
             net.load_state_dict(state["networks"][k])
+        self.fitted = {k: v.to(self.device) for k, v in state.get("fitted", {}).items()}
         self.calibration = {k: float(v) for k, v in state.get("calibration", {}).items()}
 
-    def to(self, device: torch.device | str) -> "Method":
-        self.device = torch.device(device)
-        for net in self.networks().values():
-            net.to(self.device)
-        return self
+    # -- training -------------------------------------------------------------------------------------
+    def fit(self, train: "SliceSource", val: "SliceSource | None" = None, *, trainer: Any | None = None) -> dict[str, Any]:
+        """``learn`` then ``calibrate`` on ``val`` (the runner does the two apart: calibration is stored per
+        scoring configuration). Returns the fit report."""
+        from benchmark.trainer import Trainer
+
+        report = self.learn(train, val, trainer=trainer or Trainer(device=self.device))
+        if val is not None and len(val):
+            self.calibrate(val)
+        return report
+
+    def learn(self, train: "SliceSource", val: "SliceSource | None", *, trainer: Any) -> dict[str, Any]:
+        """Everything saved in the model file comes from here: the shared trainer for a :class:`Trainable`
+        method. A method without gradient training (a feature bank, a coreset) overrides this and fills
+        ``self.fitted``; one that trains and then builds a bank calls ``super().learn`` first."""
+        self.check_slices(train)
+        if isinstance(self, Trainable):
+            return trainer.fit(self, train, val)
+        return {"steps": 0, "epochs_run": 0}
+
+    def calibrate(self, val: "SliceSource") -> None:
+        """Fit scalars on healthy validation slices (thresholds etc.) into ``self.calibration``. Default: none."""
+
+    def check_slices(self, slices: Any) -> None:
+        """Raise when a slice set's size or channels differ from the ``DataSpec`` this method was built for."""
+        got = DataSpec.of(slices)
+        if got != self.data:
+            raise ValueError(f"{self.name}: built for {self.data.image_size} px × {self.data.channels} channel(s), "
+                             f"given {got.image_size} px × {got.channels} channel(s)")
+
+    # -- inference ----------------------------------------------------------------------------------
+    @abstractmethod
+    def _score(self, batch: SliceBatch) -> ScoreOutput:
+        """Compute maps for one batch (networks in eval mode, batch on the device, no ground truth unless the
+        variant declares ``uses_lesion_mask``; grads off unless ``score_with_grad``)."""
+
+    def score(self, batch: SliceBatch) -> ScoreOutput:
+        """Validated maps of one batch. The lesion mask and label are removed unless the variant uses them."""
+        b, c, h, w = batch.image.shape
+        if (h, c) != (self.data.image_size, self.data.channels) or h != w:
+            raise ValueError(f"{self.name}: batch of {h}×{w} px × {c} channel(s); the method was built for "
+                             f"{self.data.image_size} px × {self.data.channels}")
+        self.train_mode(False)
+        seen = batch if self.uses_lesion_mask else batch.without_ground_truth()
+        seen = seen.to(self.device)
+        if self.score_with_grad:
+            params = [p for m in self.networks().values() for p in m.parameters()]
+            flags = [p.requires_grad for p in params]
+            for p in params:
+                p.requires_grad_(False)
+            try:
+                with torch.enable_grad():
+                    out = self._score(seen)
+            finally:
+                for p, f in zip(params, flags):
+                    p.requires_grad_(f)
+        else:
+            with torch.no_grad():
+                out = self._score(seen)
+        return out.detached_float().validate(seen, self.name)
 
 
 class Trainable(ABC):
     """Mixin the shared trainer drives. Methods write steps, never loops.
 
     ``training_step`` receives the optimisers from ``configure_optimizers`` and performs its own
-    ``optimizer_step`` calls, so methods with alternating updates (GANs, SI-VAE, RA) fit as well as
-    plain one-loss models.
+    ``step.optimize`` calls, so methods with alternating updates (GANs, SI-VAE, RA) fit as well as
+    plain one-loss models. Several stages (f-AnoGAN: WGAN-GP then encoder) are declared by ``stages``;
+    ``step.stage`` tells the step which one runs.
     """
 
     @abstractmethod
@@ -206,16 +425,35 @@ class Trainable(ABC):
     def training_step(self, batch: SliceBatch, step: "StepContext") -> dict[str, float]:
         """One optimisation step on a training batch; returns scalar losses for logging."""
 
+    def stages(self) -> list["Stage"]:
+        """The training stages in order; default: one stage with the config's budget."""
+        from benchmark.trainer import Stage
+
+        return [Stage("train")]
+
     def validation_loss(self, batch: SliceBatch) -> float:
         """Scalar used for early stopping / best-checkpoint selection (lower is better)."""
         raise NotImplementedError
 
     def schedulers(self, optimizers: dict[str, torch.optim.Optimizer]) -> list[Any]:
-        """Per-epoch LR schedulers; default none."""
+        """LR schedules: ``torch.optim.lr_scheduler`` objects (stepped per epoch) or
+        :class:`benchmark.trainer.Schedule` (``interval="step"`` for per-step schedules). Default none."""
         return []
+
+    def ema_decays(self) -> dict[str, float]:
+        """Network name → EMA decay: the trainer keeps an exponential moving average of those weights,
+        validates with it and leaves it in the networks at the end (diffusion models). Default: none."""
+        return {}
+
+    def on_epoch_end(self, step: "StepContext") -> None:
+        """Called after each epoch (before validation): e.g. AFSC binarises its masks at a given epoch."""
+
+    def on_stage_end(self, step: "StepContext") -> None:
+        """Called after a stage has finished (after its best weights are restored)."""
 
 
 # Forward references resolved at runtime by duck typing: a SliceSource has __len__, and
 # ``batches(batch_size, shuffle, generator, device)`` yielding SliceBatch (datasets.store.SliceSet).
 SliceSource = Any
 StepContext = Any
+Stage = Any

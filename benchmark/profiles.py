@@ -20,16 +20,19 @@ class Profile:
     max_test_slices: int | None
     seeds: tuple[int, ...] = (0,)
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method config overrides
-    phantom: dict[str, int] = field(default_factory=dict)  # phantom size: subjects per split
+
+    @property
+    def phantom(self) -> dict[str, int]:
+        """The phantom size of this profile; the one table is ``datasets.phantom.PHANTOM_SIZES``."""
+        from datasets.phantom import phantom_sizes
+
+        return phantom_sizes(self.name)
 
 
 PROFILES: dict[str, Profile] = {
-    "smoke": Profile("smoke", epochs=1, max_train_slices=32, max_test_slices=48,
-                     phantom={"n_train": 3, "n_val": 1, "n_test": 3, "slices_per_subject": 12}),
-    "default": Profile("default", epochs=None, max_train_slices=None, max_test_slices=None,
-                       phantom={"n_train": 24, "n_val": 4, "n_test": 12, "slices_per_subject": 24}),
-    "paper": Profile("paper", epochs=None, max_train_slices=None, max_test_slices=None, seeds=(0, 1, 2),
-                     phantom={"n_train": 60, "n_val": 8, "n_test": 24, "slices_per_subject": 32}),
+    "smoke": Profile("smoke", epochs=1, max_train_slices=32, max_test_slices=48),
+    "default": Profile("default", epochs=None, max_train_slices=None, max_test_slices=None),
+    "paper": Profile("paper", epochs=None, max_train_slices=None, max_test_slices=None, seeds=(0, 1, 2)),
 }
 
 

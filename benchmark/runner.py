@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +17,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from benchmark.device import peak_memory_mb, pick_device, seed_everything
-from benchmark.io import atomic_path
+from benchmark.device import pick_device
+from benchmark.models import ModelSpec, ModelStore, model_spec, obtain
+from benchmark.models import scorer as model_scorer
 from benchmark.profiles import Profile, configure, get_profile
 from benchmark.provenance import provenance
 from benchmark.registry import get_method, get_table
 from benchmark.runstore import RunSpec, RunStore
-from benchmark.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +44,18 @@ class PlannedRun:
     """What one (method, variant, seed) of a table trains and scores on, and its run-store identity."""
 
     spec: RunSpec
-    method_cls: type
-    config: object
+    model: ModelSpec
     train: object  # SliceSet: healthy training slices
     val: object  # SliceSet: healthy validation slices
     test: object  # SliceSet
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def method_cls(self) -> type:
+        return self.model.method_cls
 
 
 def _group(part: str, own: str) -> str:
@@ -74,9 +80,8 @@ def planned_runs(spec_table, profile: str, root: str | Path | None = None, metho
 
 
 def plan_run(spec_table, method_name: str, variant: str, seed: int, profile: Profile, store_data) -> PlannedRun:
-    """The profile's config and data splits of one run (the same for training it and for reading it back)."""
-    cls = get_method(method_name)
-    config = configure(cls, profile)
+    """The resolved config (profile, then variant), data splits and keys of one run -- the same for training
+    it, scoring it and reading it back."""
     train = store_data.split("train", label=0)
     val = store_data.split("val", label=0)
     test = store_data.split("test")
@@ -84,60 +89,37 @@ def plan_run(spec_table, method_name: str, variant: str, seed: int, profile: Pro
         train = train.take(profile.max_train_slices)
     if profile.max_test_slices:
         test = test.take(profile.max_test_slices)
-    run = RunSpec(method_name, variant, config.to_dict(), store_data.fingerprint, spec_table.protocol_id, seed,
-                  table_id=spec_table.table_id, metrics=tuple(spec_table.metrics), options=dict(spec_table.options))
-    return PlannedRun(run, cls, config, train, val, test)
+    model = model_spec(method_name, variant, lambda cls: configure(cls, profile), train, val, seed)
+    run = RunSpec(method_name, variant, model.config.to_dict(), store_data.fingerprint, spec_table.protocol_id,
+                  seed, model.train_key, model.score_key, table_id=spec_table.table_id,
+                  metrics=tuple(spec_table.metrics), options=dict(spec_table.options))
+    return PlannedRun(run, model, train, val, test)
 
 
 def load_trained(plan: PlannedRun, run_store: RunStore, device: torch.device):
     """The finished run's method with its trained weights and calibration (for diagnostics and figures)."""
-    path = run_store.model_path(plan.spec)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no trained model for {plan.spec.method} (run the table first)")
-    method = plan.method_cls(plan.config, variant=plan.spec.variant, device=device)
-    method.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-    return method
-
-
-def train_or_load(plan: PlannedRun, run_store: RunStore, device: torch.device, progress: bool = True):
-    """The trained method of ``plan``: loaded when any table already trained it, else trained and saved."""
-    run = plan.spec
-    seed_everything(run.seed)  # before construction: initial weights come from the seeded RNG
-    method = plan.method_cls(plan.config, variant=run.variant, device=device)
-    path = run_store.model_path(run)
-    if path.is_file() and run_store.read_training(run):
-        method.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-        return method, run_store.read_training(run), False
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    trainer = Trainer(device, seed=run.seed, checkpoint=run_store.checkpoint_path(run), progress=progress)
-    t0 = time.perf_counter()
-    report = method.fit(plan.train, plan.val, trainer=trainer)
-    info = {"fit": report, "train_wall_s": round(time.perf_counter() - t0, 2), "n_train": len(plan.train),
-            "n_val": len(plan.val), "peak_mem_mb": round(peak_memory_mb(device), 1),
-            "provenance": provenance(device)}
-    with atomic_path(path) as tmp:
-        torch.save(method.state_dict(), tmp)
-    run_store.write_training(run, info)
-    ckpt = run_store.checkpoint_path(run)
-    if ckpt.exists():
-        ckpt.unlink()  # the finished model is in model.pt; the resume checkpoint is no longer needed
-    return method, info, True
+    return obtain(plan.model, plan.train, plan.val, ModelStore(run_store.root), device, progress=False,
+                  train_missing=False).method
 
 
 def run_one(spec_table, method_name: str, variant: str, seed: int, profile: Profile, store_data, run_store: RunStore,
-            device: torch.device, progress: bool = True, column_group: str = "") -> tuple[RunSpec, bool, bool]:
-    """Train (or reuse) and evaluate one (method, variant, seed); returns (run spec, evaluated now, trained now)."""
+            device: torch.device, progress: bool = True, column_group: str = "",
+            memo: dict | None = None) -> tuple[RunSpec, bool, list[str]]:
+    """Train (or reuse) and evaluate one (method, variant, seed); returns (run spec, evaluated now, labels of
+    the models trained now -- upstreams included)."""
     from protocols.suites import get_protocol
 
     plan = plan_run(spec_table, method_name, variant, seed, profile, store_data)
     run = plan.spec
     if run_store.is_finished(run):
-        return run, False, False
-    method, training, trained = train_or_load(plan, run_store, device, progress)
+        return run, False, []
+    models = ModelStore(run_store.root)
+    got = obtain(plan.model, plan.train, plan.val, models, device, progress=progress, _memo=memo)
+    method, training = got.method, got.training
+    scorer = model_scorer(plan.model, method, models, progress=progress)
     # run-time inputs, not settings: outside the run key (computed by plan_run from spec_table.options)
     options = {**spec_table.options, "cache_dir": Path(store_data.path) / "synthetic", "train": plan.train}
-    evaluation = get_protocol(spec_table.protocol).run(method, plan.test, plan.val, spec_table.metrics, options,
+    evaluation = get_protocol(spec_table.protocol).run(scorer, plan.test, plan.val, spec_table.metrics, options,
                                                        progress=progress)
     prov = provenance(device)
     common = {
@@ -146,16 +128,17 @@ def run_one(spec_table, method_name: str, variant: str, seed: int, profile: Prof
         "git_sha": prov["git_sha"], "phbench_version": prov["phbench_version"], "torch": prov["torch"],
         "device": prov["device"], "train_wall_s": training.get("train_wall_s"),
         "eval_wall_s": round(evaluation.eval_wall_s, 2), "peak_mem_mb": training.get("peak_mem_mb"),
-        "config": json.dumps(plan.config.to_dict(), sort_keys=True),
+        "config": json.dumps(plan.model.config.to_dict(), sort_keys=True, default=str),
     }
     full = [{**common, **r, "column_group": _group(column_group, r.get("column_group", ""))} for r in evaluation.rows]
     for r in evaluation.subject_rows:
         r["column_group"] = _group(column_group, r.get("column_group", ""))
-    info = {"provenance": prov, "training": training, "profile": profile.name, "n_test": evaluation.n_test,
-            "calibration": method.calibration, "protocol": evaluation.info,
+    info = {"provenance": prov, "training": training, "model": plan.model.describe(), "profile": profile.name,
+            "n_test": evaluation.n_test, "calibration": method.calibration, "protocol": evaluation.info,
+            "network_passes": scorer.passes,
             "test_slices_per_s": evaluation.n_test / evaluation.eval_wall_s if evaluation.eval_wall_s else None}
     run_store.write_result(run, full, info, evaluation.subject_rows)
-    return run, True, trained
+    return run, True, got.trained
 
 
 def run_table(table_id: str, *, profile: str = "default", store: str | Path = "runs", out: str | Path = "out/tables",
@@ -172,10 +155,11 @@ def run_table(table_id: str, *, profile: str = "default", store: str | Path = "r
     result = TableRun(table_id, pd.DataFrame())
     chosen = [(m, v) for m, v in spec_table.methods if not methods or m in methods]
     keys: list[str] = []
+    memo: dict = {}  # trained methods of this call by score key: an upstream shared by two methods loads once
     for part, method_name, variant, seed, data, label in planned_runs(spec_table, profile, root, methods, seeds):
         try:
             run, ran, trained = run_one(spec_table, method_name, variant, seed, prof, data, run_store, dev,
-                                        progress, part.column_group)
+                                        progress, part.column_group, memo)
         except Exception as err:  # one failing run must not lose the others
             log.debug("run failed", exc_info=True)
             result.failures.append(f"{label}: {type(err).__name__}: {err}")
@@ -184,8 +168,8 @@ def run_table(table_id: str, *, profile: str = "default", store: str | Path = "r
             continue
         keys.append(run.key)
         (result.ran if ran else result.skipped).append(label)
-        if trained:
-            result.trained.append(label)
+        result.trained += [label if i == len(trained) - 1 else f"{label}: upstream {t}"
+                           for i, t in enumerate(trained)]
     frames = [run_store.read_rows(k) for k in keys]
     result.rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if render and not result.rows.empty:

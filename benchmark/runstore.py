@@ -1,16 +1,17 @@
-"""The run store: trained models and evaluations, each in a folder keyed by what determines it.
+"""The run store: evaluations of trained models, each in a folder keyed by what determines it.
 
-    <store>/models/<train_key>/checkpoint.pt   trainer checkpoint (resume after interruption)
-    <store>/models/<train_key>/model.pt        trained method state (weights_only loadable)
-    <store>/models/<train_key>/train.json      fit report, training wall time, provenance
+    <store>/models/<train_key>/model.pt        trained method state (benchmark.models.ModelStore)
+    <store>/models/<train_key>/train.json      fit report, the resolved config, provenance
+    <store>/scores/<score_key>/<slices>.pt     cached maps of one slice set (benchmark.scoring.ScoreCache)
+    <store>/scores/<score_key>/calibration.json
     <store>/<run_key>/rows.csv                 result rows (long format); its presence marks a finished run
     <store>/<run_key>/subjects.csv             each test subject's own value per metric (paired tests)
     <store>/<run_key>/run.json                 provenance, config, protocol info
 
-Why two keys: a model is trained once per (method, variant, config, data, seed, code) and every table
-and protocol on that data evaluates the same weights (``table1`` and its synthetic and localisation
-tables train nothing twice). ``train_key`` hashes those; ``run_key`` adds the table, protocol, its
-options and metric ids. Every file is written atomically, nothing is overwritten, finished runs are skipped.
+Three keys: a model is trained once per ``train_key`` (method, code version, training config, data, seed,
+upstreams), scored once per slice set under a ``score_key`` (+ scoring config), and every table and protocol
+adds its own ``run_key`` on top. Every file is written atomically, nothing is overwritten, finished runs are
+skipped.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from typing import Any
 
 import pandas as pd
 
-import benchmark
 from benchmark.io import atomic_path, atomic_write_text
 
 ROW_COLUMNS = [
@@ -45,30 +45,26 @@ def with_row_columns(frame: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class RunSpec:
+    """One evaluation: a scored model (``score_key``, from ``benchmark.models.ModelSpec``) under a table's
+    protocol, metric ids and options. ``config`` is the resolved config (what ran), for the rows."""
+
     method: str
     variant: str
     config: dict[str, Any]
     dataset_fingerprint: str
     protocol: str
     seed: int
-    code_version: str = benchmark.__version__
+    train_key: str
+    score_key: str
     table_id: str = ""
     metrics: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
 
-    def _hash(self, payload: dict[str, Any]) -> str:
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-    @property
-    def train_key(self) -> str:
-        """What the trained weights depend on (no table, protocol or metric)."""
-        return self._hash({"method": self.method, "variant": self.variant, "config": self.config,
-                           "data": self.dataset_fingerprint, "seed": self.seed, "code": self.code_version})
-
     @property
     def key(self) -> str:
-        return self._hash({"train": self.train_key, "protocol": self.protocol, "table": self.table_id,
-                           "metrics": list(self.metrics), "options": self.options})
+        payload = {"score": self.score_key, "protocol": self.protocol, "table": self.table_id,
+                   "metrics": list(self.metrics), "options": self.options, "data": self.dataset_fingerprint}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class RunStore:
@@ -81,26 +77,6 @@ class RunStore:
 
     def is_finished(self, spec: RunSpec) -> bool:
         return (self.run_dir(spec) / "rows.csv").exists()
-
-    def model_dir(self, spec: RunSpec) -> Path:
-        return self.root / "models" / spec.train_key
-
-    def checkpoint_path(self, spec: RunSpec) -> Path:
-        return self.model_dir(spec) / "checkpoint.pt"
-
-    def model_path(self, spec: RunSpec) -> Path:
-        return self.model_dir(spec) / "model.pt"
-
-    def write_training(self, spec: RunSpec, info: dict[str, Any]) -> None:
-        """Training report beside the model (written after model.pt, so a report always has its model)."""
-        d = self.model_dir(spec)
-        d.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(d / "train.json", json.dumps({"spec": spec.__dict__, "train_key": spec.train_key, **info},
-                                                        indent=2, sort_keys=True, default=str))
-
-    def read_training(self, spec: RunSpec) -> dict[str, Any]:
-        p = self.model_dir(spec) / "train.json"
-        return json.loads(p.read_text()) if p.is_file() else {}
 
     def write_result(self, spec: RunSpec, rows: list[dict[str, Any]], info: dict[str, Any],
                      subject_rows: list[dict[str, Any]] | None = None) -> Path:

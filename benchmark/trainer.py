@@ -1,8 +1,10 @@
 """The one training loop of phbench.
 
-Methods implement :class:`benchmark.contract.Trainable` (optimisers + one step); this trainer owns
-epochs, shuffling, device placement, bf16 autocast, validation, early stopping, best-weight restore,
-progress bars and resumable checkpoints. Nothing else in the suite writes an epoch loop.
+Methods implement :class:`benchmark.contract.Trainable` (optimisers, stages, one step); this trainer owns
+stages, epochs and step budgets, shuffling, device placement, bf16 autocast, gradient clipping, per-epoch and
+per-step LR schedules, validation every k epochs, early stopping, best-weight restore (within a stage, never
+across one), EMA weights, hooks, progress bars and resumable checkpoints. Nothing else in the suite writes an
+epoch loop.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from benchmark.contract import Method, Trainable
 from benchmark.device import autocast
 from benchmark.io import atomic_path
 
+TRAINER_VERSION = 2  # part of every train key: a change to what the loop does retrains every model
+
 
 @contextlib.contextmanager
 def frozen(*modules: torch.nn.Module) -> Iterator[None]:
@@ -36,27 +40,63 @@ def frozen(*modules: torch.nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One named training stage. ``None`` budgets come from the method config (``epochs``, ``max_steps``,
+    ``val_every``, ``early_stop_patience``). A stage ends after ``epochs`` epochs or ``max_steps`` optimiser
+    steps, whichever comes first (``epochs=None`` with a step budget: as many epochs as the steps need).
+    ``select_best``: restore the best-validation weights of this stage at its end."""
+
+    name: str = "train"
+    epochs: int | None = None
+    max_steps: int | None = None
+    val_every: int | None = None
+    early_stop_patience: int | None = None
+    select_best: bool = True
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """An LR scheduler and when it steps: ``"epoch"`` (after each epoch) or ``"step"`` (after each batch)."""
+
+    scheduler: Any
+    interval: str = "epoch"
+
+
 @dataclass
 class StepContext:
-    """Handed to ``training_step``: the optimisers and the autocast/step helpers."""
+    """Handed to ``training_step`` and the hooks: the optimisers, where training stands, and the helpers."""
 
     optimizers: dict[str, torch.optim.Optimizer]
     device: torch.device
     amp: bool
-    epoch: int = 0
+    stage: str = "train"
+    epoch: int = 0  # within the stage
+    stage_epochs: int | None = None  # the stage's epoch budget (None: step-bounded)
+    stage_step: int = 0
     global_step: int = 0
     generator: torch.Generator | None = None
+    grad_clip_norm: float | None = None
 
     def autocast(self):
         return autocast(self.device, self.amp)
 
-    def optimize(self, name: str, loss: torch.Tensor, *, retain_graph: bool = False) -> float:
-        """zero_grad → backward → step on optimiser ``name``; returns the loss value. Raises on NaN."""
+    @property
+    def is_last_epoch(self) -> bool:
+        return self.stage_epochs is not None and self.epoch == self.stage_epochs - 1
+
+    def optimize(self, name: str, loss: torch.Tensor, *, retain_graph: bool = False,
+                 clip_norm: float | None = None) -> float:
+        """zero_grad → backward → (clip) → step on optimiser ``name``; returns the loss value. Raises on NaN."""
         if not torch.isfinite(loss.detach()):
             raise FloatingPointError(f"non-finite loss in optimiser {name!r} at step {self.global_step}")
         opt = self.optimizers[name]
         opt.zero_grad(set_to_none=True)
         loss.backward(retain_graph=retain_graph)
+        clip = clip_norm if clip_norm is not None else self.grad_clip_norm
+        if clip is not None:
+            params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
         return float(loss.detach())
 
@@ -69,18 +109,60 @@ class FitReport:
     best_val: float = math.inf
     wall_s: float = 0.0
     train_slices_per_s: float = 0.0
-    history: list[dict[str, float]] = field(default_factory=list)
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from_stage: str | None = None
     resumed_from_epoch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "history"}
 
 
-class Trainer:
-    """Runs ``method`` (a Method that is also Trainable) for ``config.epochs`` epochs.
+class _EMA:
+    """Exponential moving averages of some networks' floating-point state (parameters and buffers)."""
 
-    ``checkpoint``: a file path; written atomically after every epoch and loaded on start when present,
-    so an interrupted run resumes where it stopped (``weights_only=True``).
+    def __init__(self, method: Method, decays: dict[str, float]):
+        nets = method.networks()
+        unknown = set(decays) - set(nets)
+        if unknown:
+            raise KeyError(f"{method.name}: ema_decays names unknown networks {sorted(unknown)}")
+        self.nets = {k: nets[k] for k in decays}
+        self.decays = dict(decays)
+        self.shadow = {k: copy.deepcopy(n.state_dict()) for k, n in self.nets.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for k, net in self.nets.items():
+            d = self.decays[k]
+            for name, v in net.state_dict().items():
+                s = self.shadow[k][name]
+                if torch.is_floating_point(v):
+                    s.mul_(d).add_(v.detach(), alpha=1 - d)
+                else:
+                    s.copy_(v)
+
+    @contextlib.contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        """The EMA weights in the networks for the block (validation), the raw ones back afterwards."""
+        raw = {k: copy.deepcopy(n.state_dict()) for k, n in self.nets.items()}
+        self.copy_to_networks()
+        try:
+            yield
+        finally:
+            for k, n in self.nets.items():
+                n.load_state_dict(raw[k])
+
+    def copy_to_networks(self) -> None:
+        for k, n in self.nets.items():
+            n.load_state_dict(self.shadow[k])
+
+
+class Trainer:
+    """Runs every stage of ``method`` (a Method that is also Trainable).
+
+    ``checkpoint``: a file path; written atomically after every epoch and loaded on start when present, so an
+    interrupted run resumes where it stopped (same stage, epoch, RNG state, optimiser and EMA state).
+    ``max_steps_per_epoch``: cut every epoch short (tests).
     """
 
     def __init__(self, device: torch.device | str = "cpu", *, seed: int = 0, checkpoint: str | Path | None = None,
@@ -98,73 +180,107 @@ class Trainer:
         cfg = method.config
         method.to(self.device)
         optimizers = method.configure_optimizers()
-        schedulers = method.schedulers(optimizers)
+        schedules = [s if isinstance(s, Schedule) else Schedule(s) for s in method.schedulers(optimizers)]
+        for s in schedules:
+            if s.interval not in ("epoch", "step"):
+                raise ValueError(f"{method.name}: schedule interval {s.interval!r} is not 'epoch' or 'step'")
+        stages = list(method.stages())
+        names = [s.name for s in stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{method.name}: stage names must be unique, got {names}")
+        ema = _EMA(method, method.ema_decays()) if method.ema_decays() else None
         gen = torch.Generator()
         gen.manual_seed(self.seed)
-        ctx = StepContext(optimizers, self.device, bool(cfg.amp), generator=gen)
+        ctx = StepContext(optimizers, self.device, bool(cfg.amp), generator=gen,
+                          grad_clip_norm=getattr(cfg, "grad_clip_norm", None))
         report = FitReport()
-        best_state: dict[str, Any] | None = None
-        bad_epochs = 0
-        start_epoch = 0
+        pos = {"stage": 0, "epoch": 0, "stage_step": 0, "bad": 0, "best_val": math.inf, "best_epoch": -1,
+               "best_state": None}
         if self.checkpoint and self.checkpoint.exists():
-            state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
-            method.load_state_dict(state["method"])
-            for k, opt in optimizers.items():
-                opt.load_state_dict(state["optimizers"][k])
-            for s, sd in zip(schedulers, state.get("schedulers", [])):
-                s.load_state_dict(sd)
-            gen.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])  # dropout, noise and sampling use the global generator
-            if self.device.type == "cuda" and "cuda_rng" in state:
-                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-            start_epoch = int(state["epoch"])
-            ctx.global_step = int(state["global_step"])
-            report.best_val = float(state["best_val"])
-            report.best_epoch = int(state["best_epoch"])
-            bad_epochs = int(state["bad_epochs"])
-            best_state = state.get("best_state")
-            report.resumed_from_epoch = start_epoch
+            pos = self._load(method, optimizers, schedules, ema, gen, ctx, report)
+        validates = val is not None and len(val) and type(method).validation_loss is not Trainable.validation_loss
 
         t0 = time.perf_counter()
         seen = 0
-        bar = tqdm(range(start_epoch, cfg.epochs), desc=f"train {method.name}", disable=not self.progress,
-                   leave=False, dynamic_ncols=True)
-        for epoch in bar:
-            ctx.epoch = epoch
-            method.train_mode(True)
-            sums: dict[str, float] = {}
-            n_steps = 0
-            for batch in train.batches(cfg.batch_size, shuffle=True, generator=gen, device=self.device,
-                                       drop_last=len(train) >= cfg.batch_size):
-                logs = method.training_step(batch, ctx)
-                for k, v in logs.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                n_steps += 1
-                ctx.global_step += 1
-                seen += len(batch)
-                if self.max_steps_per_epoch and n_steps >= self.max_steps_per_epoch:
+        for si in range(pos["stage"], len(stages)):
+            stage = stages[si]
+            epochs = stage.epochs if stage.epochs is not None else (
+                None if stage.max_steps is not None else cfg.epochs)
+            max_steps = stage.max_steps if stage.max_steps is not None else (
+                cfg.max_steps if stage.epochs is None else None)
+            if epochs is None and max_steps is None:
+                raise ValueError(f"{method.name}: stage {stage.name!r} has neither an epoch nor a step budget")
+            val_every = max(1, stage.val_every or getattr(cfg, "val_every", 1) or 1)
+            patience = stage.early_stop_patience if stage.early_stop_patience is not None else cfg.early_stop_patience
+            ctx.stage, ctx.stage_epochs = stage.name, epochs
+            if si != pos["stage"]:  # a fresh stage: best weights and patience never cross a stage
+                pos = {"stage": si, "epoch": 0, "stage_step": 0, "bad": 0, "best_val": math.inf, "best_epoch": -1,
+                       "best_state": None}
+            ctx.stage_step = pos["stage_step"]
+            stage_log = report.stages.setdefault(stage.name, {"epochs_run": 0, "steps": 0, "best_epoch": -1,
+                                                              "best_val": math.inf})
+            bar = tqdm(total=epochs, initial=pos["epoch"], desc=f"train {method.name}:{stage.name}",
+                       disable=not self.progress, leave=False, dynamic_ncols=True)
+            epoch = pos["epoch"]
+            while (epochs is None or epoch < epochs) and (max_steps is None or ctx.stage_step < max_steps):
+                ctx.epoch = epoch
+                method.train_mode(True)
+                sums: dict[str, float] = {}
+                n_steps = 0
+                for batch in train.batches(cfg.batch_size, shuffle=True, generator=gen, device=self.device,
+                                           drop_last=len(train) >= cfg.batch_size):
+                    logs = method.training_step(batch, ctx)
+                    for k, v in logs.items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                    n_steps += 1
+                    ctx.global_step += 1
+                    ctx.stage_step += 1
+                    seen += len(batch)
+                    if ema is not None:
+                        ema.update()
+                    for s in schedules:
+                        if s.interval == "step":
+                            s.scheduler.step()
+                    if max_steps is not None and ctx.stage_step >= max_steps:
+                        break
+                    if self.max_steps_per_epoch and n_steps >= self.max_steps_per_epoch:
+                        break
+                for s in schedules:
+                    if s.interval == "epoch":
+                        s.scheduler.step()
+                method.on_epoch_end(ctx)
+                row: dict[str, Any] = {"stage": stage.name, "epoch": epoch,
+                                       **{k: v / max(n_steps, 1) for k, v in sums.items()}}
+                improved = False
+                if validates and (epoch + 1) % val_every == 0:
+                    with ema.swapped_in() if ema is not None else contextlib.nullcontext():
+                        row["val_loss"] = self._validation_loss(method, val, cfg.batch_size)
+                        if row["val_loss"] < pos["best_val"]:
+                            pos.update(best_val=row["val_loss"], best_epoch=epoch, bad=0)
+                            pos["best_state"] = copy.deepcopy(method.state_dict()) if stage.select_best else None
+                            improved = True
+                        else:
+                            pos["bad"] += 1
+                report.history.append(row)
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if isinstance(v, float)})
+                epoch += 1
+                pos.update(epoch=epoch, stage_step=ctx.stage_step)
+                self._save(method, optimizers, schedules, ema, gen, ctx, report, pos)
+                if patience is not None and pos["bad"] >= patience and not improved:
                     break
-            for s in schedulers:
-                s.step()
-            row = {"epoch": epoch, **{k: v / max(n_steps, 1) for k, v in sums.items()}}
-            improved = False
-            if val is not None and len(val) and type(method).validation_loss is not Trainable.validation_loss:
-                row["val_loss"] = self._validation_loss(method, val, cfg.batch_size)
-                if row["val_loss"] < report.best_val:
-                    report.best_val, report.best_epoch, bad_epochs, improved = row["val_loss"], epoch, 0, True
-                    best_state = copy.deepcopy(method.state_dict())
-                else:
-                    bad_epochs += 1
-            report.history.append(row)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k != "epoch"})
-            self._save(method, optimizers, schedulers, gen, epoch + 1, ctx.global_step, report, bad_epochs,
-                       best_state)
-            if cfg.early_stop_patience is not None and bad_epochs >= cfg.early_stop_patience and not improved:
-                break
-        bar.close()
-        if best_state is not None:
-            method.load_state_dict(best_state)
-        report.epochs_run = len(report.history)
+            bar.close()
+            if ema is not None:
+                ema.copy_to_networks()  # the averaged weights are the trained ones
+            if pos["best_state"] is not None:
+                method.load_state_dict(pos["best_state"])
+            stage_log.update(epochs_run=epoch, steps=ctx.stage_step, best_epoch=pos["best_epoch"],
+                             best_val=pos["best_val"])
+            method.on_stage_end(ctx)
+            report.best_val, report.best_epoch = pos["best_val"], pos["best_epoch"]
+            pos = {**pos, "stage": si + 1, "epoch": 0, "stage_step": 0, "best_state": None}
+            self._save(method, optimizers, schedules, ema, gen, ctx, report, pos)
+        report.epochs_run = len(report.history)  # epochs run by this call (a resumed fit counts the rest only)
         report.steps = ctx.global_step
         report.wall_s = time.perf_counter() - t0
         report.train_slices_per_s = seen / report.wall_s if report.wall_s > 0 else float("nan")
@@ -182,22 +298,42 @@ class Trainer:
         method.train_mode(True)
         return total / max(n, 1)
 
-    def _save(self, method, optimizers, schedulers, gen, epoch, global_step, report, bad_epochs, best_state):
+    # -- resumable checkpoints ----------------------------------------------------------------------------
+    def _save(self, method, optimizers, schedules, ema, gen, ctx, report, pos) -> None:
         if not self.checkpoint:
             return
         state = {
             "method": method.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-            "schedulers": [s.state_dict() for s in schedulers],
+            "schedulers": [s.scheduler.state_dict() for s in schedules],
+            "ema": None if ema is None else ema.shadow,
             "generator": gen.get_state(),
             "torch_rng": torch.get_rng_state(),
             **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
-            "epoch": epoch,
-            "global_step": global_step,
-            "best_val": report.best_val,
-            "best_epoch": report.best_epoch,
-            "bad_epochs": bad_epochs,
-            "best_state": best_state,
+            "global_step": ctx.global_step,
+            "position": pos,
+            "stages": report.stages,
         }
         with atomic_path(self.checkpoint) as tmp:
             torch.save(state, tmp)
+
+    def _load(self, method, optimizers, schedules, ema, gen, ctx, report) -> dict[str, Any]:
+        state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
+        method.load_state_dict(state["method"])
+        for k, opt in optimizers.items():
+            opt.load_state_dict(state["optimizers"][k])
+        for s, sd in zip(schedules, state.get("schedulers", [])):
+            s.scheduler.load_state_dict(sd)
+        if ema is not None and state.get("ema") is not None:
+            ema.shadow = state["ema"]
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])  # dropout, noise and sampling use the global generator
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        ctx.global_step = int(state["global_step"])
+        report.stages = dict(state.get("stages", {}))
+        pos = dict(state["position"])
+        names = [s.name for s in method.stages()]
+        report.resumed_from_stage = names[pos["stage"]] if pos["stage"] < len(names) else "done"
+        report.resumed_from_epoch = int(pos["epoch"])
+        return pos

@@ -112,11 +112,10 @@ def default_root(name: str, layout: str) -> Path:
     import os
 
     if name == "phantom":
-        from benchmark.profiles import get_profile
         from datasets.base import DEFAULT_CACHE
-        from datasets.phantom import write_phantom
+        from datasets.phantom import phantom_sizes, write_phantom
 
-        return write_phantom(DEFAULT_CACHE / "phantom", **get_profile("smoke").phantom)
+        return write_phantom(DEFAULT_CACHE / "phantom", **phantom_sizes("smoke"))
     shared = Path(os.environ.get("PHBENCH_SHARED_DATA", REPO.parent / "shared" / "data"))
     if name in SHARED_FOLDERS and (shared / SHARED_FOLDERS[name]).is_dir():
         return (shared / SHARED_FOLDERS[name]).resolve()

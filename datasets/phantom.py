@@ -52,6 +52,22 @@ TEST_CYCLE = ("healthy", "tumour", "ms", "stroke", "healthy", "tumour",
               "atrophy", "ms", "healthy", "tumour", "stroke", "atrophy")
 _SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
 
+# Phantom size per run profile (subjects per split, axial slices per subject). The table lives with the
+# generator so datasets/ never asks the runner's profiles for it; ``benchmark.profiles`` reads it from here.
+PHANTOM_SIZES: dict[str, dict[str, int]] = {
+    "smoke": {"n_train": 3, "n_val": 1, "n_test": 3, "slices_per_subject": 12},
+    "default": {"n_train": 24, "n_val": 4, "n_test": 12, "slices_per_subject": 24},
+    "paper": {"n_train": 60, "n_val": 8, "n_test": 24, "slices_per_subject": 32},
+}
+
+
+def phantom_sizes(profile: str) -> dict[str, int]:
+    """The phantom size of a profile name (a copy: callers may edit it)."""
+    if profile not in PHANTOM_SIZES:
+        raise KeyError(f"unknown profile {profile!r}; known: {', '.join(PHANTOM_SIZES)}")
+    return dict(PHANTOM_SIZES[profile])
+
+
 # Mean intensity of (CSF, GM, WM) per contrast, arbitrary units before the per-subject gain.
 # T1: WM > GM > CSF; T2: CSF > GM > WM; FLAIR: GM > WM > CSF (fluid suppressed).
 TISSUE_MEANS = {"t1": (0.30, 0.60, 0.85), "t2": (1.00, 0.55, 0.40), "flair": (0.10, 0.62, 0.48)}
@@ -429,16 +445,16 @@ def phantom_recipe(modality: str = "flair", size: int = 128) -> Recipe:
 
 
 def phantom_store(profile: str = "default", *, modality: str = "flair", size: int = 128, seed: int = 0,
-                  cache_dir: str | Path | None = None) -> SliceStore:
-    """The phantom of ``profile``'s size as a slice store (generated and prepared once, then reused).
+                  cache_dir: str | Path | None = None, sizes: dict[str, int] | None = None) -> SliceStore:
+    """The phantom of ``profile``'s size (``PHANTOM_SIZES``) as a slice store (generated and prepared once,
+    then reused); ``sizes`` given replaces the profile's size.
 
     Phantom folders go to ``cache_dir`` (default ``DEFAULT_CACHE/phantom``); stores to ``cache_dir/stores``
     when ``cache_dir`` is given, else to ``prepare``'s default.
     """
-    from benchmark.profiles import get_profile
     from datasets import base
 
-    sizes = get_profile(profile).phantom
+    sizes = phantom_sizes(profile) if sizes is None else dict(sizes)
     base_dir = Path(cache_dir) if cache_dir is not None else base.DEFAULT_CACHE / "phantom"
     root = write_phantom(base_dir, seed=seed, **sizes)
     stores = base_dir / "stores" if cache_dir is not None else None

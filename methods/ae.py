@@ -40,14 +40,14 @@ class AEConfig(MethodConfig):
     early_stop_patience: int | None = 500
     z_dim: int = 128
     dropout: float = 0.2
-    in_channels: int = 1
-    image_size: int = 128
 
 
 @register_method
 class AE(Method, Trainable):
     name = "ae"
     Config = AEConfig
+    version = 2  # v2: contract v2 (size and channels from the store)
+    min_size_multiple = 16  # four stride-2 stages down to the dense bottleneck
     info = MethodInfo(
         paper="Baur et al., MedIA 69:101952, 2021 (AE-D)",
         summary="Dense-bottleneck convolutional AE; anomaly map |x − x̂|, image score = mean of the map.",
@@ -70,7 +70,7 @@ class AE(Method, Trainable):
     def __init__(self, config: AEConfig | None = None, **kw):
         super().__init__(config, **kw)
         c = self.config
-        self.net = DenseAutoencoder(c.in_channels, c.image_size, c.z_dim, c.dropout).to(self.device)
+        self.net = DenseAutoencoder(self.data.channels, self.data.image_size, c.z_dim, c.dropout).to(self.device)
 
     def networks(self) -> dict[str, nn.Module]:
         return {"net": self.net}

@@ -9,8 +9,6 @@ nothing and needs no GPU, so it costs a table nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
 import torch
 
 from benchmark.contract import Method, MethodConfig, MethodInfo, ScoreOutput, SliceBatch
@@ -41,10 +39,6 @@ class IntensityFloor(Method):
 
     def networks(self) -> dict[str, torch.nn.Module]:
         return {}
-
-    def fit(self, train: Any, val: Any = None, *, trainer: Any | None = None) -> dict[str, Any]:
-        """Nothing to learn; returns a report in the trainer's shape."""
-        return {"steps": 0, "epochs": 0, "note": "no training (intensity floor)"}
 
     def _score(self, batch: SliceBatch) -> ScoreOutput:
         m = batch.image.float().mean(1, keepdim=True)

@@ -15,21 +15,19 @@ and seeds).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.contract import Method, MethodConfig, MethodInfo, ScoreOutput, SliceBatch, Trainable
+from benchmark.contract import Method, MethodConfig, MethodInfo, ScoreOutput, SliceBatch, Trainable, Variant, scoring
 from benchmark.device import autocast
 from benchmark.registry import register_method
 from benchmark.trainer import StepContext
 from methods.blocks.frequency import highpass
 from methods.blocks.masks import random_patch_masks
+from methods.blocks.noise import normal_from, slice_generators
 from methods.blocks.unet import UNet
 
-VARIANTS = ("-freq", "-spat", "oracle")  # itermask2-table3 ablations + the grey (per-image oracle) rows
 # A narrow 3-level UNet (attention only in the middle block) for the CPU profiles and tests.
 _NARROW = {"model_channels": 8, "channel_mult": (1, 2, 4), "num_res_blocks": 1, "attention_resolutions": ()}
 # τ percentile per dataset id as the paper sets it (§3); the protocol passes it as ``tau_percentile``.
@@ -46,8 +44,6 @@ class IterMask2Config(MethodConfig):
     lr: float = 1e-4
     weight_decay: float = 0.0  # AdamW, default betas/eps
     early_stop_patience: int | None = None  # the code keeps the last (raw, non-EMA) weights
-    in_channels: int = 1
-    image_size: int = 128
     # UNet (guided-diffusion layout, BatchNorm, no time input)
     model_channels: int = 32
     channel_mult: tuple[int, ...] = (1, 1, 2, 3, 4)
@@ -57,26 +53,28 @@ class IterMask2Config(MethodConfig):
     num_heads: int = 1
     # frequency guidance
     hf_radius: float = 15.0
-    # training masks: drawn on this native grid (BraTS 240) and area-resized to image_size
+    frequency_guidance: bool = True  # f2 also sees x_hf (False: the −freq ablation, f2 fed x̃ only)
+    iterative: bool = True  # train f2 and shrink the mask (False: the −spat ablation, f1 only)
+    # training masks: drawn on this native grid (BraTS 240) and area-resized to the store's image size
     mask_native_size: int = 240
-    # iterative inference
-    first_unmask_frac: float = 0.4  # step 1 unmasks the 40 % lowest-f1-error brain pixels
-    tau_percentile: float = 80.0  # q: 80 BraTS/ISLES, 70 ATLAS (TAU_PERCENTILE_BY_DATASET)
-    shrink_stop: float = 0.01  # stop when the mask shrinks by < 1 %
-    max_iters: int = 100  # safety cap on f2 passes (the official loop has none)
-    seed: int = 0  # inference / calibration noise and validation masks
-    # per-image oracle mask search (§9), run for variant "oracle" when lesion masks are in the batch
-    oracle_search: bool = True
-    oracle_keep_fracs: tuple[float, ...] = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
-    oracle_tau_step: float = 1e-3
-    oracle_tau_max: float = 0.3
-    oracle_max_passes: int = 10_000  # the official buffer size
+    # iterative inference (scoring only: changing these reuses the trained UNets)
+    first_unmask_frac: float = scoring(0.4)  # step 1 unmasks the 40 % lowest-f1-error brain pixels
+    tau_percentile: float = scoring(80.0)  # q: 80 BraTS/ISLES, 70 ATLAS (TAU_PERCENTILE_BY_DATASET)
+    shrink_stop: float = scoring(0.01)  # stop when the mask shrinks by < 1 %
+    max_iters: int = scoring(100)  # safety cap on f2 passes (the official loop has none)
+    seed: int = scoring(0)  # inference / calibration noise and validation masks
+    # per-image oracle mask search (§9), run for variant "oracle" (which sees the lesion masks)
+    oracle_search: bool = scoring(True)
+    oracle_keep_fracs: tuple[float, ...] = scoring((0.9, 0.8, 0.7, 0.6, 0.5, 0.4))
+    oracle_tau_step: float = scoring(1e-3)
+    oracle_tau_max: float = scoring(0.3)
+    oracle_max_passes: int = scoring(10_000)  # the official buffer size
 
 
-def _build_unet(c: IterMask2Config, in_channels: int) -> UNet:
-    return UNet(in_channels=in_channels, out_channels=c.in_channels, model_channels=c.model_channels,
+def _build_unet(c: IterMask2Config, in_channels: int, out_channels: int, image_size: int) -> UNet:
+    return UNet(in_channels=in_channels, out_channels=out_channels, model_channels=c.model_channels,
                 channel_mult=tuple(c.channel_mult), num_res_blocks=c.num_res_blocks,
-                attention_ds=tuple(c.image_size // r for r in c.attention_resolutions), dropout=c.dropout,
+                attention_ds=tuple(image_size // r for r in c.attention_resolutions), dropout=c.dropout,
                 num_heads=c.num_heads, norm="batch")
 
 
@@ -96,19 +94,30 @@ def _shrink_ratio(prev: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
 class IterMask2(Method, Trainable):
     name = "itermask2"
     Config = IterMask2Config
+    version = 2  # v2: contract v2 (size and channels from the store; ablations as config fields)
+    min_size_multiple = 16  # up to four stride-2 stages of the UNet
+    # itermask2-table3 ablations (retrained) + the grey per-image-oracle rows (the default's weights)
+    variants = {
+        "-freq": Variant({"frequency_guidance": False}, description="f2 without x_hf"),
+        "-spat": Variant({"iterative": False}, description="f1 only, one step"),
+        "oracle": Variant(uses_lesion_mask=True, description="per-image oracle (grey rows); same weights",
+                          protocol={"threshold": "per_image_best", "label": "oracle",
+                                    "note": "grey rows: per-image best threshold (protocols.metrics."
+                                            "best_dice_per_image); the paper's mask-search selection is in "
+                                            "extras['oracle_mask'/'oracle_reconstruction']"}),
+    }
     info = MethodInfo(
         paper="Liang, Guo, Noble, Kamnitsas, IterMask2, MICCAI 2024 workshop (arXiv 2406.02422)",
         summary="f1 reconstructs from high frequencies (radius-15 disc set to amplitude 1), f2 in-paints a "
                 "shrinking mask from [noise-filled image, x_hf]; map = (x − last f2 reconstruction)² × brain, "
                 "image score = mean of the map inside the brain.",
-        variants=VARIANTS,
         deviations=(
             "f1 and f2 are trained by the shared trainer in one step each, with separate AdamW optimisers on the "
             "same batches; the official code runs two separate trainings. They share no parameters or losses, "
             "so this is equivalent up to data order and seeds [assumption].",
-            "Training length is max_steps = 90 000 (the checkpoint test.py loads). The epochs value is only an "
-            "upper bound, and steps past max_steps do nothing. Raw weights, no EMA, no best-on-validation "
-            "selection, as in the code [assumption: the trainer counts epochs].",
+            "Training length is the shared trainer's step budget max_steps = 90 000 (the checkpoint test.py "
+            "loads); epochs is only an upper bound. Raw weights, no EMA, no best-on-validation selection, as in "
+            "the code.",
             "Training masks come from a torch port of the §4 recipe (vectorised, with the row and column quirk). "
             "It runs at 240 px on a brain mask rebuilt from the stored soft 128-px mask (bilinear, ≥ 0.5), and "
             "keep is area-resized to 128 px. A torch generator seeded from the trainer's generator replaces "
@@ -145,12 +154,6 @@ class IterMask2(Method, Trainable):
         ),
         code="github.com/ZiyunLiang/IterMask2 @1eca1d6228ab509f71c867c0afc3b2c7bd4db79f",
     )
-    # How the protocol must treat a variant beyond its maps (read by protocols; additive metadata).
-    variant_meta: ClassVar[dict[str, dict[str, str]]] = {
-        "oracle": {"threshold": "per_image_best", "label": "oracle",
-                   "note": "grey rows: per-image best threshold (protocols.metrics.best_dice_per_image); the paper's "
-                           "mask-search selection is in extras['oracle_mask'/'oracle_reconstruction']"},
-    }
     # Smaller profiles: the narrow UNet so both UNets train in minutes on 2 CPU cores; the paper profile keeps
     # the config defaults. "default": one epoch of batch 8 (~72 steps on its 576 slices) at lr 2e-3.
     profile_overrides = {
@@ -160,13 +163,11 @@ class IterMask2(Method, Trainable):
 
     def __init__(self, config: IterMask2Config | None = None, **kw):
         super().__init__(config, **kw)
-        c = self.config
-        self.f1 = _build_unet(c, c.in_channels).to(self.device)
+        c, ch, size = self.config, self.data.channels, self.data.image_size
+        self.f1 = _build_unet(c, ch, ch, size).to(self.device)
         self.f2: UNet | None = None
-        if self.variant != "-spat":
-            f2_in = c.in_channels if self.variant == "-freq" else 2 * c.in_channels
-            self.f2 = _build_unet(c, f2_in).to(self.device)
-        self._fallback_gen = torch.Generator().manual_seed(c.seed)
+        if c.iterative:
+            self.f2 = _build_unet(c, ch * (2 if c.frequency_guidance else 1), ch, size).to(self.device)
 
     def networks(self) -> dict[str, nn.Module]:
         return {"f1": self.f1} if self.f2 is None else {"f1": self.f1, "f2": self.f2}
@@ -178,7 +179,7 @@ class IterMask2(Method, Trainable):
     def _f2_input(self, x: torch.Tensor, m: torch.Tensor, eps: torch.Tensor, x_hf: torch.Tensor) -> torch.Tensor:
         """x̃ = (1 − m)·x + m·ε, plus x_hf as a second channel except in the −freq ablation."""
         x_tilde = (1 - m) * x + m * eps
-        return x_tilde if self.variant == "-freq" else torch.cat([x_tilde, x_hf], dim=1)
+        return torch.cat([x_tilde, x_hf], dim=1) if self.config.frequency_guidance else x_tilde
 
     def _run(self, net: nn.Module, inp: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.config.amp):
@@ -195,16 +196,13 @@ class IterMask2(Method, Trainable):
 
     def training_step(self, batch: SliceBatch, step: StepContext) -> dict[str, float]:
         c = self.config
-        if c.max_steps is not None and step.global_step >= c.max_steps:
-            return {}  # budget reached: the trainer's remaining epochs are no-ops
         x, brain = batch.image.float(), batch.brain_mask.float()
         x_hf = self._hf(x)
         with step.autocast():
             r1 = self.f1(x_hf)
         logs = {"mse_f1": step.optimize("f1", F.mse_loss(r1.float(), x))}
         if self.f2 is not None:
-            src = step.generator if step.generator is not None else self._fallback_gen
-            gen = self._device_generator(int(torch.randint(0, 2**62, (1,), generator=src)), x.device)
+            gen = self._device_generator(int(torch.randint(0, 2**62, (1,), generator=step.generator)), x.device)
             m = random_patch_masks(brain, gen, c.mask_native_size)
             eps = torch.randn(x.shape, generator=gen, device=x.device)
             with step.autocast():
@@ -244,12 +242,8 @@ class IterMask2(Method, Trainable):
 
     # -- inference ----------------------------------------------------------------------------------
     def _noise_generators(self, batch: SliceBatch) -> list[torch.Generator]:
-        ids = batch.index.tolist() if batch.index is not None else list(range(len(batch)))
-        return [self._device_generator(self.config.seed * 1_000_003 + int(i), self.device) for i in ids]
-
-    @staticmethod
-    def _noise(shape, gens: list[torch.Generator], rows: list[int], device) -> torch.Tensor:
-        return torch.stack([torch.randn(shape[1:], generator=gens[i], device=device) for i in rows])
+        rows = batch.index if batch.index is not None else torch.arange(len(batch))
+        return slice_generators(self.config.seed, rows, self.device)
 
     def _first_step(self, x: torch.Tensor, brain: torch.Tensor, x_hf: torch.Tensor):
         r1 = self._run(self.f1, x_hf)
@@ -265,7 +259,7 @@ class IterMask2(Method, Trainable):
     def _f2_pass(self, x, x_hf, mask, rows, gens):
         """One f2 pass on images ``rows``: returns (raw reconstruction, squared error of the pasted image)."""
         xi, mi = x[rows], mask[rows]
-        eps = self._noise(x.shape, gens, rows, x.device)
+        eps = normal_from(gens, x.shape[1:], rows, x.device)
         r = self._run(self.f2, self._f2_input(xi, mi, eps, x_hf[rows]))
         pasted = mi * r + (1 - mi) * xi
         return r, ((xi - pasted) ** 2).sum(1, keepdim=True)
@@ -352,7 +346,7 @@ class IterMask2(Method, Trainable):
             recon = out.pop("reconstruction")
             extras.update(out)
             seg = batch.lesion_mask
-            if self.variant == "oracle" and self.config.oracle_search and seg is not None and bool(seg.any()):
+            if self.uses_lesion_mask and self.config.oracle_search and seg is not None and bool(seg.any()):
                 extras.update(self.oracle_search(x, brain, x_hf, e1, seg, self._noise_generators(batch)))
         amap = ((x - recon) ** 2).sum(1, keepdim=True) * brain
         score = amap.flatten(1).sum(1) / brain.flatten(1).sum(1).clamp_min(1e-8)

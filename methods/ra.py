@@ -15,13 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.contract import Method, MethodConfig, MethodInfo, ScoreOutput, SliceBatch, Trainable
+from benchmark.contract import (Method, MethodConfig, MethodInfo, ScoreOutput, SliceBatch, Trainable, Variant, runtime,
+                                scoring)
 from benchmark.device import autocast
 from benchmark.registry import register_method
 from benchmark.trainer import StepContext, frozen
 from methods.blocks.anomaly_maps import ra_anomaly_map
 from methods.blocks.augment import random_affine
 from methods.blocks.introvae import CHANNELS, IntroResDecoder, IntroResEncoder, kl_divergence, reparameterize, sse
+from methods.blocks.noise import per_slice_normal
 
 
 def reversed_embedding_loss(real: list[torch.Tensor], rec: list[torch.Tensor]) -> torch.Tensor:
@@ -47,8 +49,6 @@ class RAConfig(MethodConfig):
     lr: float = 5e-5
     early_stop_patience: int | None = 500
     augment: bool = True
-    in_channels: int = 1
-    image_size: int = 128
     z_dim: int = 128
     channels: tuple[int, ...] = CHANNELS
     beta_rec: float = 0.5
@@ -57,17 +57,17 @@ class RAConfig(MethodConfig):
     gamma_r: float = 1e-8
     reverse_weight: float = 5e-3  # λ of eq. 4; 0 = plain SI-VAE training
     lr_milestones: tuple[int, ...] = ()  # MultiStepLR ×0.1 at these epochs; () = constant (RA's effective lr)
-    # inference
-    deterministic: bool = False  # z = μ instead of the official single sampled z
-    seed: int = 2109  # seeds the inference noise (the official framework's seed)
-    equalize: bool = True  # CLAHE in eq. 5
-    perceptual: bool = True  # the two LPIPS factors of eq. 5
-    smoothing_sigma: float = 2.0
-    lpips_net: str = "alex"
-    lpips_weights_dir: str | None = None
-    allow_random_lpips: bool = False  # fall back to a random LPIPS trunk when no weights are found
-    force_random_lpips: bool = False  # always a random trunk (smoke: same numbers with or without the weights)
     official_projections: bool = False  # the official extra 1×1 skips (only to load its checkpoint)
+    seed: int = 2109  # seeds the sampled z of validation (model selection) and scoring (the framework's seed)
+    # inference only: a variant changing these reuses the trained weights
+    deterministic: bool = scoring(False)  # z = μ at scoring instead of the official single sampled z
+    equalize: bool = scoring(True)  # CLAHE in eq. 5
+    perceptual: bool = scoring(True)  # the two LPIPS factors of eq. 5
+    smoothing_sigma: float = scoring(2.0)
+    lpips_net: str = scoring("alex")
+    lpips_weights_dir: str | None = runtime(None)  # where the weights are read from changes no number
+    allow_random_lpips: bool = scoring(False)  # fall back to a random LPIPS trunk when no weights are found
+    force_random_lpips: bool = scoring(False)  # always a random trunk (smoke: same numbers with or without weights)
 
 
 RA_DEVIATIONS = (
@@ -102,13 +102,15 @@ RA_DEVIATIONS = (
     "present); the 'paper' profile keeps the spec's network and schedule.",
 )
 
-# variant → config overrides (Table 3 ablations use the exact paper_tables.csv variant strings)
-RA_VARIANTS: dict[str, dict[str, Any]] = {
-    "w/o reverse loss": {"reverse_weight": 0.0},
-    "w/o histogram equalisation": {"equalize": False},
-    "w/o LPIPS (perceptual) term": {"perceptual": False},
-    "w/o histogram equalisation & w/o LPIPS": {"equalize": False, "perceptual": False},
-    "paper weights": {"beta_rec": 1.0, "beta_neg": 256.0},  # App. A values (stated for the SI-VAE baseline)
+# Table 3 ablations (the exact paper_tables.csv variant strings); the three scoring ablations reuse RA's weights
+RA_VARIANTS: dict[str, Variant] = {
+    "w/o reverse loss": Variant({"reverse_weight": 0.0}, description="λ = 0: retrained without eq. 3"),
+    "w/o histogram equalisation": Variant({"equalize": False}, description="eq. 5 without CLAHE (same weights)"),
+    "w/o LPIPS (perceptual) term": Variant({"perceptual": False}, description="eq. 5 without LPIPS (same weights)"),
+    "w/o histogram equalisation & w/o LPIPS": Variant({"equalize": False, "perceptual": False},
+                                                      description="plain residual (same weights)"),
+    # App. A values (stated for the SI-VAE baseline)
+    "paper weights": Variant({"beta_rec": 1.0, "beta_neg": 256.0}, description="App. A β_rec 1, β_neg 256"),
 }
 
 
@@ -116,12 +118,13 @@ RA_VARIANTS: dict[str, dict[str, Any]] = {
 class RA(Method, Trainable):
     name = "ra"
     Config = RAConfig
-    variant_overrides = RA_VARIANTS
+    version = 2  # v2: contract v2 (size from the store, validation always samples z)
+    variants = RA_VARIANTS
+    min_size_multiple = 32  # five AvgPool stages
     info = MethodInfo(
         paper="Bercea et al., MIDL 2023 (RA)",
         summary="Soft-IntroVAE + reversed multi-scale embedding loss; map = |CLAHE residual| × two smoothed spatial "
                 "LPIPS maps (raw and CLAHE images, eq. 5), image score = mean of the map.",
-        variants=tuple(RA_VARIANTS),
         deviations=RA_DEVIATIONS,
         code="github.com/ci-ber/RA @9b7a255 (model_zoo/ra.py, projects/23_ra_midl/RA_Trainer.py, "
              "DownstreamEvaluator.py)",
@@ -136,38 +139,26 @@ class RA(Method, Trainable):
 
     def __init__(self, config: RAConfig | None = None, **kw):
         super().__init__(config, **kw)
-        if self.variant:  # a variant is the config with its overrides; the stored config says what ran
-            self.config = self.config.replace(**self.variant_overrides[self.variant])
-        c = self.config
-        args = dict(z_dim=c.z_dim, channels=tuple(c.channels), image_size=c.image_size,
+        c, size, ch = self.config, self.data.image_size, self.data.channels
+        args = dict(z_dim=c.z_dim, channels=tuple(c.channels), image_size=size,
                     official_projections=c.official_projections)
-        self.encoder = IntroResEncoder(c.in_channels, **args).to(self.device)
-        self.decoder = IntroResDecoder(c.in_channels, **args).to(self.device)
-        self.scale = 1.0 / (c.image_size * c.image_size)  # the official "scale" = 1/(H·W)
-        self._lpips: Any = None
-        self._fallback_gen = torch.Generator().manual_seed(c.seed)
+        self.encoder = IntroResEncoder(ch, **args).to(self.device)
+        self.decoder = IntroResDecoder(ch, **args).to(self.device)
+        self.scale = 1.0 / (size * size)  # the official "scale" = 1/(H·W)
 
     # -- networks ------------------------------------------------------------------------------------
     def networks(self) -> dict[str, nn.Module]:
         return {"encoder": self.encoder, "decoder": self.decoder}
 
-    def to(self, device: torch.device | str) -> "RA":
-        super().to(device)
-        if self._lpips is not None:
-            self._lpips.to(self.device)
-        return self
-
     @property
     def lpips(self) -> Any:
-        """The frozen LPIPS model of eq. 5, loaded on first use (not part of the checkpoint)."""
-        if self._lpips is None:
-            from methods.blocks.perceptual import load_lpips
+        """The frozen LPIPS model of eq. 5: a helper (built on first use, moved with RA, never saved)."""
+        from methods.blocks.perceptual import load_lpips
 
-            c = self.config
-            self._lpips = load_lpips(c.lpips_net, weights_dir=c.lpips_weights_dir, device=self.device,
-                                     allow_random=c.allow_random_lpips, spatial=True,
-                                     force_random=c.force_random_lpips)
-        return self._lpips
+        c = self.config
+        return self.helper("lpips", lambda: load_lpips(c.lpips_net, weights_dir=c.lpips_weights_dir,
+                                                       device=self.device, allow_random=c.allow_random_lpips,
+                                                       spatial=True, force_random=c.force_random_lpips))
 
     # -- training --------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -252,28 +243,25 @@ class RA(Method, Trainable):
 
     # -- inference -------------------------------------------------------------------------------------
     def _noise(self, batch: SliceBatch) -> torch.Tensor:
-        """ε for the stochastic forward: one seeded draw per slice row id, so a slice always gets the same z."""
-        n, zd = len(batch), self.config.z_dim
-        if batch.index is None:
-            return torch.randn(n, zd, generator=self._fallback_gen)
-        eps = torch.empty(n, zd)
-        g = torch.Generator()
-        for i, row in enumerate(batch.index.tolist()):
-            g.manual_seed((self.config.seed * 1_000_003 + int(row)) % (2**63))
-            eps[i] = torch.randn(zd, generator=g)
-        return eps
+        """ε for the stochastic forward: one seeded draw per slice row id, so a slice always gets the same z
+        (drawn on the host: a z is small, and the numbers are then the same on every device)."""
+        rows = batch.index if batch.index is not None else torch.arange(len(batch))
+        return per_slice_normal((self.config.z_dim,), self.config.seed, rows, self.device, draw_on="cpu")
 
-    def reconstruct(self, batch: SliceBatch) -> torch.Tensor:
-        """Pseudo-healthy x_ph = D(z), z ~ q(z|x) (seeded) or z = μ when ``deterministic``; fp32, unclamped."""
+    def reconstruct(self, batch: SliceBatch, *, sample: bool | None = None) -> torch.Tensor:
+        """Pseudo-healthy x_ph = D(z), z ~ q(z|x) (seeded) or z = μ; fp32, unclamped. ``sample`` defaults to
+        ``not config.deterministic``."""
+        sample = (not self.config.deterministic) if sample is None else sample
         with autocast(self.device, self.config.amp):
             mu, logvar, _ = self.encoder(batch.image)
-            z = mu.float() if self.config.deterministic else reparameterize(mu, logvar, self._noise(batch))
+            z = reparameterize(mu, logvar, self._noise(batch)) if sample else mu.float()
             return self.decoder(z).float()
 
     @torch.no_grad()
     def validation_loss(self, batch: SliceBatch) -> float:
-        """Official model-selection signal: mean pixel MSE of the (sampled) reconstruction."""
-        return float(F.mse_loss(self.reconstruct(batch), batch.image.float()))
+        """Official model-selection signal: mean pixel MSE of the sampled reconstruction (always sampled, so
+        the scoring-only ``deterministic`` field cannot change which weights are kept)."""
+        return float(F.mse_loss(self.reconstruct(batch, sample=True), batch.image.float()))
 
     def _score(self, batch: SliceBatch) -> ScoreOutput:
         c = self.config

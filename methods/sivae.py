@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from benchmark.contract import MethodInfo
+from benchmark.contract import MethodInfo, scoring
 from benchmark.registry import register_method
 from methods.ra import RA, RAConfig
 
@@ -25,15 +25,16 @@ class SIVAEConfig(RAConfig):
     gamma_r: float = 1e-8
     reverse_weight: float = 0.0
     lr_milestones: tuple[int, ...] = (350,)
-    equalize: bool = False
-    perceptual: bool = False
+    equalize: bool = scoring(False)
+    perceptual: bool = scoring(False)
 
 
 @register_method
 class SIVAE(RA):
     name = "si-vae"
     Config = SIVAEConfig
-    variant_overrides: dict = {}
+    version = 2
+    variants: dict = {}  # RA's Table 3 ablations are not SI-VAE rows
     info = MethodInfo(
         paper="Daniel & Tamar, CVPR 2021 (Soft-IntroVAE), as configured in Bercea et al. MIDL 2023 App. A",
         summary="Soft-Introspective VAE with alternating E/D updates; map |x − x̂| (one sampled z), "

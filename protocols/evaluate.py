@@ -20,7 +20,9 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmark.contract import Method
+from benchmark.scoring import Scorer, as_scorer
 from protocols import metrics as M
+from protocols import thresholds as T
 from protocols.stats import bootstrap_replicates
 
 
@@ -37,7 +39,7 @@ class ScoreSet:
     reconstructions: torch.Tensor | None
     manifest: pd.DataFrame
     wall_s: float
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # per-slice [N] extras, e.g. latent_score
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # first dim N: e.g. latent_score [N], masks
 
     def __len__(self) -> int:
         return int(self.maps.shape[0])
@@ -51,33 +53,17 @@ class ScoreSet:
                         {k: pick(v) for k, v in self.extras.items()})
 
 
-def collect(method: Method, slices, *, batch_size: int = 32, progress: bool = True) -> ScoreSet:
-    """Score every slice of ``slices`` (a SliceSet) with ``method``; returns maps on the method's device."""
-    t0 = time.perf_counter()
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("maps", "scores", "labels", "lesion", "brain", "images",
-                                                             "recon")}
-    n_batches = (len(slices) + batch_size - 1) // batch_size
-    for batch in tqdm(slices.batches(batch_size, device=method.device), total=n_batches, desc=f"score {method.name}",
-                      disable=not progress, leave=False, dynamic_ncols=True):
-        out = method.score(batch)
-        parts["maps"].append(out.anomaly_map)
-        parts["scores"].append(out.image_score)
-        parts["labels"].append(batch.label)
-        parts["lesion"].append(batch.lesion_mask)
-        parts["brain"].append(batch.brain_mask)
-        parts["images"].append(batch.image)
-        if out.reconstruction is not None:
-            parts["recon"].append(out.reconstruction)
-        for k, v in out.extras.items():  # per-slice extras only (e.g. a latent-space score)
-            if isinstance(v, torch.Tensor) and tuple(v.shape) == (len(batch),):
-                parts.setdefault(f"extra:{k}", []).append(v.detach())
-    if method.device.type == "cuda":
-        torch.cuda.synchronize(method.device)
-    cat = {k: torch.cat(v) if v else None for k, v in parts.items()}
-    extras = {k.removeprefix("extra:"): v for k, v in cat.items() if k.startswith("extra:") and v is not None
-              and len(v) == len(slices)}
-    return ScoreSet(cat["maps"], cat["scores"], cat["labels"], cat["lesion"], cat["brain"], cat["images"],
-                    cat["recon"], slices.manifest, time.perf_counter() - t0, extras)
+def collect(scorer: Scorer | Method, slices, *, progress: bool = True) -> ScoreSet:
+    """Every slice of ``slices`` scored by ``scorer`` (the runner's cached scorer, or a bare method), with the
+    slices' images, masks and labels beside the maps, all on the method's device. A slice set that any table
+    scored before under the same score key is read from the cache: no network pass."""
+    sc = as_scorer(scorer, progress=progress)
+    s = sc.scores(slices)
+    image, brain, lesion, label, _ = slices.materialize(sc.device)
+    if len(s) != len(slices):
+        raise ValueError(f"{sc.name}: {len(s)} scores for {len(slices)} slices")
+    return ScoreSet(s.anomaly_map, s.image_score, label, lesion, brain, image, s.reconstruction, slices.manifest,
+                    s.wall_s, dict(s.extras))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -154,7 +140,7 @@ class MetricContext:
             if self.val is None or not len(self.val):
                 raise Undefined("no healthy validation slices to calibrate the threshold")
             valid = self.val.brain > 0.5 if region == "brain" else None
-            t = M.threshold_at_fpr(self.val.maps, self.fpr, valid=valid)
+            t = T.fpr_threshold(self.val.maps, self.fpr, healthy_brain=valid)
             return t, f"threshold {t:.4g} from {len(self.val)} healthy validation slices"
         return self.cached(f"thr_{region}", make)
 
@@ -180,7 +166,7 @@ class MetricContext:
         """IterMask2's protocol: maps min-max over the set × brain, one θ maximising mean per-image Dice."""
         def make():
             mn = M.itermask2_normalise(self.test.maps, self.test.brain)
-            best, theta = M.itermask2_global_dice(self.test.maps, self.test.lesion, self.test.brain)
+            best, theta = T.oracle_itermask2(self.test.maps, self.test.lesion, self.test.brain)
             p_soft = (mn > theta).to(self.test.brain.dtype) * self.test.brain
             d = _quiet(lambda: M.dice_per_image(p_soft > 0.5, self.gt)).cpu()
             sens, prec = M.sensitivity_precision_per_image(p_soft, self.gt)
@@ -331,18 +317,18 @@ def _rate_calibrated(ctx: MetricContext, which: str) -> Estimate:
 
 def _dice_oracle(ctx: MetricContext, grid: str) -> Estimate:
     _need_lesion(ctx)
-    best, thr = M.best_dice(ctx.test.maps, ctx.test.lesion, grid=grid)
+    best, thr = T.oracle_dice(ctx.test.maps, ctx.test.lesion, grid)
     # per-image counts on a fixed grid; a resample takes its own best over that grid (its own oracle)
     se_grid = "max1000" if grid == "pr_exact" else grid
     tp, fp, ng = ctx.cached(f"grid_{se_grid}", lambda: tuple(x.cpu() for x in M.per_image_counts(
-        ctx.test.maps, ctx.gt, torch.ones_like(ctx.gt), M.threshold_grid(se_grid, float(ctx.test.maps.max())))))
+        ctx.test.maps, ctx.gt, torch.ones_like(ctx.gt), T.oracle_grid(se_grid, float(ctx.test.maps.max())))))
     on = lambda i: float((2 * tp[i].sum(0) / (tp[i].sum(0) + fp[i].sum(0) + ng[i].sum()).clamp_min(1)).max())  # noqa: E731
     return Estimate(best, on, f"oracle threshold {thr:.4g} chosen on the test set")
 
 
 def _dice_oracle_image(ctx: MetricContext) -> Estimate:
     _need_lesion(ctx)
-    d, _ = _quiet(lambda: M.best_dice_per_image(ctx.test.maps, ctx.test.lesion))
+    d, _ = _quiet(lambda: T.oracle_dice_per_image(ctx.test.maps, ctx.test.lesion))
     return _per_image(d, "each lesion slice at its own best threshold (oracle); slices without lesion left out")
 
 
@@ -394,14 +380,16 @@ def _image_decision(ctx: MetricContext, which: str, t: float, *, strict: bool, n
 def _acc_f1(ctx: MetricContext, which: str) -> Estimate:
     if ctx.val is None or not len(ctx.val):
         raise Undefined("no healthy validation slices to calibrate the image threshold")
-    t = M.threshold_at_fpr(ctx.val.scores, ctx.fpr)
-    return _image_decision(ctx, which, t, strict=True,  # '>': the rule threshold_at_fpr calibrates for
+    t = T.fpr_threshold(ctx.val.scores, ctx.fpr)
+    return _image_decision(ctx, which, t, strict=True,  # '>': the rule fpr_threshold calibrates for
                            note=f"score > {t:.4g} (≤ {ctx.fpr:.0%} of {len(ctx.val)} healthy validation scores above)")
 
 
-def _pixel_acc_f1_fixed(ctx: MetricContext, which: str, t: float = 0.5) -> Estimate:
-    """Pixel ACC / F1 pooled over every pixel at ``map ≥ t`` (ProxyAno fundus: A_pix ≥ 0.5, lesion positive)."""
+def _pixel_acc_f1_fixed(ctx: MetricContext, which: str, t: float | None = None) -> Estimate:
+    """Pixel ACC / F1 pooled over every pixel at ``map ≥ t`` (ProxyAno fundus: A_pix ≥ 0.5, lesion positive;
+    default t is ``PAPER_FIXED["proxyano:pixel"]``)."""
     _need_lesion(ctx)
+    t = T.paper_fixed("proxyano:pixel") if t is None else t
 
     def make():
         pred = ctx.test.maps >= t
@@ -429,11 +417,10 @@ def _acc_f1_p75_train(ctx: MetricContext, which: str) -> Estimate:
     normal training images, abnormal iff score ≥ t, abnormal = positive class of F1."""
     if ctx.train is None or not len(ctx.train):
         raise Undefined("needs the scores of the training normals (the protocol scores them only when asked)")
-    train = torch.sort(ctx.train.scores.double().cpu()).values
-    t = float(train[int(0.75 * len(train))])
+    t = T.p75_train_normal(ctx.train.scores)
+    n = ctx.train.scores.numel()
     return _image_decision(ctx, which, t, strict=False,  # '≥', as the P-Net code decides
-                           note=f"score ≥ {t:.4g}: sorted(train)[int(0.75·n)] of {len(train)} training-normal "
-                                "scores (ProxyAno)")
+                           note=f"score ≥ {t:.4g}: sorted(train)[int(0.75·n)] of {n} training-normal scores (ProxyAno)")
 
 
 def _score_gap(ctx: MetricContext, key: str) -> Estimate:

@@ -4,6 +4,9 @@ reconstruction and anomaly map. Saved as PNG and PDF (matplotlib Agg, no display
 Why a fixed layout: the papers' qualitative figures differ, and a shared one lets readers compare methods
 on the same slices. Each method's maps share one colour scale across rows (its 99th percentile by
 default), so a method's weak map is not stretched to look strong.
+
+Only the drawing lives here; loading a table's trained models for the figure is runner work
+(``benchmark.figures.table_figure``), kept out of ``protocols`` so this layer never imports the runner.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 
 from benchmark.io import atomic_path
 
-__all__ = ["qualitative_figure", "table_figure", "pick_examples"]
+__all__ = ["qualitative_figure", "pick_examples"]
 
 
 def _np(x: Any) -> np.ndarray | None:
@@ -117,52 +120,3 @@ def pick_examples(manifest, lesion_area: np.ndarray, n: int) -> list[int]:
                 picked.append(queue.pop(0))
     return picked
 
-
-def table_figure(table_id: str, *, profile: str = "default", store: str | Path = "runs", out: str | Path,
-                 n: int = 4, device: str | None = None, methods: Sequence[str] | None = None,
-                 root: str | Path | None = None) -> list[Path]:
-    """The qualitative figure of a table's trained methods (first seed of the profile) on ``n`` test slices.
-
-    Reads the models the table's runs trained (``phbench table`` first); a method without a trained model is
-    left out with a warning, and no trained model at all is an error naming the run store.
-    """
-    import warnings
-
-    from benchmark.device import pick_device
-    from benchmark.profiles import get_profile
-    from benchmark.registry import get_table
-    from benchmark.runner import load_trained, plan_run
-    from benchmark.runstore import RunStore
-
-    spec, prof = get_table(table_id), get_profile(profile)
-    data = spec.all_parts[0].store(profile, None if root is None else Path(root))  # first part (e.g. modality)
-    run_store = RunStore(Path(store) / profile)
-    dev = pick_device(device)
-    outputs: dict[str, dict[str, Any]] = {}
-    positions: list[int] | None = None
-    images = gts = None
-    titles: list[str] = []
-    for name, variant in spec.methods:
-        if methods and name not in methods:
-            continue
-        plan = plan_run(spec, name, variant, prof.seeds[0], prof, data)
-        if positions is None:
-            area = np.asarray(plan.test.store.lesion[plan.test.rows]).reshape(len(plan.test), -1).sum(1, dtype=np.int64)
-            positions = pick_examples(plan.test.manifest, area, n)
-            man = plan.test.manifest.iloc[positions]
-            titles = [f"{s}\n{p} z{z}" for s, p, z in zip(man["subject"], man["pathology"], man["slice"])]
-        try:
-            method = load_trained(plan, run_store, dev)
-        except FileNotFoundError as err:
-            warnings.warn(f"{name}: left out of the figure ({err})", RuntimeWarning, stacklevel=2)
-            continue
-        batch = plan.test.batch(positions, device=dev)
-        with torch.no_grad():
-            res = method.score(batch)
-        images, gts = batch.image, batch.lesion_mask
-        label = name + (f" ({variant})" if variant else "")
-        outputs[label] = {"reconstruction": res.reconstruction, "anomaly_map": res.anomaly_map}
-    if not outputs:
-        raise FileNotFoundError(f"{Path(store) / profile}: no trained model for {table_id} "
-                                f"(run `phbench table {table_id} --profile {profile}` first)")
-    return qualitative_figure(images, gts, outputs, out, row_titles=titles)

@@ -31,12 +31,14 @@ import pandas as pd
 import torch
 
 from benchmark.contract import Method, SliceBatch
+from benchmark.scoring import Scorer, as_scorer
 from benchmark.io import atomic_path, atomic_write_text
+from datasets.synthetic import DEFAULT_SEED, PRESETS, make_synthetic
 from protocols import metrics as M
+from protocols import thresholds as T
 from protocols.boxes import Box, localise
 from protocols.evaluate import (METRIC_BUILDERS, Estimate, MetricContext, ScoreSet, build_estimate,
                                 check_metric_ids, collect, estimate_rows)
-from protocols.synthetic import DEFAULT_SEED, PRESETS, make_synthetic
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +70,23 @@ class Protocol:
 
 
 class TensorSlices:
-    """Slices held as tensors (e.g. synthetic corruptions) with the SliceSet interface ``collect`` needs."""
+    """Slices held as tensors (e.g. synthetic corruptions) with the SliceSet interface ``collect`` needs.
+
+    ``cache_key``: what determines these pixels (e.g. a hash of the corrupted set), so their scores are cached
+    like a store's slices; None: never cached."""
 
     def __init__(self, image: torch.Tensor, brain: torch.Tensor, lesion: torch.Tensor, label: torch.Tensor,
-                 manifest: pd.DataFrame):
+                 manifest: pd.DataFrame, cache_key: str | None = None):
         self.image, self.brain, self.lesion, self.label = image, brain, lesion, label
         self.manifest = manifest.reset_index(drop=True)
+        self.cache_key = cache_key
 
     def __len__(self) -> int:
         return int(self.image.shape[0])
+
+    def materialize(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+        idx = torch.arange(len(self))
+        return tuple(t.to(device) for t in (self.image, self.brain, self.lesion, self.label, idx))
 
     def batches(self, batch_size: int, *, device: torch.device | str = "cpu"):
         for s in range(0, len(self), batch_size):
@@ -88,15 +98,16 @@ class TensorSlices:
 FPR = 0.05  # the 5 % that every ``fpr@5%_…`` id names; another rate needs ids of its own, not an option
 
 
-def _score_val(method: Method, val, progress: bool) -> ScoreSet | None:
+def _score_val(method: Scorer | Method, val, progress: bool) -> ScoreSet | None:
     return collect(method, val, progress=progress) if val is not None and len(val) else None
 
 
 # ----------------------------------------------------------------------------------------------------
 # standard
 # ----------------------------------------------------------------------------------------------------
-def run_standard(method: Method, test, val, metric_ids: Sequence[str], options: dict[str, Any], *,
+def run_standard(method: Scorer | Method, test, val, metric_ids: Sequence[str], options: dict[str, Any], *,
                  progress: bool = True, n_boot: int = 200) -> Evaluation:
+    method = as_scorer(method, progress=progress)  # one scorer: test, val and train sets each scored once
     scored = collect(method, test, progress=progress)
     train = options.get("train")  # scored only for ids whose threshold comes from the training normals
     needs_train = any("train_normal" in m for m in metric_ids)
@@ -148,11 +159,12 @@ def _lpips_net(device: torch.device) -> tuple[Any, str]:
         return None, str(err).splitlines()[0]
 
 
-def run_synthetic(method: Method, test, val, metric_ids: Sequence[str], options: dict[str, Any], *,
+def run_synthetic(method: Scorer | Method, test, val, metric_ids: Sequence[str], options: dict[str, Any], *,
                   progress: bool = True, n_boot: int = 200) -> Evaluation:
     preset = options.get("preset", "ra")
     seed = int(options.get("seed", DEFAULT_SEED))
     kinds = options.get("kinds") or PRESETS[preset]["kinds"]
+    method = as_scorer(method, progress=progress)
     healthy_val = _score_val(method, val, progress)
     net, why = (None, "") if not any(m.startswith("lpips") for m in metric_ids) else _lpips_net(method.device)
     rows, subject_rows, wall, n = [], [], 0.0, 0
@@ -162,8 +174,10 @@ def run_synthetic(method: Method, test, val, metric_ids: Sequence[str], options:
             raise ValueError("synthetic protocol: the test split has no healthy slices to corrupt")
         clean, brain, _, _, _ = healthy.materialize(method.device)
         dev = method.device
+        key = hashlib.sha256(b"synthetic:" + healthy.fingerprint.encode() + np.ascontiguousarray(corrupted).data
+                             + np.ascontiguousarray(masks).data + np.asarray(healthy.rows).tobytes()).hexdigest()[:20]
         slices = TensorSlices(torch.from_numpy(corrupted).to(dev), brain, torch.from_numpy(masks).to(dev),
-                              torch.ones(len(healthy), dtype=torch.long, device=dev), healthy.manifest)
+                              torch.ones(len(healthy), dtype=torch.long, device=dev), healthy.manifest, key)
         scored = collect(method, slices, progress=progress)
         ctx = MetricContext(scored, healthy_val, clean=clean, lpips_net=net)
         est = []
@@ -189,7 +203,6 @@ BOX_METRICS = ("detected_boxes|fpr@5%_healthy_image", "detection_rate|per_box|fp
                "f1|per_box|fpr@5%_healthy_image|ra_code", "detected_boxes|paper_fixed|ra_code",
                "f1|per_box|paper_fixed|ra_code")
 LOCALISATION_METRICS = BOX_METRICS + ("auroc|image|map_mean",)
-RA_CODE_THRESHOLD = 0.009  # RA's evaluation hard-codes this threshold (SqueezeNet-LPIPS maps; protocols/ra.md §6)
 
 
 def _box_rule(metric_id: str) -> tuple[str, str]:
@@ -286,8 +299,9 @@ def _global_estimates(scored: ScoreSet, groups_of: dict[str, Sequence[str]] | No
         ("auroc|image|map_mean", "average", Estimate(avg(full), avg, f"mean over {len(ons)} groups"))]
 
 
-def run_localisation(method: Method, test, val, metric_ids: Sequence[str], options: dict[str, Any], *,
+def run_localisation(method: Scorer | Method, test, val, metric_ids: Sequence[str], options: dict[str, Any], *,
                      progress: bool = True, n_boot: int = 200) -> Evaluation:
+    method = as_scorer(method, progress=progress)
     scored = collect(method, test, progress=progress)
     healthy_val = _score_val(method, val, progress)
     est: list[tuple[str, str, Estimate]] = []
@@ -301,12 +315,13 @@ def run_localisation(method: Method, test, val, metric_ids: Sequence[str], optio
             if not boxes:
                 note = "no annotated box in the test set"
             elif rule == "paper_fixed":
-                t = float(options.get("paper_threshold", RA_CODE_THRESHOLD))
+                # RA's hard-coded box threshold (PAPER_FIXED, protocols/ra.md §6) unless the table overrides it
+                t = T.fit_threshold(rule, fixed=options.get("paper_threshold", "ra:box_threshold"))
                 note = f"fixed threshold {t:g} (RA code; tuned on SqueezeNet-LPIPS maps, not on this method's)"
             elif healthy_val is None:
                 note = "no healthy validation slices to calibrate the threshold"
             else:
-                t = M.threshold_at_fpr(healthy_val.maps, FPR)
+                t = T.fit_threshold(rule, healthy=healthy_val.maps)  # the id's 5 %: FPR, exact order statistic
                 note = (f"threshold {t:.4g}: ≤ {FPR:.0%} of healthy validation pixels above; a box counts as "
                         f"detected when > 10 % of its pixels fire")
             if t is None:

@@ -16,6 +16,12 @@ Rules (binarisation is ``map > t`` unless a rule says otherwise):
 - ``oracle_test|itermask2``  IterMask2's global θ maximising mean per-image Dice; oracle.
 - ``paper_fixed``  a constant printed in the paper / hard-coded in its code (see ``PAPER_FIXED``).
 - ``p75_train_normal``  ProxyAno: ``sorted(train_normal_scores)[int(0.75 n)]``, decision ``score >= t``.
+
+This module is the one place a threshold is chosen: ``protocols.evaluate`` and ``protocols.suites`` call
+:func:`fit_threshold` or the named rule functions below (``fpr_threshold``, ``p75_train_normal``,
+``paper_fixed``, ``oracle_dice``, ``oracle_grid``, ``oracle_dice_per_image``, ``oracle_itermask2``), so a
+rule cannot drift between two copies.
+``protocols.metrics`` keeps the primitives they call (``threshold_at_fpr``, ``best_dice``, ...).
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ import torch
 from protocols import metrics as M
 
 __all__ = ["ThresholdRule", "RULES", "PAPER_FIXED", "parse_rule", "fit_threshold", "ra_code_threshold",
-           "p75_train_normal"]
+           "p75_train_normal", "fpr_threshold", "paper_fixed", "oracle_dice", "oracle_grid", "oracle_dice_per_image",
+           "oracle_itermask2"]
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,46 @@ def ra_code_threshold(healthy_maps: Any, fpr: float = 0.05, *, denominator: int 
     return float(grid[int(ok[0])])
 
 
+def fpr_threshold(healthy: Any, fpr: float, *, healthy_brain: Any = None) -> float:
+    """``fpr@X%_healthy_brain`` (``healthy_brain`` given) / ``fpr@X%_healthy_image``, exact: the smallest t
+    with at most ``fpr`` of the healthy pixels (or image scores) above t; the decision it calibrates is ``> t``."""
+    return M.threshold_at_fpr(healthy, fpr, valid=healthy_brain)
+
+
+def paper_fixed(key: float | str) -> float:
+    """``paper_fixed``: a ``PAPER_FIXED`` key (the constant a paper or its code uses) or a finite number."""
+    if isinstance(key, str):
+        if key not in PAPER_FIXED:
+            raise ValueError(f"paper_fixed: unknown key {key!r}; known: {sorted(PAPER_FIXED)}")
+        return PAPER_FIXED[key]
+    v = float(key)
+    if not math.isfinite(v):
+        raise ValueError("paper_fixed: value must be finite")
+    return v
+
+
+def oracle_dice(test_maps: Any, test_masks: Any, grid: str, *, test_brain: Any = None) -> tuple[float, float]:
+    """``oracle_test|<grid>``: (best pooled Dice, its threshold) on the test set -- the rule and the metric are
+    one search, so both come back rather than searching twice."""
+    return M.best_dice(test_maps, test_masks, grid=grid, valid=test_brain)
+
+
+def oracle_grid(grid: str, map_max: float) -> torch.Tensor:
+    """The candidate thresholds of an ``oracle_test|<grid>`` search (a bootstrap resample takes its own best
+    over them)."""
+    return M.threshold_grid(grid, map_max)
+
+
+def oracle_dice_per_image(test_maps: Any, test_masks: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``oracle_image``: each test image at its own best-Dice threshold (exact PR curve); (Dice, t) per image."""
+    return M.best_dice_per_image(test_maps, test_masks)
+
+
+def oracle_itermask2(test_maps: Any, test_masks: Any, test_brain: Any) -> tuple[float, float]:
+    """``oracle_test|itermask2``: (best mean per-image Dice, global θ) of IterMask2's search on the test set."""
+    return M.itermask2_global_dice(test_maps, test_masks, test_brain)
+
+
 def p75_train_normal(train_scores: Any) -> float:
     """ProxyAno/P-Net: ``sorted(scores)[int(0.75 n)]`` (an element, not an interpolated percentile)."""
     s = M._scores(train_scores, "train_scores").reshape(-1)
@@ -144,28 +191,21 @@ def fit_threshold(rule_id: str, *, healthy: Any = None, healthy_brain: Any = Non
         if r["region"] == "brain":
             if healthy_brain is None:
                 raise ValueError(f"{rule_id}: needs healthy_brain (use _healthy_image when there is no brain mask)")
-            return M.threshold_at_fpr(healthy, r["fpr"], valid=healthy_brain)
-        return M.threshold_at_fpr(healthy, r["fpr"])
+            return fpr_threshold(healthy, r["fpr"], healthy_brain=healthy_brain)
+        return fpr_threshold(healthy, r["fpr"])
     if r["kind"] == "oracle":
         if test_maps is None or test_masks is None:
             raise ValueError(f"{rule_id}: needs test_maps and test_masks")
         if r["grid"] == "itermask2":
             if test_brain is None:
                 raise ValueError(f"{rule_id}: needs test_brain")
-            return M.itermask2_global_dice(test_maps, test_masks, test_brain)[1]
-        return M.best_dice(test_maps, test_masks, grid=r["grid"], valid=test_brain)[1]
+            return oracle_itermask2(test_maps, test_masks, test_brain)[1]
+        return oracle_dice(test_maps, test_masks, r["grid"], test_brain=test_brain)[1]
     if r["kind"] == "fixed":
         key = fixed if fixed is not None else r["key"]
         if key is None:
             raise ValueError("paper_fixed: give fixed=<value or PAPER_FIXED key>")
-        if isinstance(key, str):
-            if key not in PAPER_FIXED:
-                raise ValueError(f"paper_fixed: unknown key {key!r}; known: {sorted(PAPER_FIXED)}")
-            return PAPER_FIXED[key]
-        v = float(key)
-        if not math.isfinite(v):
-            raise ValueError("paper_fixed: value must be finite")
-        return v
+        return paper_fixed(key)
     if r["kind"] == "p75":
         if train_scores is None:
             raise ValueError("p75_train_normal: needs train_scores")

@@ -53,3 +53,10 @@ def toy_slices(n_train: int = 16, n_val: int = 4, n_test: int = 12, size: int = 
 @pytest.fixture(scope="session")
 def toy_store(tmp_path_factory) -> SliceStore:
     return write_store(tmp_path_factory.mktemp("toy") / "store", toy_slices(), {"recipe": "toy@v1", "dataset": "toy"})
+
+
+@pytest.fixture(scope="session")
+def toy_store_256(tmp_path_factory) -> SliceStore:
+    """A 256-px store (ProxyAno's size) for the contract suite: every method must run on it as well."""
+    return write_store(tmp_path_factory.mktemp("toy256") / "store", toy_slices(4, 2, 4, size=256),
+                       {"recipe": "toy@v1", "dataset": "toy256"})

@@ -111,9 +111,12 @@ def test_kaggle_sets_real(shared_data):
         v = yes_no.load(s)
         assert v.channel("grey").ndim == 2
     four = get_dataset("brain_tumor_classification")(shared_data / "brain-tumor-classification-mri").subjects()
-    assert collections.Counter(s.split for s in four) == {"train": 80, "test": 40}
+    # shared/data/README.md §2b: Training 20/20/395/20, Testing 100/115/105/74 (glioma/meningioma/no/pituitary)
+    assert collections.Counter((s.split, s.pathology) for s in four) == {
+        ("train", "glioma"): 20, ("train", "meningioma"): 20, ("train", "healthy"): 395, ("train", "pituitary"): 20,
+        ("test", "glioma"): 100, ("test", "meningioma"): 115, ("test", "healthy"): 105, ("test", "pituitary"): 74}
     merged = get_dataset("brain_mri_tumor")(shared_data).subjects()
-    assert len(merged) == 253 + 120
+    assert len(merged) == 253 + 849
 
 
 def test_oct_and_idrid_real(shared_data):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import methods.itermask2 as im
-from benchmark.contract import SliceBatch
+from benchmark.contract import DataSpec, SliceBatch
 from benchmark.profiles import configure, get_profile
 from benchmark.trainer import Trainer
 from methods.blocks.masks import masked_fraction, random_patch_masks
@@ -22,8 +22,9 @@ REFERENCE = Path(os.environ.get("PHBENCH_SHARED", Path(__file__).resolve().paren
 # Tiny networks so that every contract check runs in seconds on a loaded 2-core CPU.
 # 64-px toy slices (conftest's generator) keep the non-slow tests at a few seconds each.
 TINY = dict(epochs=1, max_steps=None, batch_size=4, model_channels=8, channel_mult=(1, 2), num_res_blocks=1,
-            attention_resolutions=(), max_iters=6, oracle_max_passes=1, oracle_keep_fracs=(0.6, 0.4), image_size=64,
+            attention_resolutions=(), max_iters=6, oracle_max_passes=1, oracle_keep_fracs=(0.6, 0.4),
             mask_native_size=120)
+D64 = DataSpec(64, 1)  # the 64-px toy slices
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def small_store(tmp_path_factory):
 
 def tiny(variant: str = "", **kw) -> IterMask2:
     torch.manual_seed(0)
-    return IterMask2(IterMask2.Config(**{**TINY, **kw}), variant=variant)
+    return IterMask2.build(IterMask2.Config(**{**TINY, **kw}), variant=variant, data=D64)
 
 
 class Zeros(nn.Module):
@@ -73,9 +74,10 @@ def test_variants_are_the_csv_strings():
         rows = [r for r in csv.DictReader(f) if r["method"] == "itermask2"]
     t3 = {r["variant"] for r in rows if r["table_id"] == "itermask2-table3" and r["variant"] != "oracle"} - {""}
     grey = {r["variant"] for r in rows if r["table_id"] == "itermask2-table1"} - {""}
-    assert set(IterMask2.info.variants) == t3 | grey == {"-freq", "-spat", "oracle"}
-    assert IterMask2.variant_meta["oracle"]["threshold"] == "per_image_best"
-    assert IterMask2.variant_meta["oracle"]["label"] == "oracle"
+    assert set(IterMask2.variants) == t3 | grey == {"-freq", "-spat", "oracle"}
+    assert IterMask2.variants["oracle"].protocol["threshold"] == "per_image_best"
+    assert IterMask2.variants["oracle"].protocol["label"] == "oracle"
+    assert IterMask2.variants["oracle"].uses_lesion_mask and not IterMask2.variants["-freq"].uses_lesion_mask
 
 
 def test_paper_defaults_and_profiles():
@@ -142,7 +144,7 @@ def test_scoring_is_seeded_per_slice(small_store):
     assert torch.equal(full.anomaly_map, m.score(test.batch([0, 1, 2])).anomaly_map)
     alone = m.score(test.batch([2]))  # another batch composition: same noise for slice 2 (BN in eval mode)
     torch.testing.assert_close(alone.anomaly_map[0], full.anomaly_map[2], atol=1e-5, rtol=1e-5)
-    other = IterMask2(m.config.replace(seed=1))
+    other = IterMask2(m.config.replace(seed=1), data=D64)
     other.load_state_dict(m.state_dict())
     assert not torch.equal(other.score(test.batch([0, 1, 2])).reconstruction, full.reconstruction)
 
@@ -162,12 +164,13 @@ def test_training_is_reproducible_from_the_trainer_seed(small_store):
     assert torch.equal(weights[0], weights[1])
 
 
-def test_max_steps_turns_later_steps_into_no_ops(small_store):
+def test_the_trainers_step_budget_ends_training(small_store):
+    """max_steps (the official 90k) is the shared trainer's step budget: training stops there, mid-run."""
     train = small_store.split("train").take(4)
     ref, capped = tiny(epochs=1), tiny(epochs=3, max_steps=1)
     Trainer(seed=0, progress=False, max_steps_per_epoch=1).fit(ref, train)
     report = Trainer(seed=0, progress=False, max_steps_per_epoch=1).fit(capped, train)
-    assert report["steps"] == 3
+    assert report["steps"] == 1 and report["epochs_run"] == 1
     for k in ("f1", "f2"):
         for a, b in zip(ref.networks()[k].parameters(), capped.networks()[k].parameters()):
             assert torch.equal(a, b), k
@@ -321,7 +324,7 @@ def test_training_makes_itermask2_localise_lesions():
     store = phantom_store("smoke", modality="t1", size=64)
     train, val, test = store.split("train"), store.split("val"), store.split("test")
     cfg = IterMask2.Config(epochs=25, max_steps=None, batch_size=4, lr=1e-3, model_channels=8, channel_mult=(1, 2, 4),
-                           num_res_blocks=1, attention_resolutions=(), image_size=64, hf_radius=7.5,
+                           num_res_blocks=1, attention_resolutions=(), hf_radius=7.5,
                            mask_native_size=120, max_iters=8)  # radius and mask grid scaled with the image size
 
     def aurocs(method):
@@ -331,7 +334,7 @@ def test_training_makes_itermask2_localise_lesions():
         return roc_auc_score(y[brain], amap[brain]), roc_auc_score(y, amap)
 
     torch.manual_seed(0)
-    method = IterMask2(cfg)
+    method = IterMask2(cfg, data=D64)
     method.calibrate(val)
     before_brain, before_all = aurocs(method)
     method.fit(train, val, trainer=Trainer(seed=0, progress=False))

@@ -12,11 +12,11 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from benchmark.contract import Method, MethodConfig, MethodInfo, ScoreOutput, SliceBatch
+from benchmark.contract import Method, MethodConfig, MethodInfo, ScoreOutput, SliceBatch, Variant
+from datasets.synthetic import make_synthetic
 from protocols import metrics as M
 from protocols.evaluate import METRIC_BUILDERS, MetricContext, ScoreSet, metric_rows
 from protocols.suites import PROTOCOLS, manifest_boxes, run_localisation, run_synthetic, synthetic_set
-from protocols.synthetic import make_synthetic
 
 
 def _score_set(n_subjects=8, per_subject=4, seed=0, size=32, lesions=True):
@@ -117,9 +117,10 @@ class _Fake(Method):
     name = "fake"
     Config = MethodConfig
     info = MethodInfo(paper="test", summary="test double")
+    variants = {"oracle": Variant(uses_lesion_mask=True)}  # the map is the ground truth: it must declare so
 
     def __init__(self, mode: str):
-        super().__init__(MethodConfig(), device="cpu")
+        super().__init__(MethodConfig(), variant="oracle" if mode == "oracle" else "", device="cpu")
         self.mode = mode
 
     def networks(self):

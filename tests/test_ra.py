@@ -17,7 +17,7 @@ import torch
 from scipy import ndimage
 from skimage import exposure
 
-from benchmark.contract import ScoreOutput, SliceBatch
+from benchmark.contract import DataSpec, ScoreOutput, SliceBatch
 from benchmark.trainer import StepContext, Trainer, frozen
 from methods.blocks import perceptual as P
 from methods.blocks.anomaly_maps import clahe, gaussian_smooth, ra_anomaly_map
@@ -26,7 +26,8 @@ from methods.blocks.introvae import IntroResDecoder, IntroResEncoder
 from methods.ra import RA, RAConfig, reversed_embedding_loss
 
 PAPER_TABLES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paper_tables.csv"
-TINY = dict(image_size=32, channels=(8, 16, 16, 32, 32), z_dim=16, batch_size=2)
+TINY = dict(channels=(8, 16, 16, 32, 32), z_dim=16, batch_size=2)
+D32 = DataSpec(32, 1)  # the 32-px test images (size comes from the data, not the config)
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +55,9 @@ def one_thread():
 
 def tiny(random_lpips=None, variant: str = "", **kw) -> RA:
     torch.manual_seed(0)
-    m = RA(RAConfig(**{**TINY, **kw}), variant=variant)
-    m._lpips = random_lpips
+    m = RA.build(RAConfig(**{**TINY, **kw}), variant=variant, data=D32)
+    if random_lpips is not None:
+        m._helpers["lpips"] = random_lpips
     return m
 
 
@@ -220,16 +222,16 @@ def test_training_step_updates_both_networks_and_logs():
 
 # -- contract ------------------------------------------------------------------------------------------------
 def test_variants_are_the_paper_table_strings():
-    assert len(set(RA.info.variants)) == len(RA.info.variants)
+    assert len(set(RA.variants)) == len(RA.variants)
     if not PAPER_TABLES.is_file():
         pytest.skip(f"{PAPER_TABLES} absent")
     with open(PAPER_TABLES, newline="") as f:
         wanted = {r["variant"] for r in csv.DictReader(f)
                   if r["method"] == "ra" and r["table_id"] in ("ra-table3a", "ra-table3b") and r["variant"]}
-    assert wanted == set(RA.info.variants) - {"paper weights"}
+    assert wanted == set(RA.variants) - {"paper weights"}
 
 
-@pytest.mark.parametrize("variant", ("", *RA.info.variants))
+@pytest.mark.parametrize("variant", ("", *RA.variants))
 def test_every_variant_trains_scores_and_round_trips(variant, random_lpips):
     m = tiny(random_lpips, variant)
     m.train_mode(True)
@@ -247,10 +249,10 @@ def test_every_variant_trains_scores_and_round_trips(variant, random_lpips):
 
 
 def test_variant_overrides():
-    assert RA(RAConfig(**TINY), variant="w/o histogram equalisation").config.equalize is False
-    both = RA(RAConfig(**TINY), variant="w/o histogram equalisation & w/o LPIPS").config
+    assert RA.build(RAConfig(**TINY), variant="w/o histogram equalisation", data=D32).config.equalize is False
+    both = RA.build(RAConfig(**TINY), variant="w/o histogram equalisation & w/o LPIPS", data=D32).config
     assert (both.equalize, both.perceptual) == (False, False)
-    paper = RA(RAConfig(**TINY), variant="paper weights").config
+    paper = RA.build(RAConfig(**TINY), variant="paper weights", data=D32).config
     assert (paper.beta_rec, paper.beta_kl, paper.beta_neg) == (1.0, 1.0, 256.0)
     c = RAConfig()
     assert (c.beta_rec, c.beta_kl, c.beta_neg, c.gamma_r, c.reverse_weight, c.lr, c.z_dim) == \
@@ -283,13 +285,13 @@ def test_lpips_is_loaded_lazily_through_the_offline_loader(monkeypatch, tmp_path
     monkeypatch.delenv("PHBENCH_LPIPS_DIR", raising=False)
     monkeypatch.delenv("PHBENCH_LPIPS_SDIST", raising=False)
     monkeypatch.setattr(P, "sdist_candidates", lambda: [])
-    m = RA(RAConfig(**TINY))
+    m = RA(RAConfig(**TINY), data=D32)
     with pytest.raises(P.LPIPSWeightsMissing):
         m.score(images())
-    plain = RA(RAConfig(**TINY), variant="w/o histogram equalisation & w/o LPIPS")
+    plain = RA.build(RAConfig(**TINY), variant="w/o histogram equalisation & w/o LPIPS", data=D32)
     plain.score(images())  # no LPIPS needed, none loaded
-    assert plain._lpips is None
-    smoke = RA(RAConfig(**TINY, allow_random_lpips=True))
+    assert "lpips" not in plain.helpers()
+    smoke = RA(RAConfig(**TINY, allow_random_lpips=True), data=D32)
     with pytest.warns(RuntimeWarning, match="RANDOM"):
         smoke.score(images())
     assert smoke.lpips.weights_source == "random"
@@ -333,9 +335,9 @@ def test_sivae_is_the_ra_trainer_with_app_a_weights_and_a_plain_residual():
     c = SIVAEConfig()
     assert (c.beta_rec, c.beta_kl, c.beta_neg, c.gamma_r, c.reverse_weight) == (1.0, 1.0, 256.0, 1e-8, 0.0)
     assert (c.lr, c.lr_milestones, c.equalize, c.perceptual, c.z_dim) == (5e-5, (350,), False, False, 128)
-    assert SIVAE.name == "si-vae" and SIVAE.info.variants == ()
+    assert SIVAE.name == "si-vae" and SIVAE.variants == {}
     torch.manual_seed(0)
-    m = SIVAE(SIVAEConfig(**TINY))
+    m = SIVAE(SIVAEConfig(**TINY), data=D32)
     scheds = m.schedulers(m.configure_optimizers())
     assert [s.milestones for s in scheds] == [{350: 1}, {350: 1}]
     m.train_mode(True)
@@ -344,7 +346,7 @@ def test_sivae_is_the_ra_trainer_with_app_a_weights_and_a_plain_residual():
     batch = images(3, seed=4)
     out = m.score(batch)
     assert torch.allclose(out.anomaly_map, (batch.image - out.reconstruction).abs())
-    assert m._lpips is None
+    assert "lpips" not in m.helpers()
 
 
 # -- behaviour -----------------------------------------------------------------------------------------------
@@ -380,9 +382,9 @@ def test_training_makes_ra_localise_lesions(tmp_path_factory):
         P.convert_lpips_sdist(sdist, weights, nets=("alex",))
         lpips_cfg = {"lpips_weights_dir": str(weights)}
     torch.manual_seed(0)
-    cfg = RAConfig(image_size=32, channels=(8, 16, 32, 64, 64), lr=3e-3, epochs=25, batch_size=8, augment=False,
+    cfg = RAConfig(channels=(8, 16, 32, 64, 64), lr=3e-3, epochs=25, batch_size=8, augment=False,
                    early_stop_patience=None, **lpips_cfg)
-    m = RA(cfg)
+    m = RA(cfg, data=D32)
     test = store.split("test")
     before = _pixel_auroc(m, test)
     Trainer(seed=0, progress=False).fit(m, store.split("train", label=0))

@@ -127,7 +127,7 @@ def _every_registered_text() -> list[str]:
 
     texts = [getattr(spec, "description", "") for spec in METRICS.values()] + list(METRICS)
     for cls in all_methods().values():
-        texts += [cls.info.paper, cls.info.summary, *cls.info.deviations, *cls.info.variants]
+        texts += [cls.info.paper, cls.info.summary, *cls.info.deviations, *cls.variants]
     for spec in all_tables().values():
         texts += [spec.title, *spec.footnotes]
     return [t for t in texts if t]

@@ -4,7 +4,8 @@ from benchmark.runstore import ROW_COLUMNS, RunSpec, RunStore
 
 
 def spec(**kw):
-    base = dict(method="ae", variant="", config={"lr": 1e-3}, dataset_fingerprint="abc", protocol="table1@v1", seed=0)
+    base = dict(method="ae", variant="", config={"lr": 1e-3}, dataset_fingerprint="abc", protocol="table1@v1", seed=0,
+                train_key="t" * 16, score_key="s" * 16)
     base.update(kw)
     return RunSpec(**base)
 
@@ -12,14 +13,15 @@ def spec(**kw):
 def test_run_key_is_stable_and_sensitive_to_every_input():
     k = spec().key
     assert k == spec().key and len(k) == 16
-    for change in (dict(method="ra"), dict(variant="x"), dict(config={"lr": 2e-3}), dict(dataset_fingerprint="abd"),
-                   dict(protocol="p2"), dict(seed=1), dict(code_version="9.9")):
+    # the model's identity (method, variant, config, seed, code) reaches the run key through the score key
+    for change in (dict(score_key="x" * 16), dict(dataset_fingerprint="abd"), dict(protocol="p2"),
+                   dict(table_id="t2"), dict(metrics=("auroc|image",)), dict(options={"preset": "ra"})):
         assert spec(**change).key != k, change
 
 
 def test_results_are_written_atomically_and_never_lost(tmp_path):
     store = RunStore(tmp_path)
-    a, b = spec(seed=0), spec(seed=1)
+    a, b = spec(seed=0, score_key="a" * 16), spec(seed=1, score_key="b" * 16)
     assert not store.is_finished(a)
     store.write_result(a, [{"metric": "auroc", "value": 0.7}], {"note": "first"})
     store.write_result(b, [{"metric": "auroc", "value": 0.8}], {})

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from protocols.synthetic import PRESETS, make_synthetic, resolve_params
+from datasets.synthetic import PRESETS, make_synthetic, resolve_params
 
 
 def _imgs(n=3, s=128):

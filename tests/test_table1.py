@@ -61,13 +61,19 @@ def test_no_regression_against_stored_smoke_results(smoke_run):
     assert main(["check", "--profile", "smoke", "--store", str(tmp / "runs"), "--out", str(tmp / "out-check")]) == 0
 
 
-def test_companion_tables_reuse_table1_models(smoke_run):
-    """table1-detail evaluates the weights table1 trained: no model is trained a second time."""
+def test_companion_tables_reuse_table1_models_and_scores(smoke_run):
+    """table1-detail evaluates the weights table1 trained (no model is trained a second time) on the maps
+    table1 computed: the score cache serves every slice set, so no network pass runs."""
+    import json
+
     tmp, _ = smoke_run
     res = run_table("table1-detail", profile="smoke", store=tmp / "runs", out=tmp / "out-detail", progress=False)
     assert not res.failures, res.failures
     assert res.trained == [] and len(res.ran) + len(res.skipped) == len(get_table("table1-detail").methods)
     assert len(list((tmp / "runs" / "smoke" / "models").iterdir())) == len(get_table("table1").methods)
+    keys = set(res.rows["run_key"])
+    passes = {k: json.loads((tmp / "runs" / "smoke" / k / "run.json").read_text())["network_passes"] for k in keys}
+    assert len(passes) == len(get_table("table1-detail").methods) and set(passes.values()) == {0}, passes
 
 
 def test_check_detects_a_regression(smoke_run):

