@@ -34,8 +34,8 @@ fi
 cmd="${1:-table1}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
-    test)
-        exec "$PY" -m pytest -q "$@" ;;
+    test)  # two workers (one torch thread each), one test file per worker: module fixtures are built once
+        exec "$PY" -m pytest -q -n "${PHBENCH_TEST_WORKERS:-2}" --dist loadfile "$@" ;;
     table)  # "table <id>" is the CLI verb itself; "table1", "lgg-table"... are table ids
         exec "$PY" -m benchmark "$cmd" "$@" ;;
     table*|*-table*)

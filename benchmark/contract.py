@@ -12,8 +12,8 @@ What a method declares, and who acts on it:
   the trained weights) or :func:`runtime` (changes nothing in the numbers, e.g. the scoring batch size).
 - ``variants``: name → :class:`Variant` (config overrides, resolved *before* anything is recorded, and whether
   the variant may see the lesion mask at scoring).
-- ``version``: the method's code version; it is part of the train key, so an edited method never serves a
-  stale model.
+- ``version`` / ``score_version``: the method's code versions; they are part of the train / score key, so an
+  edited method never serves a stale model or stale cached maps.
 - ``upstreams(config)``: trained methods this one is built on (PHANES on RA, AutoDDPM on DDPM); the runner
   trains each once, under its own key, and hands it over before ``fit``.
 - ``networks()`` (trained, saved), ``fitted`` (non-parameter tensors such as memory banks, saved),
@@ -221,7 +221,8 @@ class Method(ABC):
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     info: ClassVar[MethodInfo]
-    version: ClassVar[int] = 1  # bump when a change alters what this method trains
+    version: ClassVar[int] = 1  # bump when a change alters what this method trains (retrains, rescores)
+    score_version: ClassVar[int] = 1  # bump when only scoring changes (rescores from the same weights)
     variants: ClassVar[Mapping[str, Variant]] = {}
     score_with_grad: ClassVar[bool] = False  # scoring needs autograd (z search, saliency); params stay frozen
     min_size_multiple: ClassVar[int] = 1  # image size must be a multiple of this (strided networks)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 from filelock import FileLock
 
-from benchmark.contract import DataSpec, Method, MethodConfig
+from benchmark.contract import DataSpec, Method, MethodConfig, Trainable
 from benchmark.device import peak_memory_mb, seed_everything
 from benchmark.io import atomic_path, atomic_write_text
 from benchmark.provenance import provenance
@@ -69,6 +69,7 @@ class ModelSpec:
     @property
     def score_key(self) -> str:
         return _hash({"train": self.train_key, "scoring": self.config.scoring_dict(),
+                      "score_version": self.method_cls.score_version,
                       "lesion_mask": self.uses_lesion_mask,
                       "upstream": {k: u.score_key for k, u in self.upstream}})
 
@@ -170,6 +171,7 @@ def obtain(spec: ModelSpec, train: Any, val: Any, store: ModelStore, device: tor
     method = build(spec, device, ups)
     path = store.model_path(spec)
     trained_now = False
+    learns = isinstance(method, Trainable) or type(method).learn is not Method.learn
     if not store.is_trained(spec):
         if not train_missing:
             raise FileNotFoundError(f"{path}: no trained model for {spec.method} (run the table first)")
@@ -177,8 +179,9 @@ def obtain(spec: ModelSpec, train: Any, val: Any, store: ModelStore, device: tor
         with FileLock(str(store.model_dir(spec) / ".train.lock")):
             if not store.is_trained(spec):  # another process may have trained it while we waited
                 _train(spec, method, train, val, store, device, progress)
-                trained.append(spec.method + (f"/{spec.variant}" if spec.variant else ""))
                 trained_now = True
+                if learns:  # a training-free method (the intensity floor) is stored but not "trained"
+                    trained.append(spec.method + (f"/{spec.variant}" if spec.variant else ""))
     if not trained_now:
         method.load_state_dict(torch.load(path, map_location=device, weights_only=True))
     method.to(device)

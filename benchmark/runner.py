@@ -118,7 +118,9 @@ def run_one(spec_table, method_name: str, variant: str, seed: int, profile: Prof
     method, training = got.method, got.training
     scorer = model_scorer(plan.model, method, models, progress=progress)
     # run-time inputs, not settings: outside the run key (computed by plan_run from spec_table.options)
-    options = {**spec_table.options, "cache_dir": Path(store_data.path) / "synthetic", "train": plan.train}
+    variant_hints = dict(plan.method_cls.variants[variant].protocol) if variant else {}
+    options = {**spec_table.options, "cache_dir": Path(store_data.path) / "synthetic", "train": plan.train,
+               "variant": variant_hints}  # e.g. itermask2/oracle: per-image best threshold
     evaluation = get_protocol(spec_table.protocol).run(scorer, plan.test, plan.val, spec_table.metrics, options,
                                                        progress=progress)
     prov = provenance(device)
@@ -168,8 +170,8 @@ def run_table(table_id: str, *, profile: str = "default", store: str | Path = "r
             continue
         keys.append(run.key)
         (result.ran if ran else result.skipped).append(label)
-        result.trained += [label if i == len(trained) - 1 else f"{label}: upstream {t}"
-                           for i, t in enumerate(trained)]
+        own = method_name + (f"/{variant}" if variant else "")
+        result.trained += [label if t == own else f"{label}: upstream {t}" for t in trained]
     frames = [run_store.read_rows(k) for k in keys]
     result.rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if render and not result.rows.empty:

@@ -62,8 +62,10 @@ class RunSpec:
 
     @property
     def key(self) -> str:
-        payload = {"score": self.score_key, "protocol": self.protocol, "table": self.table_id,
-                   "metrics": list(self.metrics), "options": self.options, "data": self.dataset_fingerprint}
+        # method and variant too: two variants may share a score key (same resolved config) but are two rows
+        payload = {"score": self.score_key, "method": self.method, "variant": self.variant,
+                   "protocol": self.protocol, "table": self.table_id, "metrics": list(self.metrics),
+                   "options": self.options, "data": self.dataset_fingerprint}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

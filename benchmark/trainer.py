@@ -57,10 +57,15 @@ class Stage:
 
 @dataclass(frozen=True)
 class Schedule:
-    """An LR scheduler and when it steps: ``"epoch"`` (after each epoch) or ``"step"`` (after each batch)."""
+    """An LR scheduler and when it steps: ``"epoch"`` (after each epoch) or ``"step"`` (after each batch);
+    ``stage``: step it only during that stage (a schedule sized for one stage of several)."""
 
     scheduler: Any
     interval: str = "epoch"
+    stage: str | None = None
+
+    def due(self, interval: str, stage: str) -> bool:
+        return self.interval == interval and self.stage in (None, stage)
 
 
 @dataclass
@@ -156,6 +161,9 @@ class _EMA:
         for k, n in self.nets.items():
             n.load_state_dict(self.shadow[k])
 
+    def reset_from_networks(self) -> None:
+        self.shadow = {k: copy.deepcopy(n.state_dict()) for k, n in self.nets.items()}
+
 
 class Trainer:
     """Runs every stage of ``method`` (a Method that is also Trainable).
@@ -181,13 +189,13 @@ class Trainer:
         method.to(self.device)
         optimizers = method.configure_optimizers()
         schedules = [s if isinstance(s, Schedule) else Schedule(s) for s in method.schedulers(optimizers)]
-        for s in schedules:
-            if s.interval not in ("epoch", "step"):
-                raise ValueError(f"{method.name}: schedule interval {s.interval!r} is not 'epoch' or 'step'")
         stages = list(method.stages())
         names = [s.name for s in stages]
         if len(set(names)) != len(names):
             raise ValueError(f"{method.name}: stage names must be unique, got {names}")
+        for s in schedules:
+            if s.interval not in ("epoch", "step") or (s.stage is not None and s.stage not in names):
+                raise ValueError(f"{method.name}: schedule interval {s.interval!r} / stage {s.stage!r} unknown")
         ema = _EMA(method, method.ema_decays()) if method.ema_decays() else None
         gen = torch.Generator()
         gen.manual_seed(self.seed)
@@ -213,9 +221,6 @@ class Trainer:
             val_every = max(1, stage.val_every or getattr(cfg, "val_every", 1) or 1)
             patience = stage.early_stop_patience if stage.early_stop_patience is not None else cfg.early_stop_patience
             ctx.stage, ctx.stage_epochs = stage.name, epochs
-            if si != pos["stage"]:  # a fresh stage: best weights and patience never cross a stage
-                pos = {"stage": si, "epoch": 0, "stage_step": 0, "bad": 0, "best_val": math.inf, "best_epoch": -1,
-                       "best_state": None}
             ctx.stage_step = pos["stage_step"]
             stage_log = report.stages.setdefault(stage.name, {"epochs_run": 0, "steps": 0, "best_epoch": -1,
                                                               "best_val": math.inf})
@@ -239,14 +244,14 @@ class Trainer:
                     if ema is not None:
                         ema.update()
                     for s in schedules:
-                        if s.interval == "step":
+                        if s.due("step", stage.name):
                             s.scheduler.step()
                     if max_steps is not None and ctx.stage_step >= max_steps:
                         break
                     if self.max_steps_per_epoch and n_steps >= self.max_steps_per_epoch:
                         break
                 for s in schedules:
-                    if s.interval == "epoch":
+                    if s.due("epoch", stage.name):
                         s.scheduler.step()
                 method.on_epoch_end(ctx)
                 row: dict[str, Any] = {"stage": stage.name, "epoch": epoch,
@@ -274,11 +279,14 @@ class Trainer:
                 ema.copy_to_networks()  # the averaged weights are the trained ones
             if pos["best_state"] is not None:
                 method.load_state_dict(pos["best_state"])
+            if ema is not None:
+                ema.reset_from_networks()  # the next stage averages from what this stage kept
             stage_log.update(epochs_run=epoch, steps=ctx.stage_step, best_epoch=pos["best_epoch"],
                              best_val=pos["best_val"])
             method.on_stage_end(ctx)
             report.best_val, report.best_epoch = pos["best_val"], pos["best_epoch"]
-            pos = {**pos, "stage": si + 1, "epoch": 0, "stage_step": 0, "best_state": None}
+            pos = {"stage": si + 1, "epoch": 0, "stage_step": 0, "bad": 0, "best_val": math.inf, "best_epoch": -1,
+                   "best_state": None}  # best weights and patience never cross a stage
             self._save(method, optimizers, schedules, ema, gen, ctx, report, pos)
         report.epochs_run = len(report.history)  # epochs run by this call (a resumed fit counts the rest only)
         report.steps = ctx.global_step

@@ -10,6 +10,14 @@ import pytest
 
 from datasets.store import PreparedSlice, SliceStore, write_store
 
+def pytest_configure(config):
+    """One torch thread per test process: the tests' convolutions are tiny, and ``reproduce.sh test`` runs two
+    xdist workers on two cores (two threads each would contend: measured ~40× slower on a tiny conv step)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 SHARED_DATA = Path(os.environ.get("PHBENCH_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 

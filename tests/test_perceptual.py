@@ -26,10 +26,7 @@ def isolated_lookup(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv("PHBENCH_LPIPS_DIR", raising=False)
     monkeypatch.delenv("PHBENCH_LPIPS_SDIST", raising=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small LPIPS passes: one thread beats two contended ones on the shared cores
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

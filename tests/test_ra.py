@@ -44,15 +44,6 @@ def random_lpips():
     return m
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run faster on one thread than on two contended ones (2 shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(random_lpips=None, variant: str = "", **kw) -> RA:
     torch.manual_seed(0)
     m = RA.build(RAConfig(**{**TINY, **kw}), variant=variant, data=D32)

@@ -37,15 +37,6 @@ def examples() -> list[str]:
 BLOCKS = examples()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convolutions: one intra-op thread is much faster than two on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def load_example(source: str, index: int, monkeypatch) -> type[Method]:
     """Exec ``source`` as module ``readme_example_<index>`` into a copy of the method registry (restored by
     monkeypatch); return the one class it registers."""
