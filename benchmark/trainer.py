@@ -250,6 +250,9 @@ class Trainer:
                         break
                     if self.max_steps_per_epoch and n_steps >= self.max_steps_per_epoch:
                         break
+                if n_steps == 0:  # an empty training set would loop forever on a step budget
+                    raise ValueError(f"{method.name}: stage {stage.name!r} got no training batch "
+                                     f"({len(train)} training slices)")
                 for s in schedules:
                     if s.due("epoch", stage.name):
                         s.scheduler.step()

@@ -61,3 +61,10 @@ def test_non_finite_loss_aborts(toy_store, monkeypatch):
     monkeypatch.setattr(AE, "_l1", staticmethod(lambda x, y: torch.tensor(float("nan"), requires_grad=True)))
     with pytest.raises(FloatingPointError, match="non-finite loss"):
         Trainer(seed=0, progress=False).fit(m, toy_store.split("train").take(4))
+
+
+def test_empty_training_set_is_refused_not_looped(toy_store):
+    """A step budget with no batch would never end: the trainer says so in one line."""
+    m = small_ae(max_steps=10)
+    with pytest.raises(ValueError, match="no training batch"):
+        Trainer(seed=0, progress=False).fit(m, toy_store.split("train").subset([]))
