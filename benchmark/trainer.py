@@ -57,8 +57,9 @@ class Stage:
 
 @dataclass(frozen=True)
 class Schedule:
-    """An LR scheduler and when it steps: ``"epoch"`` (after each epoch) or ``"step"`` (after each batch);
-    ``stage``: step it only during that stage (a schedule sized for one stage of several)."""
+    """An LR scheduler and when it steps: ``"epoch"`` (after each epoch), ``"step"`` (after each batch) or
+    ``"validation"`` (after each validation, with the validation loss: ``ReduceLROnPlateau``); ``stage``: step
+    it only during that stage (a schedule sized for one stage of several)."""
 
     scheduler: Any
     interval: str = "epoch"
@@ -194,7 +195,7 @@ class Trainer:
         if len(set(names)) != len(names):
             raise ValueError(f"{method.name}: stage names must be unique, got {names}")
         for s in schedules:
-            if s.interval not in ("epoch", "step") or (s.stage is not None and s.stage not in names):
+            if s.interval not in ("epoch", "step", "validation") or (s.stage is not None and s.stage not in names):
                 raise ValueError(f"{method.name}: schedule interval {s.interval!r} / stage {s.stage!r} unknown")
         ema = _EMA(method, method.ema_decays()) if method.ema_decays() else None
         gen = torch.Generator()
@@ -263,6 +264,9 @@ class Trainer:
                 if validates and (epoch + 1) % val_every == 0:
                     with ema.swapped_in() if ema is not None else contextlib.nullcontext():
                         row["val_loss"] = self._validation_loss(method, val, cfg.batch_size)
+                        for s in schedules:
+                            if s.due("validation", stage.name):
+                                s.scheduler.step(row["val_loss"])
                         if row["val_loss"] < pos["best_val"]:
                             pos.update(best_val=row["val_loss"], best_epoch=epoch, bad=0)
                             pos["best_state"] = copy.deepcopy(method.state_dict()) if stage.select_best else None

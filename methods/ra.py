@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.contract import (Method, MethodConfig, MethodInfo, ScoreOutput, SliceBatch, Trainable, Variant, runtime,
+from benchmark.contract import (Method, MethodInfo, ScoreOutput, SliceBatch, Trainable, Variant, runtime,
                                 scoring)
 from benchmark.device import autocast
 from benchmark.registry import register_method
 from benchmark.trainer import StepContext, frozen
+from methods.blocks.configs import RAAppendixAConfig
 from methods.blocks.anomaly_maps import ra_anomaly_map
 from methods.blocks.augment import random_affine
 from methods.blocks.introvae import CHANNELS, IntroResDecoder, IntroResEncoder, kl_divergence, reparameterize, sse
@@ -40,15 +41,11 @@ def reversed_embedding_loss(real: list[torch.Tensor], rec: list[torch.Tensor]) -
 
 
 @dataclass
-class RAConfig(MethodConfig):
+class RAConfig(RAAppendixAConfig):
     """Defaults: the official RA code (specs/ra.md §3.4): β_rec 0.5, β_KL 1, β_neg 128, γ_r 1e-8, λ 5e-3,
     two Adams at a constant 5e-5, batch 8, ≤ 1500 epochs, patience 500 on validation MSE, augmentation on."""
 
-    epochs: int = 1500
-    batch_size: int = 8
     lr: float = 5e-5
-    early_stop_patience: int | None = 500
-    augment: bool = True
     z_dim: int = 128
     channels: tuple[int, ...] = CHANNELS
     beta_rec: float = 0.5

@@ -416,7 +416,9 @@ _TEX_ESC = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": 
             "±": r"$\pm$", "≤": r"$\leq$", "≥": r"$\geq$", "≈": r"$\approx$", "≠": r"$\neq$", "→": r"$\rightarrow$",
             "←": r"$\leftarrow$", "↔": r"$\leftrightarrow$", "∈": r"$\in$", "∪": r"$\cup$", "∩": r"$\cap$",
             "‖": r"$\|$", "∞": r"$\infty$", "√": r"$\surd$", "∑": r"$\sum$", "Σ": r"$\Sigma$", "Δ": r"$\Delta$",
-            "∂": r"$\partial$", "∇": r"$\nabla$", "µ": r"$\mu$", "\u00a0": "~", "\u2009": r"\,", "\u202f": r"\,"}
+            "∂": r"$\partial$", "∇": r"$\nabla$", "µ": r"$\mu$", "\u00a0": "~", "\u2009": r"\,", "\u202f": r"\,",
+            "½": r"$\frac{1}{2}$", "¼": r"$\frac{1}{4}$", "⌊": r"$\lfloor$", "⌋": r"$\rfloor$", "⌈": r"$\lceil$",
+            "⌉": r"$\rceil$"}
 # Greek letters by name (pdflatex has no Unicode input): α → $\alpha$, Γ → $\Gamma$; capitals that look
 # Latin (Α, Β, …) have no macro and are written as the Latin letter.
 _GREEK = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau " \
