@@ -9,7 +9,6 @@ CI over test subjects, plus each subject's own value (for paired tests between m
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -17,7 +16,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from benchmark.contract import Method
 from benchmark.scoring import Scorer, as_scorer

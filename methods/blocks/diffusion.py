@@ -22,6 +22,7 @@ No DDIM and no cosine schedule: none of §18–21 uses them.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
