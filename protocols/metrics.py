@@ -992,6 +992,8 @@ _SPECS = [
        fn="protocols.boxes.localise"),
     _m("f1|per_box|paper_fixed|ra_code", "RA code box F1 at the hard-coded threshold 0.009",
        fn="protocols.boxes.localise"),
+    _m("precision|per_box|fpr@5%_healthy_image|ra_code", "mean over boxes of TP / max(TP + FP, 1) as RA's code "
+       "logs it (floored FP, soft boxes) at RA's grid-search threshold", fn="protocols.boxes.localise"),
     _m("detection_rate|per_box|fpr@5%_healthy_image", "fraction of boxes with > 10 % of pixels firing at the "
        "≤ 5 % healthy-FPR threshold", fn="protocols.boxes.localise"),
     _m("fp_ratio|per_box|fpr@5%_healthy_image", "mean over boxes of healthy/in-box summed score", hib=False,

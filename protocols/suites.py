@@ -200,7 +200,7 @@ def run_synthetic(method: Scorer | Method, test, val, metric_ids: Sequence[str],
 BOX_METRICS = ("detected_boxes|fpr@5%_healthy_image", "detection_rate|per_box|fpr@5%_healthy_image",
                "f1|per_box|fpr@5%_healthy_image", "fp_ratio|per_box|fpr@5%_healthy_image",
                "f1|per_box|fpr@5%_healthy_image|ra_code", "detected_boxes|paper_fixed|ra_code",
-               "f1|per_box|paper_fixed|ra_code")
+               "f1|per_box|paper_fixed|ra_code", "precision|per_box|fpr@5%_healthy_image|ra_code")
 LOCALISATION_METRICS = BOX_METRICS + ("auroc|image|map_mean",)
 
 
@@ -235,7 +235,7 @@ def _box_estimates(per_box: pd.DataFrame, n_slices: int, note: str, rule: str = 
     suffix = "|ra_code" if variant == "ra_code" else ""
     pb = per_box[per_box["counted"]]
     img = pb["image_index"].to_numpy()
-    det, f1, fp = (pb[c].to_numpy(np.float64) for c in ("detected", "f1", "fp"))
+    det, f1, fp, prec = (pb[c].to_numpy(np.float64) for c in ("detected", "f1", "fp", "precision"))
 
     def weighted(values: np.ndarray, sel: np.ndarray, kind: str) -> Callable[[np.ndarray], float]:
         def on(idx: np.ndarray) -> float:
@@ -263,6 +263,9 @@ def _box_estimates(per_box: pd.DataFrame, n_slices: int, note: str, rule: str = 
                 (f"fp_ratio|per_box|{rule}{suffix}", group,
                  Estimate(fp_on(all_idx), fp_on, note + "; boxes with no firing pixel but healthy FP left out",
                           "raw"))]
+        if variant == "ra_code":  # per-box TP / max(TP + FP, 1), mean over boxes (RA logs its nanmean)
+            prec_on = weighted(prec, sel, "mean")
+            out.append((f"precision|per_box|{rule}{suffix}", group, Estimate(prec_on(all_idx), prec_on, note)))
     return out
 
 
@@ -319,6 +322,16 @@ def run_localisation(method: Scorer | Method, test, val, metric_ids: Sequence[st
                 note = f"fixed threshold {t:g} (RA code; tuned on SqueezeNet-LPIPS maps, not on this method's)"
             elif healthy_val is None:
                 note = "no healthy validation slices to calibrate the threshold"
+            elif variant == "ra_code":
+                # RA's own search (DownstreamEvaluator.thresholding): grid i·0.001, float32 '>' per pixel, mean
+                # per-slice FPR over all pixels, smallest grid value with mean ≤ 5 %. RA runs it on its
+                # downstream test sets (the 30 normal test slices); the suite passes its healthy validation
+                # slices, so the data differ from RA's -- said in the note, not changed here.
+                t = T.ra_code_threshold(healthy_val.maps, FPR, official=True)
+                note = (f"threshold {t:.4g}: RA code grid search (0, 0.001, …, 0.999; mean per-slice FPR over all "
+                        f"pixels ≤ {FPR:.0%}) on the {len(healthy_val)} healthy validation slices (RA's code "
+                        f"searches its normal test slices); a box counts as detected when > 10 % of its pixels "
+                        f"fire")
             else:
                 t = T.fit_threshold(rule, healthy=healthy_val.maps)  # the id's 5 %: FPR, exact order statistic
                 note = (f"threshold {t:.4g}: ≤ {FPR:.0%} of healthy validation pixels above; a box counts as "
@@ -327,7 +340,8 @@ def run_localisation(method: Scorer | Method, test, val, metric_ids: Sequence[st
                 est += [(m, "", Estimate(math.nan, None, note)) for m in wanted]
                 continue
             res = localise(scored.maps, boxes, healthy, t, variant=variant)
-            note += "; RA code computation (soft boxes, floored FP)" if variant == "ra_code" else ""
+            note += ("; RA code computation (float32 map ≥ float32(t), soft boxes, floored FP)"
+                     if variant == "ra_code" else "")
             est += [e for e in _box_estimates(res["per_box"], len(scored), note, rule, variant) if e[0] in wanted]
     if "auroc|image|map_mean" in metric_ids:
         est += _global_estimates(scored, options.get("global_groups"))
@@ -340,12 +354,15 @@ def run_localisation(method: Scorer | Method, test, val, metric_ids: Sequence[st
 # code are never reused as if they were new. standard v3: calibrated healthy-brain thresholds predict inside
 # the brain, per-image calibrated Dice over lesion slices, image ACC/F1 at an FPR threshold use '>'.
 # localisation v2: box ids name their computation (suite / ra_code, fpr@5% / paper_fixed).
+# localisation v3: the ``|ra_code`` box ids compare the map in float32 against float32(t) (float32 sums, float32
+# FP division) as RA's code does, ``fpr@5%_healthy_image|ra_code`` takes its threshold from RA's 1000-value grid
+# search instead of the exact order statistic, and ``precision|per_box|fpr@5%_healthy_image|ra_code`` is new.
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
     Protocol("standard", 3, run_standard, tuple(METRIC_BUILDERS),
              "score the test and healthy validation slices; image- and pixel-level metrics by id"),
     Protocol("synthetic", 1, run_synthetic, SYNTHETIC_METRICS,
              "seeded synthetic anomalies on the healthy test slices (RA / PHANES Table 1)"),
-    Protocol("localisation", 2, run_localisation, LOCALISATION_METRICS,
+    Protocol("localisation", 3, run_localisation, LOCALISATION_METRICS,
              "RA box localisation at the ≤ 5 % healthy-FPR threshold and global detection by map mean"),
 ]}
 

@@ -96,14 +96,43 @@ def parse_rule(rule_id: str) -> dict[str, Any]:
     raise ValueError(f"unknown threshold rule {rule_id!r}; known: {sorted(RULES)} (fpr@X% works for any X)")
 
 
-def ra_code_threshold(healthy_maps: Any, fpr: float = 0.05, *, denominator: int | None = None) -> float:
+def ra_code_threshold(healthy_maps: Any, fpr: float = 0.05, *, denominator: int | None = None,
+                      official: bool = False) -> float:
     """RA's official search: t ∈ {0, 0.001, …, 0.999}; per slice 100·#(s > t)/denominator (default H·W,
     background included), averaged over slices; the smallest t with mean ≤ 100·fpr. Returns the last grid
-    value (0.999) with a warning if none qualifies -- the official loop would fail there."""
+    value (0.999) with a warning if none qualifies.
+
+    ``official=True`` follows RA's ``PDownstreamEvaluator.thresholding`` (ci-ber/RA 9b7a2550,
+    projects/23_ra_midl/DownstreamEvaluator.py l. 258-305) to the bit: the grid is ``np.linspace(0, 1, 1000,
+    endpoint=False)`` (i·0.001, not i/1000); the maps are float32 there (residual × saliency) and numpy 1.21
+    compares a float32 array with the float64 grid scalar in float32, so ``s > float32(t)`` on float32 maps;
+    when no grid value qualifies the official scan returns its initial ``best_th = 0`` (warning here).
+    Ties: the official code scans thresholds sorted by mean FPR with an unstable argsort, so among grid values
+    with exactly the same mean FPR it may return any; both modes return the smallest (``protocols/ra.md`` §6).
+    """
     s = M._scores(healthy_maps, "healthy_maps")
     if s.ndim < 3:
         raise ValueError(f"healthy_maps must be [N,(1,)H,W], got {tuple(s.shape)}")
     n = s.shape[0]
+    if official:
+        import numpy as np
+        flat32 = s.reshape(n, -1).detach().cpu().to(torch.float32).numpy()
+        denom = float(denominator if denominator is not None else flat32.shape[1])
+        grid64 = np.linspace(0, 1, endpoint=False, num=1000)
+        srt = np.sort(flat32, axis=1)
+        # #(s > float32(t)) per slice, compared in float32 exactly as the official loop does
+        # (NaN pixels never satisfy '>' there; np.sort puts them last, so count only the finite-or-inf part)
+        valid = (~np.isnan(flat32)).sum(axis=1, keepdims=True)
+        above = valid - np.stack([np.searchsorted(r[:v], grid64.astype(np.float32), side="right")
+                                  for r, v in zip(srt, valid[:, 0])])
+        mean_fpr = np.mean(above * 100 / denom, axis=0)  # per slice count·100/im_scale, then mean over slices
+        ok = np.flatnonzero(mean_fpr <= 100.0 * fpr)
+        if ok.size == 0:
+            import warnings
+            warnings.warn("ra_code_threshold: no grid value reaches the FPR target; returning 0 as RA's code does",
+                          RuntimeWarning, stacklevel=2)
+            return 0.0
+        return float(grid64[int(ok[0])])
     flat = s.reshape(n, -1)
     denom = float(denominator if denominator is not None else flat.shape[1])
     grid = torch.arange(1000, dtype=torch.float64) / 1000.0

@@ -345,3 +345,23 @@ def test_standard_protocol_scores_the_training_normals_only_when_an_id_needs_the
     assert math.isfinite(ev.rows[0]["value"]) and f"of {len(train)} training-normal scores" in ev.rows[0]["note"]
     ev = run_standard(_Fake("identity"), test, val, ["acc|image|p75_train_normal"], {}, progress=False, n_boot=0)
     assert math.isnan(ev.rows[0]["value"])
+
+
+def test_ra_code_box_ids_use_ra_grid_search_and_log_precision(phantom):
+    """``fpr@5%_healthy_image|ra_code`` takes RA's grid-search threshold (a multiple of 0.001, named in the
+    note with the data it was searched on); the suite id keeps the exact order statistic; precision is new."""
+    test, val = phantom.split("test"), phantom.split("val", label=0)
+    ids = ("f1|per_box|fpr@5%_healthy_image", "f1|per_box|fpr@5%_healthy_image|ra_code",
+           "precision|per_box|fpr@5%_healthy_image|ra_code")
+    ev = run_localisation(_Fake("oracle"), test, val, ids, {}, progress=False, n_boot=0)
+    rows = pd.DataFrame(ev.rows)
+    assert set(rows["metric_id"]) == set(ids)
+    notes = rows[rows.column_group == ""].set_index("metric_id")["note"]
+    assert "RA code grid search" in notes["f1|per_box|fpr@5%_healthy_image|ra_code"]
+    assert "healthy validation slices" in notes["f1|per_box|fpr@5%_healthy_image|ra_code"]
+    assert "grid search" not in notes["f1|per_box|fpr@5%_healthy_image"]
+    t = float(notes["f1|per_box|fpr@5%_healthy_image|ra_code"].split("threshold ")[1].split(":")[0])
+    assert round(t * 1000) == pytest.approx(t * 1000, abs=1e-6)
+    v = rows[rows.column_group == ""].set_index("metric_id")["value"]
+    assert 0.0 <= v["precision|per_box|fpr@5%_healthy_image|ra_code"] <= 1.0
+    assert PROTOCOLS["localisation"].version == 3
