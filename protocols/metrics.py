@@ -44,7 +44,7 @@ __all__ = [
     "threshold_grid",
     "itermask2_normalise", "itermask2_global_dice", "itermask2_scores", "mean_dice_at",
     "sensitivity_precision_per_image", "size_stratified_dice", "SIZE_BINS", "ssim_normal",
-    "image_acc_f1", "pixel_acc_f1", "mean_score_gap", "masked_mse", "masked_lpips",
+    "image_acc_f1", "pixel_acc_f1", "fpr_at_tpr_ra_code", "mean_score_gap", "masked_mse", "masked_lpips",
 ]
 
 
@@ -284,6 +284,42 @@ def image_auroc_ap(scores: Any, labels: Any) -> dict[str, float]:
     s, y = _pair(scores, labels)
     r = _rank(s, y)
     return {"auroc": _auroc_from(r), "ap": _ap_from(r), "n": int(s.numel()), "n_pos": r.P, "n_neg": r.N}
+
+
+def fpr_at_tpr_ra_code(scores: Any, labels: Any, tpr: float = 0.95) -> dict[str, float]:
+    """FPR at a TPR as RA's ``DownstreamEvaluator.global_detection`` prints it (``fpr_at_tpr95|…|ra_code``).
+
+    RA calls ``sklearn.metrics.roc_curve(labels, predictions)`` (default ``drop_intermediate=True``), takes
+    the first curve point with ``tpr >= target`` and prints its fpr and threshold: no interpolation. This is
+    that computation, step by step: scores in their own dtype (RA's are float32 map means, so ties are float32
+    ties), stable descending order, one point per distinct score, sklearn's dropping of collinear points
+    (it can move the first point with tpr ≥ target further along a diagonal run of tied positives and
+    negatives), a leading (0, 0) point, fpr and tpr in float64. ``threshold`` is the score of that point
+    (``score >= threshold`` is called positive). NaN + warning when a class is missing (RA's code would
+    raise there). Returns ``{"fpr", "threshold", "n_pos", "n_neg"}``.
+    """
+    if not 0.0 < float(tpr) <= 1.0:
+        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
+    st, yt = _pair(scores, labels)
+    s, y = st.cpu().numpy(), yt.cpu().numpy()
+    n_pos = int(np.count_nonzero(y))
+    n_neg = int(y.size - n_pos)
+    if n_pos == 0 or n_neg == 0:
+        return {"fpr": _nan(f"FPR at TPR needs both classes (positives={n_pos}, negatives={n_neg})"),
+                "threshold": math.nan, "n_pos": n_pos, "n_neg": n_neg}
+    order = np.argsort(s, kind="mergesort")[::-1]
+    s, yf = s[order], y[order].astype(np.float64)
+    last = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]  # last index of each distinct score
+    tps = np.cumsum(yf)[last]
+    fps = 1 + last - tps
+    ths = s[last]
+    if tps.size > 2:  # sklearn drop_intermediate: keep the ends and every point where the curve bends
+        keep = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
+        tps, fps, ths = tps[keep], fps[keep], ths[keep]
+    tps, fps = np.r_[0.0, tps], np.r_[0.0, fps]
+    tpr_c, fpr_c = tps / tps[-1], fps / fps[-1]
+    k = int(np.flatnonzero(tpr_c >= float(tpr))[0])  # k >= 1: tpr_c[0] == 0 < tpr
+    return {"fpr": float(fpr_c[k]), "threshold": float(ths[k - 1]), "n_pos": n_pos, "n_neg": n_neg}
 
 
 def pooled_pixel_auroc_ap(maps: Any, masks: Any, valid: Any = None) -> tuple[float, float]:
@@ -902,6 +938,12 @@ _SPECS = [
     _m("ap|image|afsc_max21", "image AP, score = max of the 21×21 mean-filtered map (AFSC)", fn="image_auroc_ap"),
     _m("auroc|image|map_mean", "image AUROC, score = mean of the anomaly map over all pixels (RA global detection)",
        fn="image_auroc_ap"),
+    _m("fpr_at_tpr95|image|map_mean|ra_code", "image FPR at 95 % TPR, score = float32 mean of the anomaly map, "
+       "normal test slices vs each group: first point of sklearn roc_curve with TPR ≥ 0.95, no interpolation "
+       "(RA code, printed only)", hib=False, fn="fpr_at_tpr_ra_code"),
+    _m("fpr_at_tpr99|image|map_mean|ra_code", "image FPR at 99 % TPR, score = float32 mean of the anomaly map, "
+       "normal test slices vs each group: first point of sklearn roc_curve with TPR ≥ 0.99, no interpolation "
+       "(RA code, printed only)", hib=False, fn="fpr_at_tpr_ra_code"),
     _m("auroc|image|eq13", "image AUROC of ProxyAno's latent distance (eq. 13)", fn="image_auroc_ap"),
     _m("auroc|image|recon_frobenius", "image AUROC of the image-space score ‖I − Î‖_F (ProxyAno image-space rows)",
        fn="image_auroc_ap"),

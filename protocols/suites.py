@@ -201,7 +201,10 @@ BOX_METRICS = ("detected_boxes|fpr@5%_healthy_image", "detection_rate|per_box|fp
                "f1|per_box|fpr@5%_healthy_image", "fp_ratio|per_box|fpr@5%_healthy_image",
                "f1|per_box|fpr@5%_healthy_image|ra_code", "detected_boxes|paper_fixed|ra_code",
                "f1|per_box|paper_fixed|ra_code", "precision|per_box|fpr@5%_healthy_image|ra_code")
-LOCALISATION_METRICS = BOX_METRICS + ("auroc|image|map_mean",)
+# RA's global detection: the AUROC it reports, and the FPR at 95 % / 99 % TPR its code prints beside it
+GLOBAL_FPR_METRICS = {"fpr_at_tpr95|image|map_mean|ra_code": 0.95, "fpr_at_tpr99|image|map_mean|ra_code": 0.99}
+GLOBAL_METRICS = ("auroc|image|map_mean",) + tuple(GLOBAL_FPR_METRICS)
+LOCALISATION_METRICS = BOX_METRICS + GLOBAL_METRICS
 
 
 def _box_rule(metric_id: str) -> tuple[str, str]:
@@ -269,13 +272,20 @@ def _box_estimates(per_box: pd.DataFrame, n_slices: int, note: str, rule: str = 
     return out
 
 
-def _global_estimates(scored: ScoreSet, groups_of: dict[str, Sequence[str]] | None = None
-                      ) -> list[tuple[str, str, Estimate]]:
-    """RA's global detection: AUROC of the map mean, normal slices vs each group, and the average over groups.
+def _global_estimates(scored: ScoreSet, groups_of: dict[str, Sequence[str]] | None = None,
+                      wanted: Sequence[str] = ("auroc|image|map_mean",)) -> list[tuple[str, str, Estimate]]:
+    """RA's global detection: AUROC of the map mean, normal slices vs each group, and the average over groups;
+    with ``wanted`` also the FPR at 95 % / 99 % TPR that RA's code prints (``GLOBAL_FPR_METRICS``).
 
     ``groups_of`` maps a group name to its pathologies (RA: "global pathologies" and "global artefacts");
     default: each pathology of the abnormal test slices is its own group.
+
+    The FPR ids follow RA's ``DownstreamEvaluator.global_detection``: score = ``np.mean`` of the slice's
+    float32 map (channel 0, numpy's float32 sum, so ties are float32 ties), ``roc_curve`` and the first point
+    with TPR ≥ target (:func:`metrics.fpr_at_tpr_ra_code`). RA prints no average of them; "average" here is
+    the mean over groups, like the AUROC's.
     """
+    wanted = [m for m in GLOBAL_METRICS if m in wanted]
     s = scored.maps.flatten(1).mean(1)
     y = scored.labels
     path = scored.manifest["pathology"].astype(str).to_numpy()
@@ -284,21 +294,46 @@ def _global_estimates(scored: ScoreSet, groups_of: dict[str, Sequence[str]] | No
         path = np.array([next((g for g, members in groups_of.items() if p in members), "") for p in path])
     groups = [p for p in dict.fromkeys(path[~normal]) if p]
     if not normal.any() or not groups:
-        return [("auroc|image|map_mean", "average", Estimate(math.nan, None, "needs normal and abnormal slices"))]
-    ons = {}
-    for g in groups:
-        keep = normal | (path == g)
-
-        def on(idx: np.ndarray, keep=keep) -> float:
-            i = idx[keep[idx]]
-            yi = y[i]
-            return M.image_auroc_ap(s[i], yi)["auroc"] if 0 < int(yi.sum()) < len(i) else math.nan
-        ons[g] = on
-    avg = lambda idx: float(np.nanmean([f(idx) for f in ons.values()]))  # noqa: E731
+        return [(m, "average", Estimate(math.nan, None, "needs normal and abnormal slices")) for m in wanted]
     full = np.arange(len(s))
     note = "score = mean of the anomaly map over the slice; normal test slices vs each group"
-    return [("auroc|image|map_mean", g, Estimate(f(full), f, note)) for g, f in ons.items()] + [
-        ("auroc|image|map_mean", "average", Estimate(avg(full), avg, f"mean over {len(ons)} groups"))]
+    out: list[tuple[str, str, Estimate]] = []
+
+    def per_group(mid: str, value: Callable[[np.ndarray], float], note: str, notes=None) -> None:
+        ons = {}
+        for g in groups:
+            keep = normal | (path == g)
+
+            def on(idx: np.ndarray, keep=keep) -> float:
+                i = idx[keep[idx]]
+                n_pos = int(np.count_nonzero(y_np[i]))
+                return value(i) if 0 < n_pos < len(i) else math.nan
+            ons[g] = on
+
+        def avg(idx: np.ndarray) -> float:
+            v = np.array([f(idx) for f in ons.values()])
+            return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else math.nan
+        out.extend((mid, g, Estimate(f(full), f, note + (notes[g] if notes else ""))) for g, f in ons.items())
+        out.append((mid, "average", Estimate(avg(full), avg, f"mean over {len(ons)} groups")))
+
+    y_np = y.cpu().numpy()
+    if "auroc|image|map_mean" in wanted:
+        per_group("auroc|image|map_mean", lambda i: M.image_auroc_ap(s[i], y[i])["auroc"], note)
+    fpr_ids = [m for m in wanted if m in GLOBAL_FPR_METRICS]
+    if fpr_ids:
+        m32 = scored.maps.detach().cpu().float().numpy()
+        s32 = np.array([np.mean(m32[k, 0]) for k in range(len(m32))], dtype=np.float32)  # RA: np.mean(x_res_i)
+        for mid in fpr_ids:
+            target = GLOBAL_FPR_METRICS[mid]
+            fpr_note = (f"RA code: score = float32 np.mean of the map (channel 0); first sklearn roc_curve point "
+                        f"with TPR ≥ {target:g}, no interpolation; normal test slices vs each group")
+            ths = {}
+            for g in groups:
+                i = full[normal | (path == g)]
+                th = M.fpr_at_tpr_ra_code(s32[i], y_np[i], target)["threshold"]
+                ths[g] = f"; threshold (score ≥) {th:.6g}"
+            per_group(mid, lambda i, t=target: M.fpr_at_tpr_ra_code(s32[i], y_np[i], t)["fpr"], fpr_note, ths)
+    return out
 
 
 def run_localisation(method: Scorer | Method, test, val, metric_ids: Sequence[str], options: dict[str, Any], *,
@@ -343,8 +378,8 @@ def run_localisation(method: Scorer | Method, test, val, metric_ids: Sequence[st
             note += ("; RA code computation (float32 map ≥ float32(t), soft boxes, floored FP)"
                      if variant == "ra_code" else "")
             est += [e for e in _box_estimates(res["per_box"], len(scored), note, rule, variant) if e[0] in wanted]
-    if "auroc|image|map_mean" in metric_ids:
-        est += _global_estimates(scored, options.get("global_groups"))
+    if any(m in GLOBAL_METRICS for m in metric_ids):
+        est += _global_estimates(scored, options.get("global_groups"), metric_ids)
     subjects = scored.manifest["subject"].astype(str).to_numpy()
     out = estimate_rows(subjects, est, n=len(scored), n_boot=n_boot)
     return Evaluation(out.rows, out.subject_rows, scored.wall_s, len(scored))
