@@ -17,7 +17,7 @@ from sklearn.metrics import roc_curve
 
 from protocols import metrics as M
 from protocols.suites import GLOBAL_FPR_METRICS, LOCALISATION_METRICS, PROTOCOLS, run_localisation
-from tests.test_protocols import _Fake, phantom  # noqa: F401  (phantom is a fixture)  # noqa: F401 (a fixture, shared with test_protocols)
+from tests.test_protocols import _Fake, phantom  # noqa: F401  (phantom is a fixture)
 
 IDS = ("fpr_at_tpr95|image|map_mean|ra_code", "fpr_at_tpr99|image|map_mean|ra_code")
 
