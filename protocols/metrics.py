@@ -43,7 +43,7 @@ __all__ = [
     "dice", "dice_per_image", "per_image_counts", "best_dice", "best_dice_per_image", "threshold_at_fpr",
     "threshold_grid",
     "itermask2_normalise", "itermask2_global_dice", "itermask2_scores", "mean_dice_at",
-    "sensitivity_precision_per_image", "size_stratified_dice", "SIZE_BINS", "ssim_normal",
+    "sensitivity_precision_per_image", "size_stratified_dice", "SIZE_BINS", "ssim_normal", "ssim_ra_code",
     "image_acc_f1", "pixel_acc_f1", "fpr_at_tpr_ra_code", "mean_score_gap", "masked_mse", "masked_lpips",
 ]
 
@@ -320,6 +320,34 @@ def fpr_at_tpr_ra_code(scores: Any, labels: Any, tpr: float = 0.95) -> dict[str,
     tpr_c, fpr_c = tps / tps[-1], fps / fps[-1]
     k = int(np.flatnonzero(tpr_c >= float(tpr))[0])  # k >= 1: tpr_c[0] == 0 < tpr
     return {"fpr": float(fpr_c[k]), "threshold": float(ths[k - 1]), "n_pos": n_pos, "n_neg": n_neg}
+
+
+def ssim_ra_code(recon: Any, image: Any, *, data_range: float = 1.0) -> np.ndarray:
+    """Per-slice SSIM as RA's ``DownstreamEvaluator`` logs it (``ssim|image|ra_code``): scikit-image's
+    ``structural_similarity(x_rec_, x_, data_range=1.)`` with every other argument at its default (7×7
+    uniform window, sample covariance, K1 0.01, K2 0.03, mean of the SSIM map with the 3-px border cropped),
+    on channel 0 of the unclamped float32 arrays (the network's output; skimage then computes in float32).
+
+    ``recon`` / ``image``: [N,C,H,W] (or [N,H,W]). Returns float64 [N]; NaN where a slice is smaller than the
+    7-px window (skimage raises there; RA's code would stop) or the arrays are not finite. The caller
+    averages with ``np.nanmean`` as RA logs it.
+    """
+    from skimage.metrics import structural_similarity
+
+    r = recon.detach().cpu().float().numpy() if isinstance(recon, torch.Tensor) else np.asarray(recon, np.float32)
+    x = image.detach().cpu().float().numpy() if isinstance(image, torch.Tensor) else np.asarray(image, np.float32)
+    if r.shape != x.shape or r.ndim not in (3, 4):
+        raise ValueError(f"recon and image must be equal [N,C,H,W] or [N,H,W], got {r.shape} and {x.shape}")
+    if r.ndim == 4:
+        r, x = r[:, 0], x[:, 0]  # RA: x[i][0], x_rec[i][0]
+    out = np.full(len(r), np.nan)
+    if min(r.shape[-2:]) < 7:
+        return out
+    for i in range(len(r)):
+        if np.isfinite(r[i]).all() and np.isfinite(x[i]).all():
+            out[i] = float(structural_similarity(np.ascontiguousarray(r[i], np.float32),
+                                                 np.ascontiguousarray(x[i], np.float32), data_range=data_range))
+    return out
 
 
 def pooled_pixel_auroc_ap(maps: Any, masks: Any, valid: Any = None) -> tuple[float, float]:
@@ -998,6 +1026,9 @@ _SPECS = [
     _m("dice_large|per_image|oracle_test|itermask2", "mean per-image Dice, lesions ≥ 800 px", oracle=True,
        fn="size_stratified_dice"),
     _m("ssim|normal_brain", "SSIM map (σ=1.5 Gaussian) averaged over normal brain pixels (suite)", fn="ssim_normal"),
+    _m("ssim|image|ra_code", "SSIM of reconstruction vs input per slice, scikit-image defaults (7×7 uniform window), "
+       "data_range 1, channel 0 float32 unclamped; np.nanmean per group of slices (RA code, logged only)",
+       fn="ssim_ra_code"),
     _m("ssim|itermask2_code", "SSIM of R·B·(1−G) vs x·B·(1−G), mean SSIM map per image (IterMask2 code)",
        fn="ssim_normal"),
     _m("acc|image|p75_train_normal", "image ACC at the 75th pct of training-normal scores, score ≥ t (ProxyAno)",

@@ -203,7 +203,9 @@ BOX_METRICS = ("detected_boxes|fpr@5%_healthy_image", "detection_rate|per_box|fp
                "f1|per_box|paper_fixed|ra_code", "precision|per_box|fpr@5%_healthy_image|ra_code")
 # RA's global detection: the AUROC it reports, and the FPR at 95 % / 99 % TPR its code prints beside it
 GLOBAL_FPR_METRICS = {"fpr_at_tpr95|image|map_mean|ra_code": 0.95, "fpr_at_tpr99|image|map_mean|ra_code": 0.99}
-GLOBAL_METRICS = ("auroc|image|map_mean",) + tuple(GLOBAL_FPR_METRICS)
+# and the SSIM of reconstruction vs input it logs per slice (np.nanmean per test set)
+SSIM_RA_ID = "ssim|image|ra_code"
+GLOBAL_METRICS = ("auroc|image|map_mean",) + tuple(GLOBAL_FPR_METRICS) + (SSIM_RA_ID,)
 LOCALISATION_METRICS = BOX_METRICS + GLOBAL_METRICS
 
 
@@ -333,6 +335,42 @@ def _global_estimates(scored: ScoreSet, groups_of: dict[str, Sequence[str]] | No
                 th = M.fpr_at_tpr_ra_code(s32[i], y_np[i], target)["threshold"]
                 ths[g] = f"; threshold (score ≥) {th:.6g}"
             per_group(mid, lambda i, t=target: M.fpr_at_tpr_ra_code(s32[i], y_np[i], t)["fpr"], fpr_note, ths)
+    if SSIM_RA_ID in wanted:
+        out.extend(_ssim_ra_estimates(scored, normal, path, groups))
+    return out
+
+
+def _ssim_ra_estimates(scored: ScoreSet, normal: np.ndarray, path: np.ndarray,
+                       groups: Sequence[str]) -> list[tuple[str, str, Estimate]]:
+    """``ssim|image|ra_code``: RA's ``global_detection`` / ``object_localization`` log ``np.nanmean`` of
+    ``ssim(x_rec_, x_, data_range=1.)`` over the slices of each test set (:func:`metrics.ssim_ra_code`).
+    Rows: ``normal`` (the normal test slices), each group, and ``average`` = mean over the abnormal groups
+    (RA prints no average)."""
+    mid = SSIM_RA_ID
+    if scored.reconstructions is None:
+        return [(mid, "average", Estimate(math.nan, None, "the method gives no reconstruction"))]
+    v = M.ssim_ra_code(scored.reconstructions, scored.images)
+    note = ("RA code: skimage structural_similarity defaults (7×7 uniform window), data_range 1, channel 0 "
+            "float32 unclamped; np.nanmean over the group's slices")
+
+    def mean_of(sel: np.ndarray) -> Callable[[np.ndarray], float]:
+        def on(idx: np.ndarray) -> float:
+            vals = v[idx[sel[idx]]]
+            vals = vals[np.isfinite(vals)]
+            return float(vals.mean()) if len(vals) else math.nan
+        return on
+
+    full = np.arange(len(v))
+    ons = {g: mean_of(path == g) for g in groups}
+    n_nan = int(np.count_nonzero(~np.isfinite(v)))
+    extra = f"; {n_nan} slice(s) without an SSIM (smaller than 7 px or not finite) left out" if n_nan else ""
+    out = [(mid, "normal", Estimate(mean_of(normal)(full), mean_of(normal), note + extra))]
+    out += [(mid, g, Estimate(f(full), f, note + extra)) for g, f in ons.items()]
+
+    def avg(idx: np.ndarray) -> float:
+        a = np.array([f(idx) for f in ons.values()])
+        return float(a[np.isfinite(a)].mean()) if np.isfinite(a).any() else math.nan
+    out.append((mid, "average", Estimate(avg(full), avg, f"mean over {len(ons)} abnormal groups (RA prints none)")))
     return out
 
 
