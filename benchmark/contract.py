@@ -190,11 +190,11 @@ class MethodConfig:
 
     def training_dict(self) -> dict[str, Any]:
         """The fields the trained weights depend on (part of the train key)."""
-        return _jsonable(self.fields_with_role(ROLE_TRAIN))
+        return jsonable(self.fields_with_role(ROLE_TRAIN))
 
     def scoring_dict(self) -> dict[str, Any]:
         """The fields that change only scoring (part of the score key)."""
-        return _jsonable(self.fields_with_role(ROLE_SCORE))
+        return jsonable(self.fields_with_role(ROLE_SCORE))
 
     def replace(self, **changes: Any) -> "MethodConfig":
         known = {f.name for f in dataclasses.fields(self)}
@@ -204,7 +204,7 @@ class MethodConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _jsonable(d: Mapping[str, Any]) -> dict[str, Any]:
+def jsonable(d: Mapping[str, Any]) -> dict[str, Any]:
     """Tuples as lists etc., so a config dict hashes the same after a JSON round trip."""
     return json.loads(json.dumps(d, sort_keys=True, default=str))
 

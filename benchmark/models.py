@@ -16,7 +16,6 @@ file lock, so two processes on one store never train or write the same model twi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -26,17 +25,14 @@ from typing import Any, Callable
 import torch
 from filelock import FileLock
 
-from benchmark.contract import DataSpec, Method, MethodConfig, Trainable
+from benchmark.contract import DataSpec, Method, MethodConfig, Trainable, jsonable
 from benchmark.device import peak_memory_mb, seed_everything
 from benchmark.io import atomic_path, atomic_write_text
 from benchmark.provenance import provenance
 from benchmark.registry import get_method
+from benchmark.runstore import key_hash
 from benchmark.scoring import ScoreCache, Scorer, slice_key
 from benchmark.trainer import TRAINER_VERSION, Trainer
-
-
-def _hash(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -56,7 +52,7 @@ class ModelSpec:
 
     @property
     def train_key(self) -> str:
-        return _hash({"method": self.method, "version": self.method_cls.version, "trainer": TRAINER_VERSION,
+        return key_hash({"method": self.method, "version": self.method_cls.version, "trainer": TRAINER_VERSION,
                       "config": self.config.training_dict(), "data": [self.data.image_size, self.data.channels],
                       "train": self.train_slices, "val": self.val_slices, "seed": self.seed,
                       "upstream": {k: u.train_key for k, u in self.upstream}})
@@ -68,7 +64,7 @@ class ModelSpec:
 
     @property
     def score_key(self) -> str:
-        return _hash({"train": self.train_key, "scoring": self.config.scoring_dict(),
+        return key_hash({"train": self.train_key, "scoring": self.config.scoring_dict(),
                       "score_version": self.method_cls.score_version,
                       "lesion_mask": self.uses_lesion_mask,
                       "upstream": {k: u.score_key for k, u in self.upstream}})
@@ -76,7 +72,7 @@ class ModelSpec:
     def describe(self) -> dict[str, Any]:
         """What the model is, for train.json and run.json (the config is the resolved one: what ran)."""
         return {"method": self.method, "variant": self.variant, "version": self.method_cls.version,
-                "config": json.loads(json.dumps(self.config.to_dict(), default=str)),
+                "config": jsonable(self.config.to_dict()),
                 "data": {"image_size": self.data.image_size, "channels": self.data.channels},
                 "train_slices": self.train_slices, "val_slices": self.val_slices, "seed": self.seed,
                 "train_key": self.train_key, "score_key": self.score_key,

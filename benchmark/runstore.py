@@ -43,6 +43,11 @@ def with_row_columns(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[ROW_COLUMNS + [c for c in frame.columns if c not in ROW_COLUMNS]]
 
 
+def key_hash(payload: Any) -> str:
+    """The 16-hex-digit key of a JSON-able payload (sorted keys): every store key is made by this one function."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One evaluation: a scored model (``score_key``, from ``benchmark.models.ModelSpec``) under a table's
@@ -66,7 +71,7 @@ class RunSpec:
         payload = {"score": self.score_key, "method": self.method, "variant": self.variant,
                    "protocol": self.protocol, "table": self.table_id, "metrics": list(self.metrics),
                    "options": self.options, "data": self.dataset_fingerprint}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return key_hash(payload)
 
 
 class RunStore:

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmark.contract import Method, ScoreOutput
-from benchmark.io import atomic_path
+from benchmark.io import atomic_path, atomic_write_text
 
 SCORES_FORMAT = 1
 
@@ -115,8 +115,6 @@ class ScoreCache:
         return {k: float(v) for k, v in json.loads(p.read_text()).items()} if p.is_file() else None
 
     def save_calibration(self, calibration: dict[str, float]) -> None:
-        from benchmark.io import atomic_write_text
-
         atomic_write_text(self.root / "calibration.json", json.dumps(calibration, sort_keys=True))
 
 

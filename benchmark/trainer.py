@@ -166,6 +166,12 @@ class _EMA:
         self.shadow = {k: copy.deepcopy(n.state_dict()) for k, n in self.nets.items()}
 
 
+def _stage_start(stage: int) -> dict[str, Any]:
+    """Where training stands at the start of stage ``stage``: no epoch run, no best weights, no patience used."""
+    return {"stage": stage, "epoch": 0, "stage_step": 0, "bad": 0, "best_val": math.inf, "best_epoch": -1,
+            "best_state": None}
+
+
 class Trainer:
     """Runs every stage of ``method`` (a Method that is also Trainable).
 
@@ -203,8 +209,7 @@ class Trainer:
         ctx = StepContext(optimizers, self.device, bool(cfg.amp), generator=gen,
                           grad_clip_norm=getattr(cfg, "grad_clip_norm", None))
         report = FitReport()
-        pos = {"stage": 0, "epoch": 0, "stage_step": 0, "bad": 0, "best_val": math.inf, "best_epoch": -1,
-               "best_state": None}
+        pos = _stage_start(0)
         if self.checkpoint and self.checkpoint.exists():
             pos = self._load(method, optimizers, schedules, ema, gen, ctx, report)
         validates = val is not None and len(val) and type(method).validation_loss is not Trainable.validation_loss
@@ -292,8 +297,7 @@ class Trainer:
                              best_val=pos["best_val"])
             method.on_stage_end(ctx)
             report.best_val, report.best_epoch = pos["best_val"], pos["best_epoch"]
-            pos = {"stage": si + 1, "epoch": 0, "stage_step": 0, "bad": 0, "best_val": math.inf, "best_epoch": -1,
-                   "best_state": None}  # best weights and patience never cross a stage
+            pos = _stage_start(si + 1)  # best weights and patience never cross a stage
             self._save(method, optimizers, schedules, ema, gen, ctx, report, pos)
         report.epochs_run = len(report.history)  # epochs run by this call (a resumed fit counts the rest only)
         report.steps = ctx.global_step
