@@ -274,6 +274,14 @@ def _box_estimates(per_box: pd.DataFrame, n_slices: int, note: str, rule: str = 
     return out
 
 
+def _mean_over_groups(ons: dict[str, Callable[[np.ndarray], float]]) -> Callable[[np.ndarray], float]:
+    """The "average" row of a per-group metric: the mean of the groups' finite values on the same resample."""
+    def avg(idx: np.ndarray) -> float:
+        v = np.array([f(idx) for f in ons.values()])
+        return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else math.nan
+    return avg
+
+
 def _global_estimates(scored: ScoreSet, groups_of: dict[str, Sequence[str]] | None = None,
                       wanted: Sequence[str] = ("auroc|image|map_mean",)) -> list[tuple[str, str, Estimate]]:
     """RA's global detection: AUROC of the map mean, normal slices vs each group, and the average over groups;
@@ -298,6 +306,7 @@ def _global_estimates(scored: ScoreSet, groups_of: dict[str, Sequence[str]] | No
     if not normal.any() or not groups:
         return [(m, "average", Estimate(math.nan, None, "needs normal and abnormal slices")) for m in wanted]
     full = np.arange(len(s))
+    y_np = y.cpu().numpy()
     note = "score = mean of the anomaly map over the slice; normal test slices vs each group"
     out: list[tuple[str, str, Estimate]] = []
 
@@ -312,13 +321,10 @@ def _global_estimates(scored: ScoreSet, groups_of: dict[str, Sequence[str]] | No
                 return value(i) if 0 < n_pos < len(i) else math.nan
             ons[g] = on
 
-        def avg(idx: np.ndarray) -> float:
-            v = np.array([f(idx) for f in ons.values()])
-            return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else math.nan
+        avg = _mean_over_groups(ons)
         out.extend((mid, g, Estimate(f(full), f, note + (notes[g] if notes else ""))) for g, f in ons.items())
         out.append((mid, "average", Estimate(avg(full), avg, f"mean over {len(ons)} groups")))
 
-    y_np = y.cpu().numpy()
     if "auroc|image|map_mean" in wanted:
         per_group("auroc|image|map_mean", lambda i: M.image_auroc_ap(s[i], y[i])["auroc"], note)
     fpr_ids = [m for m in wanted if m in GLOBAL_FPR_METRICS]
@@ -366,10 +372,7 @@ def _ssim_ra_estimates(scored: ScoreSet, normal: np.ndarray, path: np.ndarray,
     extra = f"; {n_nan} slice(s) without an SSIM (smaller than 7 px or not finite) left out" if n_nan else ""
     out = [(mid, "normal", Estimate(mean_of(normal)(full), mean_of(normal), note + extra))]
     out += [(mid, g, Estimate(f(full), f, note + extra)) for g, f in ons.items()]
-
-    def avg(idx: np.ndarray) -> float:
-        a = np.array([f(idx) for f in ons.values()])
-        return float(a[np.isfinite(a)].mean()) if np.isfinite(a).any() else math.nan
+    avg = _mean_over_groups(ons)
     out.append((mid, "average", Estimate(avg(full), avg, f"mean over {len(ons)} abnormal groups (RA prints none)")))
     return out
 
