@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from protocols import metrics as M
@@ -115,7 +117,6 @@ def ra_code_threshold(healthy_maps: Any, fpr: float = 0.05, *, denominator: int 
         raise ValueError(f"healthy_maps must be [N,(1,)H,W], got {tuple(s.shape)}")
     n = s.shape[0]
     if official:
-        import numpy as np
         flat32 = s.reshape(n, -1).detach().cpu().to(torch.float32).numpy()
         denom = float(denominator if denominator is not None else flat32.shape[1])
         grid64 = np.linspace(0, 1, endpoint=False, num=1000)
@@ -128,7 +129,6 @@ def ra_code_threshold(healthy_maps: Any, fpr: float = 0.05, *, denominator: int 
         mean_fpr = np.mean(above * 100 / denom, axis=0)  # per slice count·100/im_scale, then mean over slices
         ok = np.flatnonzero(mean_fpr <= 100.0 * fpr)
         if ok.size == 0:
-            import warnings
             warnings.warn("ra_code_threshold: no grid value reaches the FPR target; returning 0 as RA's code does",
                           RuntimeWarning, stacklevel=2)
             return 0.0
@@ -142,7 +142,6 @@ def ra_code_threshold(healthy_maps: Any, fpr: float = 0.05, *, denominator: int 
     mean_fpr = (100.0 * gt.to(torch.float64) / denom).mean(0).cpu()
     ok = torch.nonzero(mean_fpr <= 100.0 * fpr).flatten()
     if ok.numel() == 0:
-        import warnings
         warnings.warn("ra_code_threshold: no grid value reaches the FPR target; returning 0.999", RuntimeWarning,
                       stacklevel=2)
         return 0.999
