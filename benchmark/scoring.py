@@ -49,15 +49,9 @@ class Scores:
     reconstruction: torch.Tensor | None  # [N,C,H,W]
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # first dimension N
     wall_s: float = 0.0  # seconds the network passes took when they ran (read back from the cache)
-    from_cache: bool = False
 
     def __len__(self) -> int:
         return int(self.anomaly_map.shape[0])
-
-    def to(self, device: torch.device | str) -> "Scores":
-        mv = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Scores(mv(self.anomaly_map), mv(self.image_score), mv(self.reconstruction),
-                      {k: mv(v) for k, v in self.extras.items()}, self.wall_s, self.from_cache)
 
 
 def score_slices(method: Method, slices: Any, *, batch_size: int | None = None, progress: bool = True) -> Scores:
@@ -100,7 +94,7 @@ class ScoreCache:
             return None
         # wall_s: what the network passes took when they ran (so a cached table still reports scoring speed)
         return Scores(d["anomaly_map"], d["image_score"], d["reconstruction"], dict(d["extras"]),
-                      float(d.get("wall_s", 0.0)), True)
+                      float(d.get("wall_s", 0.0)))
 
     def save(self, key: str, scores: Scores) -> None:
         payload = {"format": SCORES_FORMAT, "anomaly_map": scores.anomaly_map.cpu(),
