@@ -49,7 +49,10 @@ def _cmd_table(args: argparse.Namespace) -> int:
     from benchmark.runner import run_table
 
     res = run_table(args.table_id, profile=args.profile, store=args.store, out=args.out, methods=args.methods,
-                    device=args.device, seeds=args.seeds, progress=not args.quiet, root=args.root)
+                    device=args.device, seeds=args.seeds, progress=not args.quiet, root=args.root,
+                    skip_bad=args.skip_bad)
+    for line in res.skipped_subjects:
+        print(f"skipped (bad input): {line}", file=sys.stderr)
     if res.outputs.get("md"):
         print(Path(res.outputs["md"]).read_text())
         print("written: " + ", ".join(str(p) for p in res.outputs.values()))
@@ -103,7 +106,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     for table_id in tables:
         stored_path = Path(args.stored) if args.stored else RESULTS / args.profile / f"{table_id}.csv"
         res = run_table(table_id, profile=args.profile, store=store, out=args.out, device=args.device,
-                        progress=False, root=args.root)
+                        progress=False, root=args.root, skip_bad=args.skip_bad)
         if res.failures:  # the failed methods' cells show up as MISSING below; the others are still compared
             for f in res.failures:
                 print(f"FAILED {table_id}: {f}", file=sys.stderr)
@@ -139,7 +142,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
     spec = get_table(args.table_id)
     rows, subjects, missing = collect_finished(args.table_id, profile=args.profile, store=args.store,
-                                               methods=args.methods, root=args.root)
+                                               methods=args.methods, root=args.root, skip_bad=args.skip_bad)
     for m in missing:
         print(f"not finished: {m} (run `phbench table {args.table_id} --profile {args.profile}`)", file=sys.stderr)
     if rows.empty:
@@ -157,7 +160,7 @@ def _cmd_figure(args: argparse.Namespace) -> int:
 
     paths = table_figure(args.table_id, profile=args.profile, store=args.store,
                          out=Path(args.out) / args.profile / f"{args.table_id}-qualitative", n=args.n,
-                         device=args.device, methods=args.methods, root=args.root)
+                         device=args.device, methods=args.methods, root=args.root, skip_bad=args.skip_bad)
     print("written: " + ", ".join(str(p) for p in paths))
     return 0
 
@@ -192,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--out", default=str(REPO / "out" / "tables"), help="rendered tables folder")
         sp.add_argument("--device", default=None, help="cuda, cpu, cuda:1 (default: CUDA when present)")
         sp.add_argument("--root", default=None, help="data folder, for tables on a downloaded release (phbench list)")
+        sp.add_argument("--skip-bad", action="store_true",
+                        help="leave out (and list) subjects with bad files instead of stopping at the first")
 
     t = sub.add_parser("table", help="run and render a table")
     t.add_argument("table_id")

@@ -26,14 +26,14 @@ __all__ = ["table_figure"]
 
 def table_figure(table_id: str, *, profile: str = "default", store: str | Path = "runs", out: str | Path,
                  n: int = 4, device: str | None = None, methods: Sequence[str] | None = None,
-                 root: str | Path | None = None) -> list[Path]:
+                 root: str | Path | None = None, skip_bad: bool = False) -> list[Path]:
     """The qualitative figure of a table's trained methods (first seed of the profile) on ``n`` test slices.
 
     Reads the models the table's runs trained (``phbench table`` first); a method without a trained model is
     left out with a warning, and no trained model at all is an error naming the run store.
     """
     spec, prof = get_table(table_id), get_profile(profile)
-    data = spec.all_parts[0].store(profile, None if root is None else Path(root))  # first part (e.g. modality)
+    data = spec.all_parts[0].store(profile, None if root is None else Path(root), skip_bad=skip_bad)  # first part
     run_store = RunStore(Path(store) / profile)
     dev = pick_device(device)
     outputs: dict[str, dict[str, Any]] = {}

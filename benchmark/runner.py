@@ -37,6 +37,7 @@ class TableRun:
     skipped: list[str] = field(default_factory=list)  # finished before
     trained: list[str] = field(default_factory=list)  # models trained now (the others were reused)
     outputs: dict[str, Path] = field(default_factory=dict)
+    skipped_subjects: dict[str, None] = field(default_factory=dict)  # one line per bad subject left out (ordered)
 
 
 @dataclass
@@ -64,12 +65,12 @@ def _group(part: str, own: str) -> str:
 
 
 def planned_runs(spec_table, profile: str, root: str | Path | None = None, methods: list[str] | None = None,
-                 seeds: list[int] | None = None):
+                 seeds: list[int] | None = None, skip_bad: bool = False):
     """Every (part, method, variant, seed) of a table with its prepared data, in table order; each part's
-    store is prepared (or opened) once."""
+    store is prepared (or opened) once; ``skip_bad`` leaves subjects with bad files out (listed in the store)."""
     prof = get_profile(profile)
     for part in spec_table.all_parts:
-        data = part.store(profile, None if root is None else Path(root))
+        data = part.store(profile, None if root is None else Path(root), skip_bad=skip_bad)
         for method_name, variant in spec_table.methods:
             if methods and method_name not in methods:
                 continue
@@ -145,9 +146,11 @@ def run_one(spec_table, method_name: str, variant: str, seed: int, profile: Prof
 
 def run_table(table_id: str, *, profile: str = "default", store: str | Path = "runs", out: str | Path = "out/tables",
               methods: list[str] | None = None, device: str | None = None, seeds: list[int] | None = None,
-              progress: bool = True, render: bool = True, root: str | Path | None = None) -> TableRun:
+              progress: bool = True, render: bool = True, root: str | Path | None = None,
+              skip_bad: bool = False) -> TableRun:
     """Train (or reuse), evaluate and render every run of ``table_id``; ``root`` is the user's data folder
-    for tables on a downloaded release (``TableSpec.needs_root`` says which)."""
+    for tables on a downloaded release (``TableSpec.needs_root`` says which); ``skip_bad`` runs on the
+    subjects whose files are good and lists the others in ``TableRun.skipped_subjects``."""
     spec_table = get_table(table_id)
     if not spec_table.runnable:
         raise NotImplementedError(f"{table_id}: not runnable yet ({spec_table.extra.get('status', 'no protocol')})")
@@ -158,7 +161,9 @@ def run_table(table_id: str, *, profile: str = "default", store: str | Path = "r
     chosen = [(m, v) for m, v in spec_table.methods if not methods or m in methods]
     keys: list[str] = []
     memo: dict = {}  # trained methods of this call by score key: an upstream shared by two methods loads once
-    for part, method_name, variant, seed, data, label in planned_runs(spec_table, profile, root, methods, seeds):
+    for part, method_name, variant, seed, data, label in planned_runs(spec_table, profile, root, methods, seeds,
+                                                                     skip_bad):
+        result.skipped_subjects.update(dict.fromkeys(data.meta.get("skipped", [])))
         try:
             run, ran, trained = run_one(spec_table, method_name, variant, seed, prof, data, run_store, dev,
                                         progress, part.column_group, memo)
@@ -197,14 +202,16 @@ def render_from_rows(spec_table, rows: pd.DataFrame, subjects: pd.DataFrame, cho
 
 def collect_finished(table_id: str, *, profile: str = "default", store: str | Path = "runs",
                      methods: list[str] | None = None, seeds: list[int] | None = None,
-                     root: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+                     root: str | Path | None = None, skip_bad: bool = False
+                     ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """The rows and per-subject values of a table's finished runs (no training, no scoring), and the
     labels of the runs not finished yet -- for re-rendering and for ``phbench render``."""
     spec_table = get_table(table_id)
     prof = get_profile(profile)
     run_store = RunStore(Path(store) / profile)
     rows, subjects, missing = [], [], []
-    for _, method_name, variant, seed, data, label in planned_runs(spec_table, profile, root, methods, seeds):
+    for _, method_name, variant, seed, data, label in planned_runs(spec_table, profile, root, methods, seeds,
+                                                                  skip_bad):
         run = plan_run(spec_table, method_name, variant, seed, prof, data).spec
         if run_store.is_finished(run):
             rows.append(run_store.read_rows(run))

@@ -96,6 +96,41 @@ class DatasetAdapter(ABC):
         return h.hexdigest()[:16]
 
 
+class UnionAdapter(DatasetAdapter):
+    """Several releases read as one dataset, for papers that train on more than one (RA: IXI T1 and
+    fastMRI+ normals). Subject ids must not collide; each subject loads through the adapter that found it.
+    One recipe prepares them all, so every slice of the store is preprocessed the same way."""
+
+    title = "union of releases"
+
+    def __init__(self, parts: list[DatasetAdapter]):
+        super().__init__(parts[0].root)
+        self.name = "+".join(p.name for p in parts)  # type: ignore[misc]  # per instance: its parts' names
+        self.layout = "; ".join(f"{p.name}: {p.layout}" for p in parts)  # type: ignore[misc]
+        # what `prepare` puts into the cache key (public attributes): each part's root and options
+        self.sources = [(p.name, str(p.root), sorted((k, _describe(v)) for k, v in vars(p).items()
+                                                      if k != "root" and not k.startswith("_"))) for p in parts]
+        self._parts = list(parts)
+        self._owner: dict[str, DatasetAdapter] = {}
+
+    def subjects(self) -> list[Subject]:
+        out: list[Subject] = []
+        self._owner = {}
+        for part in self._parts:
+            for s in part.subjects():
+                if s.id in self._owner:
+                    raise DataError(self.root, f"subject id {s.id} found by both {self._owner[s.id].name} and "
+                                               f"{part.name}")
+                self._owner[s.id] = part
+                out.append(s)
+        return out
+
+    def load(self, subject: Subject) -> Volume:
+        if subject.id not in self._owner:
+            self.subjects()
+        return self._owner[subject.id].load(subject)
+
+
 def _describe(value: Any) -> str:
     """Stable text for a recipe field; a slice-rule closure is named with its captured parameters."""
     if callable(value):

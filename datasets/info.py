@@ -16,6 +16,7 @@ import numpy as np
 from benchmark.errors import DataError
 from benchmark.registry import get_dataset
 from datasets.base import Subject
+from datasets.store import BoxRecord
 
 _META_KEYS = ("release", "naming", "grade", "site", "part", "series", "class", "institution", "folder_split",
               "space", "sex")
@@ -86,7 +87,7 @@ def render_preview(items: list[tuple[str, Any]], out_png: str | Path, title: str
             over = np.zeros((*img.shape, 4), np.float32)
             over[sl.lesion > 0] = (1.0, 0.1, 0.1, 0.45)
             ax.imshow(over, interpolation="nearest")
-        for x0, y0, x1, y1 in sl.boxes:
+        for x0, y0, x1, y1 in (BoxRecord.parse(b).xyxy for b in sl.boxes):
             ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="yellow", lw=1))
         ax.set_title(cap, fontsize=7)
     fig.suptitle(title, fontsize=9)

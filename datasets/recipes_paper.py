@@ -30,7 +30,7 @@ from benchmark.errors import DataError
 from datasets.base import Subject, Volume
 from datasets.recipes import (Recipe, SliceRule, axial, check_finite, lesion_boxes, minmax, pad_to_square,
                               percentile_normalise, resize, rule_every_brain_slice, rule_range, zscore)
-from datasets.store import PreparedSlice
+from datasets.store import BoxRecord, PreparedSlice, box_label
 
 # ---------------------------------------------------------------------------------------------------
 # slice rules (volume, brain) → candidate z indices
@@ -293,16 +293,27 @@ class PaperRecipe(Recipe):
                 boxes: list[list[int]] = []
                 if self.boxes == "annotations":
                     tf = self._box_transform(h, w)
-                    for label, x, y, bw, bh in subject.meta.get("boxes", {}).get(int(z), []):
-                        boxes.append(tf(x, y, bw, bh))
+                    on_slice = subject.meta.get("boxes", {}).get(int(z), [])
+                    # a box's index is its place among the slice's boxes sorted by label: how RA's box list names
+                    # them (all 97 of its files agree with the fastMRI+ annotations this way, none per label)
+                    rank = {i: k for k, i in enumerate(sorted(range(len(on_slice)),
+                                                             key=lambda i: box_label(on_slice[i][0])))}
+                    for i, (label, x, y, bw, bh) in enumerate(on_slice):
+                        boxes.append(BoxRecord(tf(x, y, bw, bh), box_label(label), rank[i], [x, y, bw, bh],
+                                               [h, w]).to_json())
                         labels.append(label.lower())
                 elif les is not None and n_les:
                     boxes = lesion_boxes(les)
-                anomalous = n_les >= self.min_lesion_pixels or bool(global_findings) or unannotated or bool(labels)
+                # an annotated study is abnormal on every slice (RA's global sets are studies, whatever slice is kept)
+                study_boxes = self.boxes == "annotations" and bool(subject.meta.get("boxes"))
+                anomalous = (n_les >= self.min_lesion_pixels or bool(global_findings) or unannotated or bool(labels)
+                             or study_boxes)
                 if not anomalous:
                     pathology = "healthy"
                 elif global_findings or labels:
                     pathology = "|".join(global_findings + sorted(set(labels)))
+                elif study_boxes:
+                    pathology = "|".join(subject.meta.get("local_findings") or ["local"]) + " (other slices)"
                 else:
                     pathology = subject.pathology
                 number = int(numbers[z]) if numbers is not None and chans[0].ndim == 3 else int(z)
@@ -362,7 +373,7 @@ ITERMASK2_ISLES = _add(PaperRecipe("itermask2_isles_flair", 1, ("flair",), rule_
 _RA = dict(normalise="p98", norm_scope="slice", norm_region="nonzero", quantise_u8=True, pad="min",
            image_interp="bilinear", mask_rule="bilinear>0", brain_rule="auto", size=128)
 RA_MID_T1 = _add(PaperRecipe(
-    "ra_mid_t1", 1, ("t1",), rule_mid_index(), boxes="annotations", **_RA,
+    "ra_mid_t1", 2, ("t1",), rule_mid_index(), boxes="annotations", **_RA,
     spec="protocols/ra.md §2 + README resolution 12: middle axial slice n//2; 98th pct of pixels > 0, clip, 8-bit; "
          "pad with the minimum, bilinear to 128; fastMRI+ boxes in the flipped frame; brain = head mask"))
 PHANES_ATLAS = _add(PaperRecipe(
@@ -389,7 +400,7 @@ LGG_FLAIR = _add(PaperRecipe(
 
 
 def get_recipe(name: str) -> Recipe:
-    """By name (``ra_mid_t1``) or id (``ra_mid_t1@v1``; the version must match)."""
+    """By name (``ra_mid_t1``) or id (``ra_mid_t1@v2``; the version must match)."""
     base, _, ver = name.partition("@v")
     if base not in RECIPES:
         raise KeyError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
@@ -420,15 +431,29 @@ class Setup:
     split: Callable[[], Callable]  # factory → split_fn(subjects) -> {id: split}
     adapter_kwargs: tuple[tuple[str, object], ...] = ()
     note: str = ""
+    # more releases read under the same root with the same recipe: (dataset, adapter kwargs) each (RA: IXI)
+    also: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
+
+    def adapter(self, root):
+        from benchmark.registry import get_dataset
+        from datasets.base import UnionAdapter
+
+        first = get_dataset(self.dataset)(root, **dict(self.adapter_kwargs))
+        if not self.also:
+            return first
+        return UnionAdapter([first, *(get_dataset(d)(root, **dict(kw)) for d, kw in self.also)])
 
     def prepare(self, root, *, cache_dir=None, skip_bad: bool = False, force: bool = False, size: int | None = None):
-        from benchmark.registry import get_dataset
         from datasets.base import prepare
 
-        adapter = get_dataset(self.dataset)(root, **dict(self.adapter_kwargs))
+        adapter = self.adapter(root)
         rec = get_recipe(self.recipe)
         rec = with_size(rec, size) if size else rec
         return prepare(adapter, rec, cache_dir=cache_dir, skip_bad=skip_bad, split_fn=self.split(), force=force)
+
+
+# RA's fastMRI+ images: AXT1 only; an annotated volume missing from the root is reported, not silently dropped
+_RA_FASTMRI = (("series", ("AXT1",)), ("report_missing", True))
 
 
 def _setups() -> dict[str, Setup]:
@@ -444,10 +469,14 @@ def _setups() -> dict[str, Setup]:
         *[Setup(f"itermask2-isles2015-fold{k}", "isles2015", "itermask2_isles_flair",
                 (lambda k=k: sp.itermask2_isles2015(k)), note="suite 4-fold CV") for k in range(4)],
         Setup("ra-fastmri", "fastmri_plus", "ra_mid_t1", lambda: sp.ra_fastmri("bkp"),
-              adapter_kwargs=(("series", ("AXT1",)),), note="131/15/30 normals + global/local test images"),
+              adapter_kwargs=_RA_FASTMRI, note="131/15/30 normals + global/local test images"),
         Setup("ra-fastmri-711", "fastmri_plus", "ra_mid_t1", lambda: sp.ra_fastmri("official"),
-              adapter_kwargs=(("series", ("AXT1",)),), note="the config's 130 training normals"),
+              adapter_kwargs=_RA_FASTMRI, note="the config's 130 training normals"),
         Setup("ra-ixi", "ixi", "ra_mid_t1", sp.ra_ixi, note="581 IXI T1 training subjects"),
+        Setup("ra-ixi-fastmri", "fastmri_plus", "ra_mid_t1", lambda: sp.union(sp.ra_fastmri("bkp"), sp.ra_ixi()),
+              adapter_kwargs=_RA_FASTMRI, also=(("ixi", ()),),
+              note="RA's tables: train 581 IXI + 131 fastMRI+ normals (712), val 15, test 30 normals + 50 global "
+                   "+ 92 box images"),
         Setup("phanes-atlas2", "atlas2", "phanes_atlas_sl95", sp.phanes_atlas, note="655 test slices (z = 95)"),
         Setup("proxyano-brain", "brain_mri_tumor", "proxyano_grey256", lambda: sp.proxyano_brain("bt_default")),
         Setup("proxyano-oct2017", "oct2017", "proxyano_grey256", sp.proxyano_oct),

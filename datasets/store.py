@@ -33,6 +33,47 @@ MANIFEST_COLUMNS = ["subject", "slice", "split", "label", "pathology", "boxes", 
 STORE_FORMAT = 1
 
 
+def box_label(label: str) -> str:
+    """An annotation label as an id: lower case, spaces → ``_`` ("Extra-axial mass" → ``extra-axial_mass``),
+    the form RA's box lists use."""
+    return "_".join(label.strip().lower().split())
+
+
+@dataclass(frozen=True)
+class BoxRecord:
+    """One annotated box of a slice, as the manifest's ``boxes`` column stores it.
+
+    ``xyxy``: the box in stored pixels (exclusive ends); a lesion-component box is only that (stored as a bare
+    ``[x0, y0, x1, y1]``). An annotation box also keeps its label id, its index (its place among the slice's
+    boxes sorted by label: how RA's box list names boxes) and the box in the source image's frame, so an
+    evaluation can rebuild the mask the way a paper's code did (RA resizes a full-size rectangle to a soft mask).
+    """
+
+    xyxy: list[int]
+    label: str = ""
+    index: int = 0
+    source_xywh: list[int] | None = None
+    source_hw: list[int] | None = None
+
+    def to_json(self) -> list | dict:
+        if not self.label and self.source_xywh is None:
+            return [int(v) for v in self.xyxy]
+        return {"xyxy": [int(v) for v in self.xyxy], "label": self.label, "index": int(self.index),
+                "source_xywh": self.source_xywh, "source_hw": self.source_hw}
+
+    @classmethod
+    def parse(cls, raw: list | dict) -> "BoxRecord":
+        if isinstance(raw, dict):
+            return cls([int(v) for v in raw["xyxy"]], str(raw.get("label", "")), int(raw.get("index", 0)),
+                       raw.get("source_xywh"), raw.get("source_hw"))
+        return cls([int(v) for v in raw])
+
+
+def parse_boxes(text: str) -> list[BoxRecord]:
+    """The ``boxes`` cell of a manifest row (JSON) as records; empty cell → no box."""
+    return [BoxRecord.parse(b) for b in json.loads(text)] if isinstance(text, str) and text else []
+
+
 @dataclass
 class PreparedSlice:
     """One slice as a recipe emits it, before it is stacked into the store."""
@@ -45,7 +86,7 @@ class PreparedSlice:
     split: str  # train | val | test
     label: int  # 0 healthy, 1 anomalous (pixel lesion or global finding)
     pathology: str = "healthy"
-    boxes: list[list[int]] = field(default_factory=list)  # [[x0, y0, x1, y1], ...] in store pixels
+    boxes: list = field(default_factory=list)  # BoxRecord.to_json() entries: [x0, y0, x1, y1] or a dict
     source: str = ""
 
 

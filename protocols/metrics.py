@@ -1057,6 +1057,10 @@ _SPECS = [
        fn="masked_lpips"),
     _m("detected_boxes|fpr@5%_healthy_image", "boxes with > 10 % pixels firing at the ≤ 5 % healthy-FPR threshold",
        fn="protocols.boxes.localise"),
+    _m("detected_boxes|fpr@5%_healthy_image|ra_code", "RA code: detected boxes (> 10 % of the soft box's nonzero "
+       "pixels at float32 map ≥ t) at RA's grid-search threshold", fn="protocols.boxes.localise"),
+    _m("detection_rate|per_box|fpr@5%_healthy_image|ra_code", "RA code: fraction of boxes detected at RA's "
+       "grid-search threshold (per pathology: RA Fig. 4a)", fn="protocols.boxes.localise"),
     _m("detected_boxes|paper_fixed|ra_code", "RA code: detected boxes at the hard-coded threshold 0.009",
        fn="protocols.boxes.localise"),
     _m("f1|per_box|fpr@5%_healthy_image", "mean over boxes of F1 = 2/(2+FP), 0 if missed (suite computation)",

@@ -28,10 +28,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from benchmark.contract import Method, SliceBatch
 from benchmark.scoring import Scorer, as_scorer
 from benchmark.io import atomic_path, atomic_write_text
+from datasets.store import BoxRecord, parse_boxes
 from datasets.synthetic import DEFAULT_SEED, PRESETS, make_synthetic
 from protocols import metrics as M
 from protocols import thresholds as T
@@ -163,6 +165,7 @@ def run_synthetic(method: Scorer | Method, test, val, metric_ids: Sequence[str],
     preset = options.get("preset", "ra")
     seed = int(options.get("seed", DEFAULT_SEED))
     kinds = options.get("kinds") or PRESETS[preset]["kinds"]
+    group_names = dict(options.get("group_names") or {})  # kind → column group (RA: sprites → intensity anomaly)
     method = as_scorer(method, progress=progress)
     healthy_val = _score_val(method, val, progress)
     net, why = (None, "") if not any(m.startswith("lpips") for m in metric_ids) else _lpips_net(method.device)
@@ -184,7 +187,7 @@ def run_synthetic(method: Scorer | Method, test, val, metric_ids: Sequence[str],
             e = build_estimate(ctx, mid)
             if mid.startswith("lpips") and net is None:
                 e = Estimate(math.nan, None, f"LPIPS unavailable: {why}")
-            est.append((mid, kind, e))
+            est.append((mid, group_names.get(kind, kind), e))
         out = estimate_rows(ctx.subjects, est, n=ctx.n, n_boot=n_boot)
         rows += out.rows
         subject_rows += out.subject_rows
@@ -199,7 +202,8 @@ def run_synthetic(method: Scorer | Method, test, val, metric_ids: Sequence[str],
 # ----------------------------------------------------------------------------------------------------
 BOX_METRICS = ("detected_boxes|fpr@5%_healthy_image", "detection_rate|per_box|fpr@5%_healthy_image",
                "f1|per_box|fpr@5%_healthy_image", "fp_ratio|per_box|fpr@5%_healthy_image",
-               "f1|per_box|fpr@5%_healthy_image|ra_code", "detected_boxes|paper_fixed|ra_code",
+               "f1|per_box|fpr@5%_healthy_image|ra_code", "detected_boxes|fpr@5%_healthy_image|ra_code",
+               "detection_rate|per_box|fpr@5%_healthy_image|ra_code", "detected_boxes|paper_fixed|ra_code",
                "f1|per_box|paper_fixed|ra_code", "precision|per_box|fpr@5%_healthy_image|ra_code")
 # RA's global detection: the AUROC it reports, and the FPR at 95 % / 99 % TPR its code prints beside it
 GLOBAL_FPR_METRICS = {"fpr_at_tpr95|image|map_mean|ra_code": 0.95, "fpr_at_tpr99|image|map_mean|ra_code": 0.99}
@@ -217,23 +221,64 @@ def _box_rule(metric_id: str) -> tuple[str, str]:
     return rule, "ra_code" if parts[-1] == "ra_code" else "suite"
 
 
-def manifest_boxes(manifest: pd.DataFrame, shape: tuple[int, int]) -> tuple[list[Box], np.ndarray]:
-    """Boxes of the manifest (``[x0, y0, x1, y1]`` per box, exclusive ends) as :class:`Box` masks, and per
-    slice the union of its boxes (so 'healthy tissue' of a slice excludes every annotated box)."""
+def _rect(hw: Sequence[int], x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    m = np.zeros(tuple(int(v) for v in hw), np.float32)
+    m[int(y0):int(y1), int(x0):int(x1)] = 1.0
+    return m
+
+
+def _ra_soft_mask(rec: BoxRecord, shape: tuple[int, int]) -> np.ndarray:
+    """RA's positive mask of an annotation box: the filled rectangle in the source frame (rows y…y+h, columns
+    x…x+w, exclusive ends -- the masks are not released, so this is the suite's reading), resized to the map
+    size with torchvision's tensor ``Resize`` of RA's time (bilinear, no antialias), never binarised."""
+    x, y, bw, bh = rec.source_xywh
+    m = torch.from_numpy(_rect(rec.source_hw, x, y, x + bw, y + bh))[None, None]
+    return F.interpolate(m, size=shape, mode="bilinear", align_corners=False, antialias=False)[0, 0].numpy()
+
+
+def manifest_boxes(manifest: pd.DataFrame, shape: tuple[int, int], *, soft: bool = False,
+                   box_list: Sequence[Sequence[Any]] | None = None) -> tuple[list[Box], np.ndarray, str]:
+    """Boxes of the manifest as :class:`Box` masks, per slice the union of all its annotated boxes (so
+    'healthy tissue' of a slice excludes every annotated box, evaluated or not), and a note.
+
+    ``soft``: annotation boxes as RA's code builds them (:func:`_ra_soft_mask`); the union is then the soft
+    union, which the caller binarises at 0.5 as RA does with its negative mask. ``box_list``: the boxes a
+    paper evaluates, as ``[subject, label, index, group, counted]`` (RA's ``localization_boxes.csv``); only
+    these are scored, grouped by ``group``, and listed boxes absent from the slices are counted in the note.
+    Without it every box is scored, grouped by its slice's pathology.
+    """
     h, w = shape
+    wanted = None if box_list is None else {(str(b[0]), str(b[1]), int(b[2])): (str(b[3]), bool(b[4]))
+                                            for b in box_list}
     boxes: list[Box] = []
     union = np.zeros((len(manifest), 1, h, w), np.float32)
-    for i, (raw, path) in enumerate(zip(manifest["boxes"], manifest["pathology"])):
-        for k, (x0, y0, x1, y1) in enumerate(json.loads(raw) if isinstance(raw, str) and raw else []):
-            m = np.zeros((h, w), np.float32)
-            m[int(y0):int(y1), int(x0):int(x1)] = 1.0
+    matched: set[tuple[str, str, int]] = set()
+    for i, (raw, path, subject, sl) in enumerate(zip(manifest["boxes"], manifest["pathology"],
+                                                     manifest["subject"].astype(str), manifest["slice"])):
+        for k, rec in enumerate(parse_boxes(raw)):
+            use_soft = soft and rec.source_xywh is not None and rec.source_hw is not None
+            m = _ra_soft_mask(rec, shape) if use_soft else _rect(shape, *rec.xyxy)
             union[i, 0] = np.maximum(union[i, 0], m)
-            boxes.append(Box(i, m, str(path), True, f"{manifest['subject'].iloc[i]}:{manifest['slice'].iloc[i]}:{k}"))
-    return boxes, union
+            group, counted = str(path), True
+            if wanted is not None:
+                key = (subject, rec.label, rec.index)
+                if key not in wanted:
+                    continue
+                group, counted = wanted[key]
+                matched.add(key)
+            boxes.append(Box(i, m, group, counted, f"{subject}:{sl}:{rec.label or k}:{rec.index}"))
+    note = ""
+    if wanted is not None:
+        missing = [k for k, (_, c) in wanted.items() if c and k not in matched]
+        n_listed = sum(1 for _, c in wanted.values() if c)
+        note = (f"{n_listed - len(missing)} of the {n_listed} listed boxes found on the kept slices"
+                + (f" ({len(missing)} listed boxes are not on them, e.g. {missing[0][0]} {missing[0][1]} "
+                   f"#{missing[0][2]})" if missing else ""))
+    return boxes, union, note
 
 
 def _box_estimates(per_box: pd.DataFrame, n_slices: int, note: str, rule: str = "fpr@5%_healthy_image",
-                   variant: str = "suite") -> list[tuple[str, str, Estimate]]:
+                   variant: str = "suite", by_pathology: bool = True) -> list[tuple[str, str, Estimate]]:
     """Box aggregates, overall and per pathology, under the ids of ``rule`` × ``variant`` (the caller keeps
     the registered ones it was asked for); ``on(idx)`` weights each box by how often its slice is drawn, so
     the bootstrap over subjects carries the boxes of each drawn slice."""
@@ -254,7 +299,7 @@ def _box_estimates(per_box: pd.DataFrame, n_slices: int, note: str, rule: str = 
 
     out = []
     groups = [("", np.ones(len(pb), bool))] + [(p, (pb["pathology"] == p).to_numpy()) for p in
-                                                 dict.fromkeys(pb["pathology"])]
+                                                 dict.fromkeys(pb["pathology"]) if by_pathology]
     for group, sel in groups:
         all_idx = np.arange(n_slices)
         det_on = weighted(det, sel, "sum")
@@ -283,12 +328,14 @@ def _mean_over_groups(ons: dict[str, Callable[[np.ndarray], float]]) -> Callable
 
 
 def _global_estimates(scored: ScoreSet, groups_of: dict[str, Sequence[str]] | None = None,
-                      wanted: Sequence[str] = ("auroc|image|map_mean",)) -> list[tuple[str, str, Estimate]]:
+                      wanted: Sequence[str] = ("auroc|image|map_mean",), *,
+                      sets: dict[str, Sequence[str]] | None = None) -> list[tuple[str, str, Estimate]]:
     """RA's global detection: AUROC of the map mean, normal slices vs each group, and the average over groups;
     with ``wanted`` also the FPR at 95 % / 99 % TPR that RA's code prints (``GLOBAL_FPR_METRICS``).
 
-    ``groups_of`` maps a group name to its pathologies (RA: "global pathologies" and "global artefacts");
-    default: each pathology of the abnormal test slices is its own group.
+    ``groups_of`` maps a group name to its pathologies; default: each pathology of the abnormal test slices is
+    its own group. ``sets`` instead names the subjects of "normal" and of each group (RA's
+    ``normal_test.csv`` and its global pathology / artefact lists): only those slices take part.
 
     The FPR ids follow RA's ``DownstreamEvaluator.global_detection``: score = ``np.mean`` of the slice's
     float32 map (channel 0, numpy's float32 sum, so ties are float32 ties), ``roc_curve`` and the first point
@@ -299,8 +346,13 @@ def _global_estimates(scored: ScoreSet, groups_of: dict[str, Sequence[str]] | No
     s = scored.maps.flatten(1).mean(1)
     y = scored.labels
     path = scored.manifest["pathology"].astype(str).to_numpy()
-    normal = (y == 0).cpu().numpy()
-    if groups_of:
+    normal = _normal_test(scored, sets)
+    if sets:
+        subj = scored.manifest["subject"].astype(str).to_numpy()
+        member = {str(sid): g for g, ids in sets.items() if g != "normal" for sid in ids}
+        path = np.array([member.get(x, "") for x in subj])
+        y = torch.from_numpy(~normal).long().to(scored.labels.device)  # the lists are the labels (RA: 0 = normal CSV, 1 = the group's CSV)
+    elif groups_of:
         path = np.array([next((g for g, members in groups_of.items() if p in members), "") for p in path])
     groups = [p for p in dict.fromkeys(path[~normal]) if p]
     if not normal.any() or not groups:
@@ -377,18 +429,37 @@ def _ssim_ra_estimates(scored: ScoreSet, normal: np.ndarray, path: np.ndarray,
     return out
 
 
+def _normal_test(scored: ScoreSet, sets: dict[str, Sequence[str]] | None) -> np.ndarray:
+    """Which test slices are the normal ones: the subjects of ``sets['normal']`` when the table names them
+    (RA's normal test list), else the slices labelled healthy."""
+    if sets and "normal" in sets:
+        return scored.manifest["subject"].astype(str).isin(set(map(str, sets["normal"]))).to_numpy().copy()
+    return (scored.labels == 0).cpu().numpy()
+
+
 def run_localisation(method: Scorer | Method, test, val, metric_ids: Sequence[str], options: dict[str, Any], *,
                      progress: bool = True, n_boot: int = 200) -> Evaluation:
+    """Options (all in the run key): ``global_sets`` {"normal": subjects, group: subjects, …} defines global
+    detection by subject lists (RA's CSVs) instead of slice labels; ``box_list`` the evaluated boxes
+    (:func:`manifest_boxes`); ``box_group`` the column group of the all-box aggregates (RA: "local pathology");
+    ``box_by_pathology`` (default True) adds the box aggregates of each pathology group (RA Fig. 4a);
+    ``ra_threshold_on`` = ``test_normal`` runs the ``|ra_code`` grid search on the normal test slices, as RA's
+    code does (default ``val``: the healthy validation slices)."""
     method = as_scorer(method, progress=progress)
     scored = collect(method, test, progress=progress)
     healthy_val = _score_val(method, val, progress)
+    sets = options.get("global_sets")
+    info: dict[str, Any] = {}
     est: list[tuple[str, str, Estimate]] = []
     box_ids = [m for m in metric_ids if m in BOX_METRICS]
     if box_ids:
-        boxes, union = manifest_boxes(scored.manifest, tuple(scored.maps.shape[-2:]))
-        healthy = (scored.brain.cpu() > 0.5).float() * (1 - torch.from_numpy(union))
+        brain = (scored.brain.cpu() > 0.5).float()
         for rule, variant in dict.fromkeys(_box_rule(m) for m in box_ids):
             wanted = [m for m in box_ids if _box_rule(m) == (rule, variant)]
+            boxes, union, list_note = manifest_boxes(scored.manifest, tuple(scored.maps.shape[-2:]),
+                                                     soft=variant == "ra_code", box_list=options.get("box_list"))
+            # healthy tissue: brain minus every annotated box (RA binarises its soft negative mask at 0.5)
+            healthy = brain * torch.from_numpy((union < 0.5) if variant == "ra_code" else (union == 0)).float()
             t: float | None = None  # stays None when this rule cannot be evaluated; note says why
             if not boxes:
                 note = "no annotated box in the test set"
@@ -396,49 +467,66 @@ def run_localisation(method: Scorer | Method, test, val, metric_ids: Sequence[st
                 # RA's hard-coded box threshold (PAPER_FIXED, protocols/ra.md §6) unless the table overrides it
                 t = T.fit_threshold(rule, fixed=options.get("paper_threshold", "ra:box_threshold"))
                 note = f"fixed threshold {t:g} (RA code; tuned on SqueezeNet-LPIPS maps, not on this method's)"
-            elif healthy_val is None:
-                note = "no healthy validation slices to calibrate the threshold"
             elif variant == "ra_code":
                 # RA's own search (DownstreamEvaluator.thresholding): grid i·0.001, float32 '>' per pixel, mean
-                # per-slice FPR over all pixels, smallest grid value with mean ≤ 5 %. RA runs it on its
-                # downstream test sets (the 30 normal test slices); the suite passes its healthy validation
-                # slices, so the data differ from RA's -- said in the note, not changed here.
-                t = T.ra_code_threshold(healthy_val.maps, FPR, official=True)
-                note = (f"threshold {t:.4g}: RA code grid search (0, 0.001, …, 0.999; mean per-slice FPR over all "
-                        f"pixels ≤ {FPR:.0%}) on the {len(healthy_val)} healthy validation slices (RA's code "
-                        f"searches its normal test slices); a box counts as detected when > 10 % of its pixels "
-                        f"fire")
+                # per-slice FPR over all pixels, smallest grid value with mean ≤ 5 %, on its normal test slices
+                # (ra_threshold_on="test_normal"); by default the suite's healthy validation slices
+                on_test = options.get("ra_threshold_on", "val") == "test_normal"
+                normal = _normal_test(scored, sets)
+                search = scored.maps[torch.from_numpy(normal).to(scored.maps.device)] if on_test else (
+                    None if healthy_val is None else healthy_val.maps)
+                where = "normal test" if on_test else "healthy validation"
+                if search is None or not len(search):
+                    note = f"no {where} slices to run RA's threshold search on"
+                else:
+                    t = T.ra_code_threshold(search, FPR, official=True)
+                    grid, curve = T.ra_code_grid_fpr(search)
+                    info["ra_threshold_search"] = {"on": where, "n_slices": int(len(search)), "threshold": t,
+                                                   "grid_step": float(grid[1] - grid[0]),
+                                                   "mean_fpr_percent": [round(float(v), 6) for v in curve]}
+                    note = (f"threshold {t:.4g}: RA code grid search (0, 0.001, …, 0.999; mean per-slice FPR over "
+                            f"all pixels ≤ {FPR:.0%}) on the {len(search)} {where} slices; a box counts as "
+                            f"detected when > 10 % of its pixels fire")
+            elif healthy_val is None:
+                note = "no healthy validation slices to calibrate the threshold"
             else:
                 t = T.fit_threshold(rule, healthy=healthy_val.maps)  # the id's 5 %: FPR, exact order statistic
                 note = (f"threshold {t:.4g}: ≤ {FPR:.0%} of healthy validation pixels above; a box counts as "
                         f"detected when > 10 % of its pixels fire")
+            note += f"; {list_note}" if list_note else ""
             if t is None:
                 est += [(m, "", Estimate(math.nan, None, note)) for m in wanted]
                 continue
             res = localise(scored.maps, boxes, healthy, t, variant=variant)
             note += ("; RA code computation (float32 map ≥ float32(t), soft boxes, floored FP)"
                      if variant == "ra_code" else "")
-            est += [e for e in _box_estimates(res["per_box"], len(scored), note, rule, variant) if e[0] in wanted]
+            est += [(m, g or options.get("box_group", ""), e)
+                    for m, g, e in _box_estimates(res["per_box"], len(scored), note, rule, variant,
+                                                  options.get("box_by_pathology", True)) if m in wanted]
     if any(m in GLOBAL_METRICS for m in metric_ids):
-        est += _global_estimates(scored, options.get("global_groups"), metric_ids)
+        est += _global_estimates(scored, options.get("global_groups"), metric_ids, sets=sets)
     subjects = scored.manifest["subject"].astype(str).to_numpy()
     out = estimate_rows(subjects, est, n=len(scored), n_boot=n_boot)
-    return Evaluation(out.rows, out.subject_rows, scored.wall_s, len(scored))
+    return Evaluation(out.rows, out.subject_rows, scored.wall_s, len(scored), info)
 
 
 # A version is part of every run key: bump it when a computation changes, so finished runs made by the old
 # code are never reused as if they were new. standard v3: calibrated healthy-brain thresholds predict inside
 # the brain, per-image calibrated Dice over lesion slices, image ACC/F1 at an FPR threshold use '>'.
 # localisation v2: box ids name their computation (suite / ra_code, fpr@5% / paper_fixed).
+# synthetic v2: ``group_names`` option (kind → column group).
+# localisation v4: ``|ra_code`` box ids use soft boxes rebuilt from the annotation's source-frame rectangle and a
+# healthy mask binarised at 0.5 after subtracting the soft union; table options name the evaluated boxes, the
+# global-detection subject lists and where RA's grid search runs; the search's mean-FPR curve is recorded.
 # localisation v3: the ``|ra_code`` box ids compare the map in float32 against float32(t) (float32 sums, float32
 # FP division) as RA's code does, ``fpr@5%_healthy_image|ra_code`` takes its threshold from RA's 1000-value grid
 # search instead of the exact order statistic, and ``precision|per_box|fpr@5%_healthy_image|ra_code`` is new.
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
     Protocol("standard", 3, run_standard, tuple(METRIC_BUILDERS),
              "score the test and healthy validation slices; image- and pixel-level metrics by id"),
-    Protocol("synthetic", 1, run_synthetic, SYNTHETIC_METRICS,
+    Protocol("synthetic", 2, run_synthetic, SYNTHETIC_METRICS,
              "seeded synthetic anomalies on the healthy test slices (RA / PHANES Table 1)"),
-    Protocol("localisation", 3, run_localisation, LOCALISATION_METRICS,
+    Protocol("localisation", 4, run_localisation, LOCALISATION_METRICS,
              "RA box localisation at the ≤ 5 % healthy-FPR threshold and global detection by map mean"),
 ]}
 

@@ -38,7 +38,7 @@ import torch
 from protocols import metrics as M
 
 __all__ = ["ThresholdRule", "RULES", "PAPER_FIXED", "parse_rule", "fit_threshold", "ra_code_threshold",
-           "p75_train_normal", "fpr_threshold", "paper_fixed", "oracle_dice", "oracle_grid", "oracle_dice_per_image",
+           "ra_code_grid_fpr", "p75_train_normal", "fpr_threshold", "paper_fixed", "oracle_dice", "oracle_grid", "oracle_dice_per_image",
            "oracle_itermask2"]
 
 
@@ -117,16 +117,7 @@ def ra_code_threshold(healthy_maps: Any, fpr: float = 0.05, *, denominator: int 
         raise ValueError(f"healthy_maps must be [N,(1,)H,W], got {tuple(s.shape)}")
     n = s.shape[0]
     if official:
-        flat32 = s.reshape(n, -1).detach().cpu().to(torch.float32).numpy()
-        denom = float(denominator if denominator is not None else flat32.shape[1])
-        grid64 = np.linspace(0, 1, endpoint=False, num=1000)
-        srt = np.sort(flat32, axis=1)
-        # #(s > float32(t)) per slice, compared in float32 exactly as the official loop does
-        # (NaN pixels never satisfy '>' there; np.sort puts them last, so count only the finite-or-inf part)
-        valid = (~np.isnan(flat32)).sum(axis=1, keepdims=True)
-        above = valid - np.stack([np.searchsorted(r[:v], grid64.astype(np.float32), side="right")
-                                  for r, v in zip(srt, valid[:, 0])])
-        mean_fpr = np.mean(above * 100 / denom, axis=0)  # per slice count·100/im_scale, then mean over slices
+        grid64, mean_fpr = ra_code_grid_fpr(s, denominator=denominator)
         ok = np.flatnonzero(mean_fpr <= 100.0 * fpr)
         if ok.size == 0:
             warnings.warn("ra_code_threshold: no grid value reaches the FPR target; returning 0 as RA's code does",
@@ -146,6 +137,24 @@ def ra_code_threshold(healthy_maps: Any, fpr: float = 0.05, *, denominator: int 
                       stacklevel=2)
         return 0.999
     return float(grid[int(ok[0])])
+
+
+def ra_code_grid_fpr(healthy_maps: Any, *, denominator: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The curve RA's ``thresholding`` scans: its grid ``np.linspace(0, 1, 1000, endpoint=False)`` and, per grid
+    value t, the mean over slices of ``100 · #(float32 map > float32(t)) / denominator`` (default H·W, background
+    included) -- the mean FPR in percent that the official code computes for each threshold. NaN pixels never
+    fire (they fail '>' there too)."""
+    s = M._scores(healthy_maps, "healthy_maps")
+    if s.ndim < 3:
+        raise ValueError(f"healthy_maps must be [N,(1,)H,W], got {tuple(s.shape)}")
+    flat32 = s.reshape(s.shape[0], -1).detach().cpu().to(torch.float32).numpy()
+    denom = float(denominator if denominator is not None else flat32.shape[1])
+    grid64 = np.linspace(0, 1, endpoint=False, num=1000)
+    srt = np.sort(flat32, axis=1)  # NaN sorts last: count only the part before it
+    valid = (~np.isnan(flat32)).sum(axis=1, keepdims=True)
+    above = valid - np.stack([np.searchsorted(r[:v], grid64.astype(np.float32), side="right")
+                              for r, v in zip(srt, valid[:, 0])])
+    return grid64, np.mean(above * 100 / denom, axis=0)  # per slice count·100/im_scale, then mean over slices
 
 
 def fpr_threshold(healthy: Any, fpr: float, *, healthy_brain: Any = None) -> float:

@@ -20,7 +20,7 @@ SPECS = Path(os.environ.get("PHBENCH_SHARED_SPECS", Path(__file__).resolve().par
 
 def test_recipe_ids_and_lookup():
     assert all(r.id == f"{name}@v{r.version}" for name, r in RECIPES.items())
-    assert get_recipe("ra_mid_t1@v1") is get_recipe("ra_mid_t1")
+    assert get_recipe("ra_mid_t1@v2") is get_recipe("ra_mid_t1")
     with pytest.raises(KeyError):
         get_recipe("ra_mid_t1@v9")
     with pytest.raises(KeyError):

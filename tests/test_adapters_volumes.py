@@ -315,7 +315,8 @@ def test_fastmri_flip_boxes_and_global_labels(tmp_path):
     rec = get_recipe("ra_mid_t1")
     sl = rec.slices(vol, s, "test")[0]
     assert sl.slice == 3 and sl.label == 1 and sl.pathology == "mass"
-    assert sl.boxes == [[16, 19, 42, 32]]  # (5,6,8,4) in 40 px → 128 px, outward rounded
+    assert sl.boxes == [{"xyxy": [16, 19, 42, 32], "label": "mass", "index": 0, "source_xywh": [5, 6, 8, 4],
+                         "source_hw": [40, 40]}]  # (5,6,8,4) in 40 px → 128 px, outward rounded
     g = rec.slices(a.load(subs["file_brain_AXT1_202_2020003"]), subs["file_brain_AXT1_202_2020003"], "test")[0]
     assert g.label == 1 and g.boxes == [] and "ischemic" in g.pathology
     n = rec.slices(a.load(subs["file_brain_AXT1_202_2020002"]), subs["file_brain_AXT1_202_2020002"], "val")[0]

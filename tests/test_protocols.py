@@ -165,7 +165,7 @@ def test_localisation_with_a_perfect_map_detects_every_box(phantom):
     ev = run_localisation(_Fake("oracle"), test, val, ids, {"fpr": 0.05}, progress=False, n_boot=0)
     rows = pd.DataFrame(ev.rows)
     overall = rows[rows.column_group == ""].set_index("metric_id")["value"]
-    boxes, _ = manifest_boxes(test.manifest, tuple(test.store.images.shape[-2:]))
+    boxes, _, _ = manifest_boxes(test.manifest, tuple(test.store.images.shape[-2:]))
     assert overall["detected_boxes|fpr@5%_healthy_image"] == len(boxes) > 0
     assert overall["detection_rate|per_box|fpr@5%_healthy_image"] == 1.0
     assert overall["f1|per_box|fpr@5%_healthy_image"] == 1.0  # nothing fires on healthy tissue
@@ -364,4 +364,4 @@ def test_ra_code_box_ids_use_ra_grid_search_and_log_precision(phantom):
     assert round(t * 1000) == pytest.approx(t * 1000, abs=1e-6)
     v = rows[rows.column_group == ""].set_index("metric_id")["value"]
     assert 0.0 <= v["precision|per_box|fpr@5%_healthy_image|ra_code"] <= 1.0
-    assert PROTOCOLS["localisation"].version == 3
+    assert PROTOCOLS["localisation"].version == 4

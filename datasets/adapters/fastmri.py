@@ -145,23 +145,32 @@ class FastMRIPlusAdapter(DatasetAdapter):
     default_recipe = "ra_mid_t1"
 
     def __init__(self, root: str | Path, *, annotations: str | Path | None = None,
-                 series: tuple[str, ...] | None = None):
+                 series: tuple[str, ...] | None = None, report_missing: bool = False):
         super().__init__(root)
         self.annotations = annotations
         self.series = tuple(s.upper() for s in series) if series else None  # e.g. ("AXT1",) for RA/PHANES
+        # annotated volumes without an h5 become subjects whose load fails naming the file: a setup whose split
+        # lists need them reports them (or skips them with --skip-bad) instead of silently running on fewer.
+        # Off by default: annotations cover every fastMRI+ volume, and a partial download is a normal root.
+        self.report_missing = report_missing
 
     def subjects(self) -> list[Subject]:
         root = require_dir(self.root, self.name, self.layout)
         ann_path = find_annotations(root, self.annotations)
         ann, reviewed = read_annotations(ann_path)
+        found: dict[str, Path | None] = {p.stem: p for p in root.rglob("file_brain_*.h5")}
+        if self.report_missing:
+            for fid in set(ann) | (reviewed or set()):
+                found.setdefault(fid, None)
         out = []
-        for p in sorted(root.rglob("file_brain_*.h5"), key=lambda q: natural_key(q.stem)):
-            m = _SERIES.match(p.stem)
+        for fid in sorted(found, key=natural_key):
+            p = found[fid]
+            m = _SERIES.match(fid)
             if not m or (self.series and m.group("series") not in self.series):
                 continue
-            if reviewed is not None and p.stem not in reviewed and p.stem not in ann:
+            if reviewed is not None and fid not in reviewed and fid not in ann:
                 continue  # not part of fastMRI+: no labels at all
-            rec = ann.get(p.stem, {"global": [], "boxes": {}})
+            rec = ann.get(fid, {"global": [], "boxes": {}})
             findings = [finding_name(g) for g in rec["global"] if finding_name(g) not in NORMAL_LABELS]
             boxes: dict[int, list] = {}
             normal_boxes: dict[int, list] = {}
@@ -170,7 +179,8 @@ class FastMRIPlusAdapter(DatasetAdapter):
                     (normal_boxes if finding_name(b[0]) in NORMAL_LABELS else boxes).setdefault(z, []).append(b)
             local = sorted({finding_name(b[0]) for bs in boxes.values() for b in bs})
             pathology = findings[0] if findings else ("local" if local else "healthy")
-            out.append(Subject(id=p.stem, files={"h5": p, "annotations": ann_path}, split="all", pathology=pathology,
+            files = {"h5": p, "annotations": ann_path} if p is not None else {"annotations": ann_path}
+            out.append(Subject(id=fid, files=files, split="all", pathology=pathology,
                                meta={"series": m.group("series"), "channel": series_channel(m.group("series")),
                                      "global": [finding_name(g) for g in rec["global"]], "global_findings": findings,
                                      "boxes": boxes, "normal_boxes": normal_boxes, "local_findings": local,
@@ -191,6 +201,9 @@ class FastMRIPlusAdapter(DatasetAdapter):
     def load(self, subject: Subject) -> Volume:
         import h5py
 
+        if "h5" not in subject.files:
+            raise DataError(subject.files["annotations"], f"names {subject.id}, but no {subject.id}.h5 is under "
+                                                          f"{self.root}")
         path = subject.files["h5"]
         try:
             with h5py.File(path, "r") as f:
@@ -213,7 +226,11 @@ class FastMRIPlusAdapter(DatasetAdapter):
                 raise DataError(subject.files["annotations"], f"{subject.id}: box on slice {z} but the volume has "
                                                              f"{flipped.shape[0]} slices")
             for label, x, y, bw, bh in boxes:  # anomalous boxes only; "Normal variant" boxes are in normal_boxes
-                lesion[z, max(y, 0):min(y + bh, h), max(x, 0):min(x + bw, w)] = 1
+                if x < 0 or y < 0 or x + bw > w or y + bh > h:
+                    raise DataError(subject.files["annotations"],
+                                    f"{subject.id}: {label!r} box x={x} y={y} width={bw} height={bh} on slice {z} "
+                                    f"lies outside the {h}×{w} image")
+                lesion[z, y:y + bh, x:x + bw] = 1
         channel = subject.meta.get("channel", "t1")
         return Volume(channels=LazyChannels({channel: lambda: vol}, aliases={"rss": channel}),
                       lesion=to_axial_stack(list(lesion)), brain=None, spacing=(), source=str(path))

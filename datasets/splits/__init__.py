@@ -69,6 +69,18 @@ def from_lists(lists: dict[str, Iterable[str]], *, key: Callable[[Subject], str]
     return fn
 
 
+def union(*fns: SplitFn) -> SplitFn:
+    """Each subject's split from the first function that assigns it one (lists of disjoint releases)."""
+    def fn(subjects: list[Subject]) -> dict[str, "str | None"]:
+        out: dict[str, str | None] = {s.id: None for s in subjects}
+        for f in fns:
+            for sid, split in f(subjects).items():
+                if split is not None and out.get(sid) is None:
+                    out[sid] = split
+        return out
+    return sourced(fn, " + ".join(split_source(f) for f in fns))
+
+
 def holdout(fraction: float = 0.05, seed: int = 0, *, held: str = "val", rest: str = "train",
             group: str | None = None) -> SplitFn:
     """Seeded subject-level hold-out (suite rule for the calibration set of AFSC/ProxyAno training normals).
@@ -127,6 +139,26 @@ def ra_fastmri(train_list: str = "bkp") -> SplitFn:
     if train_list == "official":
         files.append("train_ixi_fastmri_official.csv")
     return sourced(from_lists(lists), "datasets/splits/ra/{" + ",".join(files) + "}")
+
+
+RA_GLOBAL_GROUPS = {"normal": "normal", "global_pathology": "global pathology", "global_artefact": "global artefacts"}
+
+
+def ra_global_sets() -> dict[str, list[str]]:
+    """RA's global detection sets by file id (``global_detection_test.csv``): "normal" (normal_test.csv, 30),
+    "global pathology" (27) and "global artefacts" (23) -- the column groups of RA Table 2(a)."""
+    out: dict[str, list[str]] = {name: [] for name in RA_GLOBAL_GROUPS.values()}
+    for r in read_csv("ra/global_detection_test.csv"):
+        out[RA_GLOBAL_GROUPS[r["group"]]].append(r["file_id"])
+    return out
+
+
+def ra_box_list() -> list[list]:
+    """RA's evaluated boxes (``localization_boxes.csv``), one ``[file_id, label, index, group, counted]`` each:
+    label as ``datasets.store.box_label`` writes it, index among that image's boxes of the label, group = the
+    paper's pathology name (App. C.3), counted = in the 171 (the 16 "artefacts" boxes are scored, not reported)."""
+    return [[r["file_id"], r["box_label"], int(r["box_index"]), r["paper_pathology_name"],
+             r["counted_in_171"] == "1"] for r in read_csv("ra/localization_boxes.csv")]
 
 
 def ra_ixi() -> SplitFn:

@@ -1,0 +1,199 @@
+"""The RA miniature release: byte-stable, built once, read by the real adapters, split lists and recipes."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datasets import miniature as M
+from datasets.splits import read_csv
+
+LOCAL_IDS = list(M.RA_LOCAL)
+NORMAL_IDS = [f for ids in M.RA_NORMALS.values() for f in ids]
+ALL_FASTMRI = set(NORMAL_IDS) | set(M.RA_GLOBAL_PATHOLOGY) | set(M.RA_GLOBAL_ARTEFACT) | set(LOCAL_IDS)
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def box_id(label: str) -> str:
+    return "_".join(label.lower().split())
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def root(cache) -> Path:
+    return M.miniature_root("ra", cache_dir=cache)
+
+
+def test_root_is_cached_and_bytes_are_stable(root, cache, tmp_path, monkeypatch):
+    assert root == cache / "miniature" / f"ra-v{M.MINIATURE_VERSION}"
+    assert not [p for p in root.parent.iterdir() if p.name.startswith(".ra-") and p.is_dir()]  # no temp folder left
+    before = digest(root)
+    monkeypatch.setitem(M.RELEASES, "ra", lambda path: pytest.fail("rebuilt an existing release"))
+    assert M.miniature_root("ra", cache_dir=cache) == root
+    M.write_ra_release(tmp_path / "again")
+    assert digest(tmp_path / "again") == before
+    summary = json.loads((root / "miniature.json").read_text())
+    assert summary["counts"] == {"ixi": 8, "fastmri_files": 28, "fastmri_train": 6, "fastmri_val": 3,
+                                 "fastmri_test": 19, "boxes": 15}
+
+
+def test_concurrent_callers_build_once(tmp_path, monkeypatch):
+    calls = []
+
+    def slow(path: Path) -> dict:
+        calls.append(path)
+        time.sleep(0.3)
+        (path / "done").write_text("x")
+        return {}
+
+    monkeypatch.setitem(M.RELEASES, "ra", slow)
+    got: list[Path] = []
+    threads = [threading.Thread(target=lambda: got.append(M.miniature_root("ra", tmp_path))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(set(got)) == 1 and (got[0] / "done").is_file()
+    with pytest.raises(KeyError):
+        M.miniature_root("nope", tmp_path)
+
+
+def test_ids_and_rows_agree_with_the_split_lists():
+    normal = {r["file_id"]: r["split"] for r in read_csv("ra/fastmri_normal_splits.csv")}
+    glob = {r["file_id"]: (r["group"], r["finding"]) for r in read_csv("ra/global_detection_test.csv")}
+    for split, ids in M.RA_NORMALS.items():
+        assert all(normal[f] == split for f in ids)
+    assert all(glob[f][0] == "normal" for f in M.RA_NORMALS["test"])
+    for group, table in (("global_pathology", M.RA_GLOBAL_PATHOLOGY), ("global_artefact", M.RA_GLOBAL_ARTEFACT)):
+        for f, label in table.items():
+            assert glob[f][0] == group
+            if label is not None:
+                assert label.lower().removeprefix("global label:").strip() == glob[f][1]
+    listed: dict[str, list[dict]] = {}
+    for r in read_csv("ra/localization_boxes.csv"):
+        listed.setdefault(r["file_id"], []).append(r)
+    assert len({r["config_dataset_key"] for f in LOCAL_IDS for r in listed[f]}) >= 4
+    assert any(r["counted_in_171"] == "0" for f in LOCAL_IDS for r in listed[f])
+    # only the artefact-box study doubles as a global artefact, as every such study does in the real lists
+    assert set(LOCAL_IDS) & (set(glob) - set(M.RA_GLOBAL_ARTEFACT)) == set()
+    assert set(LOCAL_IDS) & set(M.RA_GLOBAL_ARTEFACT) == {"file_brain_AXT1_202_2020264"}
+    assert set(LOCAL_IDS).isdisjoint(NORMAL_IDS)
+    extra = 0
+    for f in LOCAL_IDS:
+        z, boxes = M.RA_LOCAL[f]
+        assert str(z) in listed[f][0]["fastmri_plus_slices_consistent"].split(";")
+        ranked = sorted(boxes, key=lambda b: box_id(b.label))  # the official index: the slice's boxes by label
+        for r in listed[f]:
+            assert box_id(ranked[int(r["box_index"])].label) == r["box_label"]
+        extra += len(boxes) - len(listed[f])
+        for b in boxes:
+            assert 20 <= b.width <= 60 and 20 <= b.height <= 60
+    assert extra == 1
+
+
+def test_annotation_files(root):
+    with open(root / "Annotations" / "brain.csv", newline="") as fh:
+        text = fh.read()
+    assert text.startswith("file,slice,study_level,x,y,width,height,label\n")
+    rows = list(csv.DictReader(text.splitlines()))
+    assert "file_brain_AXT1_202_6000312,0,Yes,,,,,Normal for age" in text.splitlines()
+    assert {r["file"] for r in rows} == ALL_FASTMRI
+    listing = (root / "Annotations" / "brain_file_list.csv").read_text().splitlines()
+    assert set(listing) == ALL_FASTMRI == {p.stem for p in (root / "multicoil_train").glob("*.h5")}
+
+
+def test_ixi_adapter(root):
+    from benchmark.registry import get_dataset
+
+    adapter = get_dataset("ixi")(root)
+    subjects = adapter.subjects()
+    assert [s.id for s in subjects] == list(M.RA_IXI)
+    vol = adapter.load(subjects[0])
+    t1 = np.asarray(vol.channel("t1"))
+    assert t1.ndim == 3 and t1.shape[2] == 9 and vol.spacing == (2.0, 2.0, 2.0)
+    mid = t1[:, :, 4]
+    # the middle axial slice is through the head centre: head pixels around the centre, background at the corners
+    cx, cy = (np.array(mid.shape) // 2)
+    assert mid[cx - 5:cx + 5, cy - 5:cy + 5].min() > 0 and mid[:3, :3].max() == 0
+
+
+def test_fastmri_adapter(root):
+    import h5py
+
+    from benchmark.registry import get_dataset
+
+    adapter = get_dataset("fastmri_plus")(root, series=("AXT1",))
+    subjects = {s.id: s for s in adapter.subjects()}
+    assert set(subjects) == ALL_FASTMRI
+    for f in NORMAL_IDS:
+        assert subjects[f].pathology == "healthy" and subjects[f].meta["global"] == ["normal for age"]
+    for f, label in M.RA_GLOBAL_PATHOLOGY.items():
+        assert subjects[f].meta["global_findings"] == [label.lower().removeprefix("global label:").strip()]
+    assert subjects["file_brain_AXT1_202_2020414"].meta["global_findings"] == ["motion artifact"]
+    for f, (z, boxes) in M.RA_LOCAL.items():
+        meta = subjects[f].meta
+        assert meta["boxes"] == {z: [(b.label, b.x, b.y, b.width, b.height) for b in boxes]}
+        assert meta["global_findings"] == []
+    assert "possible artifact" in subjects["file_brain_AXT1_202_2020264"].meta["local_findings"]
+    with h5py.File(root / "multicoil_train" / "file_brain_AXT1_202_6000434.h5", "r") as fh:
+        rss = fh["reconstruction_rss"]
+        assert rss.shape == (5, 320, 320) and rss.dtype == np.float32 and "kspace" in fh
+        assert 1e-4 < float(np.max(rss)) < 2e-3
+    vol = adapter.load(subjects["file_brain_AXT1_202_6000434"])
+    assert np.asarray(vol.channel("t1")).shape == (320, 320, 5)
+    assert vol.lesion[:, :, 2].sum() == sum(b.width * b.height for b in M.RA_LOCAL["file_brain_AXT1_202_6000434"][1])
+
+
+def stored_box(b: M.MiniBox, size: int = 128) -> tuple[slice, slice, slice, slice]:
+    """(rows, cols) of the central half of the box in the prepared image, and of the box grown by 4 px."""
+    s = size / M.FRAME
+    x0, y0, x1, y1 = b.x * s, b.y * s, (b.x + b.width) * s, (b.y + b.height) * s
+    qx, qy = (x1 - x0) / 4, (y1 - y0) / 4
+    inner = (slice(int(np.ceil(y0 + qy)), int(y1 - qy)), slice(int(np.ceil(x0 + qx)), int(x1 - qx)))
+    outer = (slice(int(y0) - 4, int(np.ceil(y1)) + 4), slice(int(x0) - 4, int(np.ceil(x1)) + 4))
+    return (*inner, *outer)
+
+
+def test_ra_setups_prepare(root, tmp_path):
+    from datasets.recipes_paper import SETUPS
+
+    fast = SETUPS["ra-fastmri"].prepare(root, cache_dir=tmp_path)
+    m = fast.manifest
+    assert m["split"].value_counts().to_dict() == {"test": 19, "train": 6, "val": 3}
+    ixi = SETUPS["ra-ixi"].prepare(root, cache_dir=tmp_path)
+    assert ixi.manifest["split"].value_counts().to_dict() == {"train": 8}
+
+    row = {s: i for i, s in enumerate(m["subject"])}
+    for f in NORMAL_IDS:
+        assert m["label"][row[f]] == 0 and json.loads(m["boxes"][row[f]]) == []
+    for f in list(M.RA_GLOBAL_PATHOLOGY) + list(M.RA_GLOBAL_ARTEFACT):
+        assert m["label"][row[f]] == 1
+    for f, (z, boxes) in M.RA_LOCAL.items():
+        i = row[f]
+        assert m["slice"][i] == z and m["label"][i] == 1 and len(json.loads(m["boxes"][i])) == len(boxes)
+        img = np.asarray(fast.images[i, 0])
+        for b in boxes:
+            ry, rx, oy, ox = stored_box(b)
+            ring = np.zeros(img.shape, bool)  # a 4 px band around the box, head pixels only
+            ring[oy, ox] = True
+            ring[oy.start + 4:oy.stop - 4, ox.start + 4:ox.stop - 4] = False
+            inside, around = float(img[ry, rx].mean()), float(img[ring & (img > 0.05)].mean())
+            if b.bright:  # p98 normalisation clips a bright lesion to 1, white matter sits just below
+                assert inside > 0.95 and inside - around > 0.15, (f, b, inside, around)
+            else:
+                assert inside < 0.25 and around - inside > 0.3, (f, b, inside, around)
