@@ -27,6 +27,14 @@ log = logging.getLogger(__name__)
 DEFAULT_CACHE = Path(os.environ.get("PHBENCH_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
 
 
+def shared_release(*parts: str) -> Path | None:
+    """A folder of the project's shared real data (``$PHBENCH_SHARED_DATA``, default ``<repo>/../shared/data``)
+    that the development tables read when no --root is given; None when it is not there."""
+    base = Path(os.environ.get("PHBENCH_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    cand = base.joinpath(*parts)
+    return cand if cand.is_dir() else None
+
+
 @dataclass
 class Subject:
     """One subject (or one 2-D image for slice datasets) as found on disk."""

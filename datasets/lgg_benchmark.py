@@ -8,14 +8,13 @@ so results stay comparable across code and data-order changes.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from benchmark.errors import DataError
 from datasets.adapters.lgg import LGGAdapter, lgg_root
-from datasets.base import prepare
+from datasets.base import prepare, shared_release
 from datasets.recipes_paper import LGG_FLAIR, with_size
 from datasets.splits import lgg as lgg_split
 from datasets.store import SliceStore
@@ -26,9 +25,7 @@ N_TEST, N_VAL = 30, 10  # of 110 patients; the other 70 train
 
 def default_root() -> Path | None:
     """``$PHBENCH_SHARED_DATA`` or ``<repo>/../shared/data``, when it holds the LGG folder."""
-    base = Path(os.environ.get("PHBENCH_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    cand = base / "lgg-mri-segmentation" / "kaggle_3m"
-    return cand if cand.is_dir() else None
+    return shared_release("lgg-mri-segmentation", "kaggle_3m")
 
 
 def make_lgg_split(folders: list[str], seed: int = SEED, n_test: int = N_TEST,

@@ -55,6 +55,16 @@ def rule_index(z: int) -> SliceRule:
     return rule_range(z, z + 1)
 
 
+def rule_mid_band(n: int) -> SliceRule:
+    """``n`` consecutive slices centred on ``n_slices // 2`` (RA's middle slice widened to a band: a development
+    setup on few volumes needs more than one training slice per volume)."""
+    def rule(vol: Volume, brain: np.ndarray) -> list[int]:
+        nz = brain.shape[-1]
+        lo = max(0, nz // 2 - n // 2)
+        return list(range(lo, min(nz, lo + n)))
+    return rule
+
+
 def rule_band(n: int = 20) -> SliceRule:
     """``n`` consecutive slices centred on the brain mask's z-midpoint (IterMask2 proposal for ATLAS/ISLES,
     mirroring BraTS's z 70–89)."""
@@ -376,6 +386,11 @@ RA_MID_T1 = _add(PaperRecipe(
     "ra_mid_t1", 2, ("t1",), rule_mid_index(), boxes="annotations", **_RA,
     spec="protocols/ra.md §2 + README resolution 12: middle axial slice n//2; 98th pct of pixels > 0, clip, 8-bit; "
          "pad with the minimum, bilinear to 128; fastMRI+ boxes in the flipped frame; brain = head mask"))
+RA_IXI_BAND = _add(PaperRecipe(
+    "ra_ixi_band_t1", 1, ("t1",), rule_mid_band(11), resample_mm=2.0, **_RA,
+    spec="suite IXI development setup on ra_mid_t1's preprocessing: 11 axial slices (±10 mm) around n//2 of the "
+         "volume resampled to 2 mm (the shared IXI files are 2 mm but one), 98th pct of pixels > 0, clip, 8-bit, "
+         "pad with the minimum, bilinear to 128"))
 PHANES_ATLAS = _add(PaperRecipe(
     "phanes_atlas_sl95", 1, ("t1",), rule_index(95), **_RA,
     spec="protocols/phanes.md §3: ATLAS axial slice 95; 98th pct of pixels > 0, clip, 8-bit; pad with the minimum, "
@@ -477,6 +492,8 @@ def _setups() -> dict[str, Setup]:
               adapter_kwargs=_RA_FASTMRI, also=(("ixi", ()),),
               note="RA's tables: train 581 IXI + 131 fastMRI+ normals (712), val 15, test 30 normals + 50 global "
                    "+ 92 box images"),
+        Setup("ra-ixi-dev", "ixi", "ra_ixi_band_t1", sp.ra_ixi_dev,
+              note="development: 36 shared IXI T1 volumes, subject-level 24/4/8, 11 central slices each"),
         Setup("phanes-atlas2", "atlas2", "phanes_atlas_sl95", sp.phanes_atlas, note="655 test slices (z = 95)"),
         Setup("proxyano-brain", "brain_mri_tumor", "proxyano_grey256", lambda: sp.proxyano_brain("bt_default")),
         Setup("proxyano-oct2017", "oct2017", "proxyano_grey256", sp.proxyano_oct),

@@ -24,6 +24,7 @@ from benchmark.contract import Method, MethodInfo, ScoreOutput, SliceBatch, Trai
 from benchmark.device import autocast
 from benchmark.registry import register_method
 from benchmark.trainer import Schedule, StepContext
+from methods.blocks.augment import random_affine
 from methods.blocks.configs import RAAppendixAConfig
 from methods.blocks.kascenas_unet import KascenasUNet
 from methods.blocks.noise import COARSE_SIGNS, coarse_noise, generator_from, slice_seed
@@ -38,7 +39,6 @@ class DAEConfig(RAAppendixAConfig):
     """Defaults: the RA/PHANES DAE (specs/baselines.md §5 "Training", RA App. A): Adam 1e-4, batch 8, ≤ 1500
     epochs, patience 500 on the validation loss, L1, the official symmetric coarse noise (res 16, σ 0.2)."""
 
-    augment: bool = False  # App. B's augmentation is not applied to the DAE yet (listed deviation)
     lr: float = 1e-4
     depth: int = 4  # U-Net levels; widths 2**(wf + i): 64, 128, 256, 512
     wf: int = 6
@@ -58,7 +58,7 @@ class DAEConfig(RAAppendixAConfig):
 # IterMask2's rows: the official code's training recipe (003 ran it; specs §5 "Loss", "Training") on stores whose
 # background is not 0 (IterMask2's recipes map it to −3), hence the brain mask as foreground and no [0, 1] clamp.
 ITERMASK2_RECIPE: dict[str, Any] = {"loss": "mse_foreground", "amsgrad": True, "weight_decay": 1e-5,
-                                    "foreground": "brain_mask", "clamp_output": False}
+                                    "foreground": "brain_mask", "clamp_output": False, "augment": False}
 DAE_VARIANTS: dict[str, Variant] = {
     "noise[0,+inf]": Variant({**ITERMASK2_RECIPE, "noise_sign": "pos"},
                              description="dae_pos: hyper-intense noise |n| (IterMask2's 'DAE [0,+∞]' rows)"),
@@ -73,8 +73,10 @@ DAE_VARIANTS: dict[str, Variant] = {
 }
 
 DAE_DEVIATIONS = (
-    "RA App. B's training augmentation (RandomAffine + flip) is not applied to the DAE yet (augment = False): "
-    "the coarse noise and its brain-mask foreground would have to be transformed with the image [deviation].",
+    "RA App. B's training augmentation (RandomAffine 10°/0.1/0.9–1.1 + h-flip 0.5, the shared random_affine) "
+    "is applied to the clean slice and its brain mask with the same draws before the coarse noise is drawn, so "
+    "noise and foreground follow the augmented anatomy [assumption: the ci-ber loaders augment every model]; the "
+    "IterMask2 variants train without it, like the official DAE code.",
     "Default (RA/PHANES rows, and the plain 'dae' of ra-*/phanes-*): symmetric noise, L1 (mean over pixels), plain "
     "Adam 1e-4, batch 8, ≤ 1500 epochs, patience 500 on the validation loss, map |x − clamp(x̂, 0, 1)| averaged "
     "over channels, image score its mean [spec §5, §0.2; L1 normalisation assumed].",
@@ -126,7 +128,7 @@ def cosine_factor(step: int, t_max: int, unit_steps: int) -> float:
 class DAE(Method, Trainable):
     name = "dae"
     Config = DAEConfig
-    version = 1
+    version = 2  # 2: RA App. B augmentation on by default
     variants = DAE_VARIANTS
     min_size_multiple = 8  # the default depth 4 (three average pools); other depths are checked when built
     info = MethodInfo(
@@ -196,6 +198,9 @@ class DAE(Method, Trainable):
         return self.loss(x_hat, x, fg)
 
     def training_step(self, batch: SliceBatch, step: StepContext) -> dict[str, float]:
+        if self.config.augment:  # image and brain mask move together; the noise is drawn on the result
+            image, brain = random_affine(batch.image, batch.brain_mask, generator=step.generator)
+            batch = SliceBatch(image, brain, batch.lesion_mask, batch.label, batch.index)
         gen = generator_from(step.generator, batch.image.device)
         loss = self.denoising_loss(batch, gen, step.amp)
         return {self.config.loss: step.optimize("net", loss)}

@@ -312,6 +312,43 @@ RA_TABLE3B = _ra_table(
     RA_BOX_IDS, _ra_box_options(), RA_BOX_PAPER_IDS, _RA_BOX_NOTE, RA_TABLE3A.footnotes[-1])
 
 
+def _shared_setup_store(setup_id: str, table_id: str, *release: str) -> Callable[..., Any]:
+    """A development table's store: the setup prepared from --root, else from the shared real data folder."""
+    def load(profile: str, root: Path | None, skip_bad: bool = False):
+        from benchmark.errors import PhbenchError
+        from datasets.base import shared_release
+        from datasets.recipes_paper import SETUPS
+
+        root = root or shared_release(*release)
+        if root is None:
+            raise PhbenchError(f"{table_id}: no {'/'.join(release)} in the shared data folder; give --root or set "
+                               "PHBENCH_SHARED_DATA")
+        return SETUPS[setup_id].prepare(root, skip_bad=skip_bad)
+    return load
+
+
+RA_IXI_DEV = register_table(TableSpec(
+    table_id="ra-ixi-dev",
+    title="Development benchmark — RA Table 1 protocol on real IXI T1 (synthetic anomalies, 128 px)",
+    dataset="ixi-t1",
+    protocol="synthetic",
+    methods=RA_BASELINES + (("ra", ""),),
+    metrics=RA_SYNTH_MSE_IDS + RA_SYNTH_SEG_IDS,
+    parts=(TablePart("", _shared_setup_store("ra-ixi-dev", "ra-ixi-dev", "ixi")),),
+    options=_RA_SYNTH_OPTIONS,
+    reference_method="ra",
+    footnotes=(
+        "Data: the 36 IXI T1 volumes of the shared data folder (../shared/data/ixi: 35 Hammersmith at 2 mm, one "
+        "Guy's resampled to 2 mm), subject-level split 24 / 4 / 8 (datasets/splits/ra/ixi_dev_split.csv); 11 axial "
+        "slices (±10 mm) around the volume's middle slice each (RA takes the middle slice only: a band so that "
+        "training has 264 slices), RA's slice preprocessing (recipe ra_ixi_band_t1). Deviations from RA's Table 1: "
+        "IXI instead of fastMRI+, raw (not MNI-registered) volumes, far less training data.",
+        _RA_SYNTH_NOTE.replace("the 30 normal test slices", "the 88 test slices"),
+        "Metrics as in ra-table1a/1b; the paper's numbers (fastMRI+) are not shown beside these.",
+    ),
+))
+
+
 def paper_table_ids() -> list[str]:
     if not PAPER_TABLES_CSV.exists():
         return []

@@ -345,3 +345,27 @@ def test_training_makes_the_dae_localise_lesions(tmp_path_factory):
     Trainer(seed=0, progress=False).fit(m, store.split("train", label=0))
     after, after_brain = _pixel_auroc(m, test)
     assert after >= 0.85 and after - before >= 0.25 and after_brain >= 0.80, (before, after, after_brain)
+
+
+def test_augmentation_moves_image_and_brain_mask_together(monkeypatch):
+    """RA App. B augmentation (default rows) transforms the clean slice and its brain mask with the same draws
+    before the noise is drawn; the IterMask2 variants train on the slice as it is."""
+    seen: list[SliceBatch] = []
+
+    def capture(self, batch, gen, amp):
+        seen.append(batch)
+        return self.net(batch.image).mean() * 0.0
+
+    monkeypatch.setattr(DAE, "denoising_loss", capture)
+    b = brains(n=4)
+    b = SliceBatch((b.brain_mask > 0.5).float(), (b.brain_mask > 0.5).float(), b.lesion_mask, b.label, b.index)
+    m = tiny()
+    assert m.config.augment
+    m.training_step(b, step_context(m, seed=3))
+    got = seen[-1]
+    assert not torch.equal(got.image, b.image)  # some draw moved the anatomy
+    assert torch.equal(got.image, got.brain_mask)  # the mask went with it, pixel for pixel
+    plain = tiny("noise[0,+inf]")
+    assert not plain.config.augment
+    plain.training_step(b, step_context(plain, seed=3))
+    assert torch.equal(seen[-1].image, b.image)

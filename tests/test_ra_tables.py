@@ -142,3 +142,14 @@ def test_cli_skip_bad_runs_the_others(release, tmp_path, capsys):
     assert main(args + ["--skip-bad"]) == 0
     err = capsys.readouterr().err
     assert f"skipped (bad input): {release}" in err and f"{fid}.h5" in err
+
+
+def test_ixi_development_setup_on_the_shared_volumes(shared_data, tmp_path):
+    """ra-ixi-dev: the 36 shared IXI T1 volumes, subject split 24 / 4 / 8, 11 slices each, all healthy."""
+    store = SETUPS["ra-ixi-dev"].prepare(shared_data / "ixi", cache_dir=tmp_path)
+    m = store.manifest
+    per = m.groupby("split")["subject"].agg(["size", "nunique"])
+    assert per.to_dict("index") == {"train": {"size": 264, "nunique": 24}, "val": {"size": 44, "nunique": 4},
+                                    "test": {"size": 88, "nunique": 8}}
+    assert (m["label"] == 0).all() and float(store.images.min()) >= 0.0 and float(store.images.max()) <= 1.0
+    assert get_table("ra-ixi-dev").protocol == "synthetic"

@@ -171,6 +171,23 @@ def ra_ixi() -> SplitFn:
 # suite-defined, committed
 
 
+def make_ra_ixi_dev(ids: list[str], seed: int = 0, n_val: int = 4, n_test: int = 8) -> list[dict[str, str]]:
+    """IXI development split (``ra-ixi-dev``): rng(seed) permutation of the sorted subject ids; the first
+    ``n_test`` test, the next ``n_val`` val, the rest train (36 shared volumes → 24 / 4 / 8)."""
+    ids = sorted(set(ids))
+    order = np.random.default_rng(seed).permutation(len(ids))
+    out = [{"ixi_subject_id": ids[i], "split": "test" if rank < n_test else "val" if rank < n_test + n_val
+            else "train"} for rank, i in enumerate(order)]
+    return sorted(out, key=lambda r: r["ixi_subject_id"])
+
+
+def ra_ixi_dev() -> SplitFn:
+    rows = read_csv("ra/ixi_dev_split.csv")
+    lists = {sp: [r["ixi_subject_id"] for r in rows if r["split"] == sp] for sp in ("train", "val", "test")}
+    return sourced(from_lists(lists), "datasets/splits/ra/ixi_dev_split.csv")
+
+
+
 def make_itermask2_atlas2(seed: int = 0) -> list[dict[str, str]]:
     """ATLAS (655 labelled cases, the PHANES list as universe): rng(seed) permutation of the sorted ids
     cut at the BraTS proportions 79.1 / 10.2 / 10.6 % → 518 / 67 / 70 (protocols/itermask2.md §3.6)."""
