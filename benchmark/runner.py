@@ -133,9 +133,14 @@ def run_one(spec_table, method_name: str, variant: str, seed: int, profile: Prof
         "eval_wall_s": round(evaluation.eval_wall_s, 2), "peak_mem_mb": training.get("peak_mem_mb"),
         "config": json.dumps(plan.model.config.to_dict(), sort_keys=True, default=str),
     }
-    full = [{**common, **r, "column_group": _group(column_group, r.get("column_group", ""))} for r in evaluation.rows]
+    regroup = spec_table.metric_groups
+
+    def group_of(r: dict) -> str:
+        return _group(column_group, regroup.get(r.get("metric_id", ""), r.get("column_group", "")))
+
+    full = [{**common, **r, "column_group": group_of(r)} for r in evaluation.rows]
     for r in evaluation.subject_rows:
-        r["column_group"] = _group(column_group, r.get("column_group", ""))
+        r["column_group"] = group_of(r)
     info = {"provenance": prov, "training": training, "model": plan.model.describe(), "profile": profile.name,
             "n_test": evaluation.n_test, "calibration": method.calibration, "protocol": evaluation.info,
             "network_passes": scorer.passes,

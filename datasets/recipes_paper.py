@@ -471,6 +471,31 @@ class Setup:
 _RA_FASTMRI = (("series", ("AXT1",)), ("report_missing", True))
 
 
+@dataclass(frozen=True)
+class MergedSetup:
+    """Splits of several setups in one store, each prepared by its own recipe from the same root (PHANES
+    Table 2: train/val of ``ra-ixi-fastmri``, test of ``phanes-atlas2``). Cached by the parts' fingerprints."""
+
+    id: str
+    parts: tuple[tuple[str, tuple[str, ...]], ...]  # (setup id, splits taken from it)
+    note: str = ""
+
+    def prepare(self, root, *, cache_dir=None, skip_bad: bool = False, force: bool = False, size: int | None = None):
+        import hashlib
+        from pathlib import Path
+
+        from datasets.base import DEFAULT_CACHE
+        from datasets.store import SliceStore, merge_stores
+
+        stores = [(SETUPS[sid].prepare(root, cache_dir=cache_dir, skip_bad=skip_bad, force=force, size=size), sp)
+                  for sid, sp in self.parts]
+        key = hashlib.sha256("|".join(f"{st.fingerprint}:{','.join(sp)}" for st, sp in stores).encode()).hexdigest()
+        path = Path(cache_dir or DEFAULT_CACHE / "stores") / f"merged-{self.id}-{key[:12]}"
+        if not force and (path / "meta.json").exists():
+            return SliceStore(path)
+        return merge_stores(path, stores, {"dataset": self.id, "root": str(root)})
+
+
 def _setups() -> dict[str, Setup]:
     from datasets import splits as sp
 
@@ -503,4 +528,7 @@ def _setups() -> dict[str, Setup]:
     return {s.id: s for s in out}
 
 
-SETUPS: dict[str, Setup] = _setups()
+SETUPS: dict[str, "Setup | MergedSetup"] = _setups()
+SETUPS["phanes-ixi-fastmri-atlas2"] = MergedSetup(
+    "phanes-ixi-fastmri-atlas2", (("ra-ixi-fastmri", ("train", "val")), ("phanes-atlas2", ("test",))),
+    note="PHANES Table 2: trained on RA's 712 healthy slices (val 15), tested on ATLAS v2.0 slice 95")

@@ -134,6 +134,42 @@ def write_store(path: str | Path, slices: Iterable[PreparedSlice], meta: dict[st
     return SliceStore(path)
 
 
+def merge_stores(path: str | Path, parts: Sequence[tuple["SliceStore", Sequence[str]]], meta: dict[str, Any]
+                 ) -> "SliceStore":
+    """One store from the chosen splits of several stores (PHANES: train/val from IXI + fastMRI+, test from
+    ATLAS, each prepared by its own recipe), written atomically like any store; slices keep their manifest rows
+    and the meta records every part's recipe and fingerprint. Parts must agree on slice shape."""
+    images, brain, lesion, rows, sources = [], [], [], [], []
+    for store, splits in parts:
+        keep = np.flatnonzero(store.manifest["split"].isin(list(splits)).to_numpy())
+        if store.images.shape[1:] != parts[0][0].images.shape[1:]:
+            raise DataError(store.path, f"slice shape {store.images.shape[1:]} differs from "
+                                        f"{parts[0][0].images.shape[1:]} of {parts[0][0].path}")
+        images.append(np.asarray(store.images[keep]))
+        brain.append(np.asarray(store.brain[keep]))
+        lesion.append(np.asarray(store.lesion[keep]))
+        rows.append(store.manifest.iloc[keep])
+        sources.append({"recipe": store.meta.get("recipe"), "dataset": store.meta.get("dataset"),
+                        "fingerprint": store.fingerprint, "splits": list(splits),
+                        "skipped": store.meta.get("skipped", [])})
+    img, br, les = np.concatenate(images), np.concatenate(brain), np.concatenate(lesion)
+    manifest = pd.concat(rows, ignore_index=True)[MANIFEST_COLUMNS]
+    if not len(manifest):
+        raise DataError(path, "no slices to write (the chosen splits of every part are empty)")
+    csv = manifest.to_csv(index=False)
+    recipe = "+".join(str(s["recipe"]) for s in sources)
+    fingerprint = _sha256_arrays(img, br, les, extra=csv.encode() + recipe.encode())
+    full_meta = {**meta, "recipe": recipe, "parts": sources, "skipped": [ln for s in sources for ln in s["skipped"]],
+                 "format": STORE_FORMAT, "n": len(manifest), "shape": list(img.shape[1:]), "fingerprint": fingerprint}
+    with atomic_dir(path) as tmp:
+        np.save(tmp / "images.npy", img)
+        np.save(tmp / "brain.npy", br)
+        np.save(tmp / "lesion.npy", les)
+        (tmp / "manifest.csv").write_text(csv)
+        (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True))  # last: marks it complete
+    return SliceStore(path)
+
+
 class SliceStore:
     """An opened store; arrays are memory maps, so opening is cheap whatever the size."""
 

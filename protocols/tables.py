@@ -58,6 +58,9 @@ class TableSpec:
     needs_root: str = ""  # what --root must point at, for tables on a user-downloaded release
     # CSV metric → the id that is the paper's computation of it: its column carries the paper's number
     paper_metric_ids: dict[str, str] = field(default_factory=dict)
+    # metric id → the column group its cells go under, replacing the protocol's own group (PHANES Table 1 prints
+    # LPIPS under "healthy" / "anomaly" and AUPRC, Dice under "anomaly segmentation" for its one kind of anomaly)
+    metric_groups: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -310,6 +313,59 @@ RA_TABLE3A = _ra_table(
 RA_TABLE3B = _ra_table(
     "ra-table3b", "RA Table 3(b) — ablations: pathology localisation on fastMRI+", "localisation", RA_ABLATIONS,
     RA_BOX_IDS, _ra_box_options(), RA_BOX_PAPER_IDS, _RA_BOX_NOTE, RA_TABLE3A.footnotes[-1])
+
+
+# ----------------------------------------------------------------------------------------------------
+# PHANES (Bercea et al., MICCAI 2023): two tables (protocols/phanes.md)
+
+PHANES_NEEDS = RA_NEEDS + ", plus ATLAS v2.0 (Training/R<site>/sub-…/ses-1/anat/…_T1w.nii.gz with lesion masks)"
+PHANES_DATA_NOTE = (
+    "Training data as in RA's tables: 581 IXI T1 + 131 fastMRI+ AXT1 normals (712), 15 validation normals "
+    "(setup ra-ixi-fastmri, so the baselines' models are the RA tables' models); PHANES inpaints on the RA model "
+    "that the run store trained once.")
+PHANES_SYNTH_IDS = ("lpips|outside_mask", "lpips|inside_mask", "auprc|pooled", "dice|oracle_test|max1000")
+PHANES_TABLE1 = register_table(TableSpec(
+    table_id="phanes-table1",
+    title="PHANES Table 1 — reversing synthetic anomalies on fastMRI+ (PH reconstruction and segmentation)",
+    dataset="fastmri_plus", protocol="synthetic",
+    methods=(("phanes", "GT"), ("phanes", ""), ("ra", ""), ("si-vae", ""), ("anoddpm", ""), ("dae", ""),
+             ("vae", "")),
+    metrics=PHANES_SYNTH_IDS,
+    parts=(TablePart("", _setup_store("ra-ixi-fastmri", "phanes-table1", PHANES_NEEDS, miniature="ra")),),
+    needs_root=RA_NEEDS, options={"preset": "phanes", "seed": 2109}, reference_method="phanes",
+    metric_groups={"lpips|outside_mask": "healthy", "lpips|inside_mask": "anomaly",
+                   "auprc|pooled": "anomaly segmentation", "dice|oracle_test|max1000": "anomaly segmentation"},
+    paper_metric_ids={"lpips": "lpips|inside_mask", "auprc": "auprc|pooled", "dice": "dice|oracle_test|max1000"},
+    footnotes=(*RA_DATA_NOTES[:2], PHANES_DATA_NOTE,
+               "Synthetic anomalies on the 30 normal test slices, generated once (seed 2109) by PHANES's own sprite "
+               "generator settings (three filled ellipses: 1-5th / 30-70th / 95-99th percentile of the current "
+               "image, semi-axes int(max(|N(4, 6)|, 2)), centre in [32, 96)); cached with their draw record.",
+               "LPIPS (AlexNet, spatial, inputs in [0, 1]) between the clean slice and the method's pseudo-healthy "
+               "reconstruction, averaged outside (healthy) and inside (anomaly) the synthetic mask, mean over "
+               "images (the paper prints ×100); AUPRC pooled over every pixel; ⌈Dice⌉: best pooled Dice of 1000 "
+               "thresholds in [0, max map] on the test set (oracle). PHANES^GT inpaints under the ground-truth mask "
+               "(uses ground truth: not ranked)."),
+))
+PHANES_TABLE2 = register_table(TableSpec(
+    table_id="phanes-table2",
+    title="PHANES Table 2 — ischemic stroke segmentation on ATLAS v2.0 (slice 95)",
+    dataset="atlas2", protocol="standard",
+    methods=(("phanes", ""), ("anoddpm", ""), ("ra", ""), ("patchcore", ""), ("dae", ""), ("si-vae", ""),
+             ("mkd", ""), ("vae", "")),
+    metrics=("auprc|pooled", "dice|oracle_test|max1000", "auroc_pixel|pooled_brain", "dice|fpr@5%_healthy_image"),
+    parts=(TablePart("", _setup_store("phanes-ixi-fastmri-atlas2", "phanes-table2", PHANES_NEEDS,
+                                      miniature="phanes")),),
+    needs_root=PHANES_NEEDS, reference_method="phanes",
+    paper_metric_ids={"auprc": "auprc|pooled", "dice": "dice|oracle_test|max1000"},
+    footnotes=(RA_DATA_NOTES[0].split(" IXI volumes")[0] + ".", PHANES_DATA_NOTE,
+               "Test: ATLAS v2.0 training release (655 T1w with public masks, MNI152NLin2009aSym), axial slice 95, "
+               "98th percentile, 8-bit, 128 px; GT = the resized mask > 0 (recipe phanes_atlas_sl95).",
+               "AUPRC: pixel average precision pooled over every pixel of every test slice, background included; "
+               "⌈Dice⌉: best pooled Dice of 1000 thresholds in [0, max map] (oracle, the Table 1 rule; the PHANES "
+               "code computes no Dice for Table 2). * = the paired test of PHANES against every other method.",
+               "Smoke profile without --root: the layout-faithful miniature release (datasets/miniature.py), not "
+               "real data."),
+))
 
 
 def _shared_setup_store(setup_id: str, table_id: str, *release: str) -> Callable[..., Any]:

@@ -62,3 +62,22 @@ def test_existing_store_survives_a_failed_rebuild(tmp_path, monkeypatch):
     with pytest.raises(DataError):
         write_store(tmp_path / "s", items, {"recipe": "toy@v1"})
     assert SliceStore(tmp_path / "s").fingerprint == fp
+
+
+def test_merge_takes_the_chosen_splits_of_each_store(tmp_path):
+    from datasets.store import merge_stores
+
+    a = write_store(tmp_path / "a", toy_slices(4, 2, 6, size=32, seed=0), {"recipe": "ra@v1", "dataset": "a"})
+    b = write_store(tmp_path / "b", toy_slices(4, 2, 6, size=32, seed=1), {"recipe": "atlas@v1", "dataset": "b"})
+    m = merge_stores(tmp_path / "m", [(a, ("train", "val")), (b, ("test",))], {"dataset": "a+b"})
+    assert list(m.manifest["split"]) == ["train"] * 4 + ["val"] * 2 + ["test"] * 6
+    np.testing.assert_array_equal(m.images[:6], a.images[:6])  # a's train and val rows, in order
+    np.testing.assert_array_equal(m.images[6:], b.images[6:])  # b's test rows
+    np.testing.assert_array_equal(m.lesion[6:], b.lesion[6:])
+    assert m.meta["recipe"] == "ra@v1+atlas@v1" and [p["fingerprint"] for p in m.meta["parts"]] == [
+        a.fingerprint, b.fingerprint]
+    again = merge_stores(tmp_path / "m2", [(a, ("train", "val")), (b, ("test",))], {"dataset": "a+b"})
+    assert again.fingerprint == m.fingerprint
+    c = write_store(tmp_path / "c", toy_slices(2, 1, 2, size=16), {"recipe": "x"})
+    with pytest.raises(DataError, match="slice shape"):
+        merge_stores(tmp_path / "bad", [(a, ("train",)), (c, ("test",))], {})
