@@ -4,9 +4,9 @@ Why: the paper tables read gated datasets (fastMRI, IXI, ...) from the user's ``
 never run them through the real adapters, split lists and recipes. A miniature release has the real
 folder layout, file names, file formats and annotation format, and uses real file ids from the committed
 split lists (the split functions select subjects by id), but its images are MNI phantom anatomy
-(:mod:`datasets.phantom`) with lesions painted inside the annotated boxes. It is small (RA: ~11 MB), built
-in seconds, byte-identical for a given version and seed, and cached under
-``<cache>/miniature/<name>-v<MINIATURE_VERSION>`` (:func:`miniature_root`).
+(:mod:`datasets.phantom`) with lesions painted inside the annotated boxes. It is small (RA: ~11 MB; PHANES:
+~16 MB), built in seconds, byte-identical for a given version and seed, and cached under
+``<cache>/miniature/<name>-v<version>`` (:func:`miniature_root`, :func:`release_version`).
 
 Releases (``RELEASES``):
 
@@ -19,6 +19,24 @@ Releases (``RELEASES``):
     <root>/Annotations/brain.csv                      fastMRI+ rows (study-level labels and boxes)
     <root>/Annotations/brain_file_list.csv            every written file id, one per line
     <root>/miniature.json                             what was written (the summary write_ra_release returns)
+
+``phanes``  PHANES's data in one root: RA's release (the same files, :func:`write_ra_release`: PHANES trains on
+RA's healthy IXI + fastMRI+ data, Table 1 draws sprites on the fastMRI+ normal test slices) plus ATLAS R2.0 for
+Table 2, laid out like the release (the paths of ``datasets/splits/phanes/atlas_train.csv``)::
+
+    <root>/ATLAS_2/Training/R<site>/sub-r<site>s<n>/ses-1/anat/
+        sub-r<site>s<n>_ses-1_space-MNI152NLin2009aSym_T1w.nii.gz
+                                                      6 stroke T1w volumes, uint8, RAS, 1 mm, not skull-stripped
+        sub-r<site>s<n>_ses-1_space-MNI152NLin2009aSym_label-L_desc-T1lesion_mask.nii.gz
+                                                      uint8 {0, 1} lesion mask on the same grid
+    <root>/miniature.json                             RA's summary + an "atlas" part (write_phanes_release)
+
+The ATLAS volumes keep the real MNI152NLin2009aSym z axis (189 slices from z = -72 mm, so the recipe's slice
+95 is z = +23 mm, through the lateral ventricles' bodies) but a 108 × 128 in-plane crop of a ~0.6× phantom
+head: 128 px is the store size, so slice 95 is padded but not resized and a mask's pixel count on slice 95
+is its count in the store (a real 197 × 233 slice is shrunk, which turns one lesion pixel into four). Each
+volume holds one hypo-intense stroke lesion (``PHANES_ATLAS``); one of them shows a single lesion pixel on
+slice 95 and one none (the official evaluation scores only slices with more than one).
 
 Nothing here reads real data at run time: the ids, label texts and slices are written out below.
 """
@@ -39,7 +57,8 @@ from scipy import ndimage
 
 from benchmark.io import atomic_dir
 
-MINIATURE_VERSION = 1  # bump on any change to the written bytes: it is part of the cache folder name
+MINIATURE_VERSION = 1  # bump on any change to RA's written bytes: it is part of the cache folder name
+ATLAS_VERSION = 1  # bump on any change to the ATLAS files the phanes release adds to RA's
 
 # ---------------------------------------------------------------------------------------------------
 # RA: which real ids play which role (first ids of each list in datasets/splits/ra/, except where noted)
@@ -305,11 +324,166 @@ def write_ra_release(root: Path, *, seed: int = 0) -> dict:
     return summary
 
 
-RELEASES: dict[str, Callable[[Path], dict]] = {"ra": write_ra_release}
+# ---------------------------------------------------------------------------------------------------
+# PHANES: RA's release + ATLAS R2.0 (Table 2 reads axial slice 95 of the MNI volumes)
+
+
+@dataclass(frozen=True)
+class AtlasLesion:
+    """The stroke lesion of one ATLAS subject: an irregular ellipsoid (``phantom._blob``) centred on slice
+    ``z`` in one hemisphere, 5-14 px under the brain surface (cortical-subcortical, like an MCA infarct).
+    ``on_slice``: ``"cut"`` as drawn; ``"one"`` cleared below slice 96 plus one tip voxel on slice 95 (under
+    the lesion); ``"none"`` must miss slice 95."""
+
+    side: str  # L | R (RAS: left is x below the midline)
+    radii: tuple[float, float, float]  # voxels (1 mm) along x, y, z before the random rotation
+    z: int
+    on_slice: str = "cut"
+
+
+ATLAS_SLICE = 95  # recipe phanes_atlas_sl95
+ATLAS_SHAPE = (108, 128, 189)  # x, y: a crop (the store is 128 px: no resize); z: MNI152NLin2009aSym's 189
+ATLAS_ORIGIN = (-54.0, -82.0, -72.0)  # mm of voxel 0: the real grid's (-98, -134, -72) cropped centrally
+_ATLAS_WM = 180.0  # T1w grey level of white matter (8-bit volumes: half the bytes of int16)
+_ATLAS_ZOOM = 1.15  # phantom 2 mm voxels → 1.15 px in plane (a ~0.6× head), 2 px along z
+# atlas_train.csv: its first four ids (site R042) and the first two of the next site (R014)
+PHANES_ATLAS: dict[str, AtlasLesion] = {
+    "sub-r042s010": AtlasLesion("L", (11.0, 14.0, 9.0), 97),
+    "sub-r042s013": AtlasLesion("R", (7.0, 9.0, 6.0), 93),
+    "sub-r042s011": AtlasLesion("L", (4.0, 5.0, 4.0), 95),
+    "sub-r042s018": AtlasLesion("R", (6.0, 7.0, 5.0), 101, "one"),
+    "sub-r014s010": AtlasLesion("R", (9.0, 12.0, 10.0), 90),
+    "sub-r014s002": AtlasLesion("L", (6.0, 8.0, 6.0), 122, "none"),
+}
+
+
+def atlas_site(sub: str) -> str:
+    """``sub-r042s010`` → ``R042`` (the site folder)."""
+    return "R" + sub[5:sub.index("s", 5)]
+
+
+def atlas_paths(sub: str) -> tuple[str, str]:
+    """(T1w, lesion mask) of a training subject, relative to the root, as in ``atlas_train*.csv``."""
+    anat = f"ATLAS_2/Training/{atlas_site(sub)}/{sub}/ses-1/anat/{sub}_ses-1_space-MNI152NLin2009aSym"
+    return f"{anat}_T1w.nii.gz", f"{anat}_label-L_desc-T1lesion_mask.nii.gz"
+
+
+def _atlas_volume(sub: str, index: int, lesion: AtlasLesion, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 T1w, uint8 mask), both [x, y, z] on ``ATLAS_SHAPE`` in RAS: a healthy phantom head (all 94 axial
+    2 mm planes) resampled onto the 1 mm grid, with ``lesion`` painted dark into the brain; white matter at
+    ~``_ATLAS_WM`` grey levels."""
+    from datasets.phantom import _blob, synth_subject
+
+    subj = synth_subject("test", 200 + index, "healthy", 94, seed)  # 94: the whole 2 mm template in z
+    rng = _rng(seed, f"ATLAS/{sub}")
+    t1, brain2 = subj.channels["t1"], subj.brain
+    ref = _reference(t1, brain2)
+    blank = np.zeros((t1.shape[0] + 2 * _PAD, t1.shape[1] + 2 * _PAD), np.float32)
+    head = np.stack([_with_head(t1[:, :, k], brain2[:, :, k], ref, rng) if brain2[:, :, k].any() else blank
+                     for k in range(t1.shape[2])], axis=-1)
+    brain_pad = np.pad(brain2, ((_PAD, _PAD), (_PAD, _PAD), (0, 0))).astype(np.float32)
+    # 1 mm voxel → 2 mm phantom coordinates: the brain's bounding box centred in plane, z as in MNI (the 2 mm
+    # plane k is the centre of 1 mm slices 2k and 2k + 1)
+    cx, cy = ((idx.min() + idx.max()) / 2 for idx in np.nonzero(brain2.any(axis=2)))
+    cx, cy = cx + _PAD, cy + _PAD
+    nx, ny, nz = ATLAS_SHAPE
+    ax = [cx + (np.arange(nx) - (nx - 1) / 2) / _ATLAS_ZOOM, cy + (np.arange(ny) - (ny - 1) / 2) / _ATLAS_ZOOM,
+          (np.arange(nz) - 0.5) / 2.0]
+    grid = np.stack(np.meshgrid(*ax, indexing="ij"))
+    vol = ndimage.map_coordinates(head, grid, order=1, mode="constant", cval=0.0, prefilter=False)
+    brain = ndimage.map_coordinates(brain_pad, grid, order=1, mode="constant", cval=0.0, prefilter=False) > 0.5
+    edge = np.zeros(ATLAS_SHAPE, bool)
+    edge[[0, -1]], edge[:, [0, -1]] = True, True
+    if (vol[edge] > 0).any():
+        raise ValueError(f"miniature: the {sub} head does not fit the {nx} × {ny} ATLAS frame")
+
+    # the lesion: a voxel of the brain on its centre slice, in its hemisphere, 5-14 px deep
+    depth = ndimage.distance_transform_edt(brain[:, :, lesion.z])
+    xs = np.arange(nx)[:, None]
+    side = xs < (nx - 1) / 2 - 8 if lesion.side == "L" else xs > (nx - 1) / 2 + 8
+    cand = np.argwhere(side & (depth >= 5) & (depth <= 14))
+    x, y = cand[rng.integers(len(cand))]
+    centre = np.array([x, y, lesion.z])
+    radii = np.array(lesion.radii)
+    box, level = _blob(rng, ATLAS_SHAPE, centre, radii, 0.4, float(radii.max()) * 1.6)
+    mask = np.zeros(ATLAS_SHAPE, bool)
+    mask[box] = level < 1.0
+    mask &= brain
+    if lesion.on_slice == "one":
+        mask[:, :, :ATLAS_SLICE + 1] = False
+        above = np.argwhere(mask[:, :, ATLAS_SLICE + 1])
+        tip = above[np.argmin(((above - centre[:2]) ** 2).sum(axis=1))]
+        mask[tip[0], tip[1], ATLAS_SLICE] = True
+    on = int(mask[:, :, ATLAS_SLICE].sum())
+    want = {"cut": on > 1, "one": on == 1, "none": on == 0}[lesion.on_slice]
+    if not want:
+        raise ValueError(f"miniature: {sub}'s lesion has {on} pixels on slice {ATLAS_SLICE} ({lesion.on_slice!r})")
+
+    # stroke in T1: a CSF-dark cavity inside a less dark gliotic border, soft-edged, noisy
+    inner = np.zeros(ATLAS_SHAPE, bool)
+    inner[box] = level < 0.65
+    value = np.float32(ref) * np.where(inner & mask, 0.22, 0.5).astype(np.float32)
+    value *= 1.0 + 0.05 * rng.standard_normal(ATLAS_SHAPE).astype(np.float32)
+    weight = ndimage.gaussian_filter(mask.astype(np.float32), 0.6)
+    weight = np.where(mask, np.maximum(weight, 0.8), weight)
+    vol = vol * (1.0 - weight) + value * weight
+    vol *= np.float32(_ATLAS_WM / ref)
+    return np.round(np.clip(vol, 0.0, 255.0)).astype(np.uint8), mask.astype(np.uint8)
+
+
+def write_atlas_release(root: Path, *, seed: int = 0) -> dict:
+    """Write the ATLAS R2.0 part of PHANES's miniature into ``root`` (``ATLAS_2/Training/...``); return its
+    summary (ids, sites, paths, lesion voxels and pixels on slice 95)."""
+    from datasets.phantom import _write_nifti
+
+    root = Path(root)
+    affine = np.eye(4)
+    affine[:3, 3] = ATLAS_ORIGIN
+    voxels, on_slice = {}, {}
+    for i, (sub, lesion) in enumerate(PHANES_ATLAS.items()):
+        t1, mask = _atlas_volume(sub, i, lesion, seed)
+        for rel, arr in zip(atlas_paths(sub), (t1, mask)):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            _write_nifti(root / rel, arr, affine)
+        voxels[sub], on_slice[sub] = int(mask.sum()), int(mask[:, :, ATLAS_SLICE].sum())
+    sites: dict[str, list[str]] = {}
+    for sub in PHANES_ATLAS:
+        sites.setdefault(atlas_site(sub), []).append(sub)
+    return {
+        "version": ATLAS_VERSION, "subjects": list(PHANES_ATLAS), "sites": sites, "slice": ATLAS_SLICE,
+        "shape": list(ATLAS_SHAPE), "origin_mm": list(ATLAS_ORIGIN),
+        "paths": {sub: list(atlas_paths(sub)) for sub in PHANES_ATLAS},
+        "lesion_voxels": voxels, "lesion_pixels_on_slice": on_slice,
+        "one_pixel": [s for s, n in on_slice.items() if n == 1],
+        "empty_on_slice": [s for s, n in on_slice.items() if n == 0],
+    }
+
+
+def write_phanes_release(root: Path, *, seed: int = 0) -> dict:
+    """Write PHANES's miniature into ``root``: RA's release (:func:`write_ra_release`, the healthy training data
+    and Table 1's normal test slices) plus ATLAS R2.0 (:func:`write_atlas_release`, Table 2). The summary is
+    RA's with ``release``/``version``, ``counts['atlas']`` and an ``atlas`` part; written to ``miniature.json``."""
+    root = Path(root)
+    ra = write_ra_release(root, seed=seed)
+    atlas = write_atlas_release(root, seed=seed)
+    summary = {**ra, "release": "phanes", "version": release_version("phanes"),
+               "counts": {**ra["counts"], "atlas": len(atlas["subjects"])}, "atlas": atlas}
+    (root / "miniature.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+RELEASES: dict[str, Callable[[Path], dict]] = {"ra": write_ra_release, "phanes": write_phanes_release}
+
+
+def release_version(name: str) -> str:
+    """The version in release ``name``'s folder name: ``MINIATURE_VERSION`` for ``ra``; ``phanes`` holds RA's files
+    and its own, so ``<MINIATURE_VERSION>.<ATLAS_VERSION>``: a change to either rebuilds it."""
+    return f"{MINIATURE_VERSION}.{ATLAS_VERSION}" if name == "phanes" else str(MINIATURE_VERSION)
 
 
 def miniature_root(name: str, cache_dir: Path | None = None) -> Path:
-    """The folder of miniature release ``name``, built once into ``<cache>/miniature/<name>-v<version>``.
+    """The folder of miniature release ``name``, built once into ``<cache>/miniature/<name>-v<version>``
+    (:func:`release_version`: ``ra-v1``, ``phanes-v1.1``).
 
     ``cache_dir`` defaults to ``datasets.base.DEFAULT_CACHE`` ($PHBENCH_CACHE). The folder is built under a
     temporary name and renamed into place (``atomic_dir``), under a file lock beside it, so concurrent
@@ -322,7 +496,7 @@ def miniature_root(name: str, cache_dir: Path | None = None) -> Path:
     if name not in RELEASES:
         raise KeyError(f"unknown miniature release {name!r}; known: {', '.join(sorted(RELEASES))}")
     out = (Path(cache_dir) if cache_dir is not None else base.DEFAULT_CACHE) / "miniature" / \
-        f"{name}-v{MINIATURE_VERSION}"
+        f"{name}-v{release_version(name)}"
     if out.is_dir():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""The RA miniature release: byte-stable, built once, read by the real adapters, split lists and recipes."""
+"""The RA and PHANES miniature releases: byte-stable, built once, read by the real adapters, split lists and
+recipes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from datasets import miniature as M
 from datasets.splits import read_csv
@@ -18,6 +20,8 @@ from datasets.splits import read_csv
 LOCAL_IDS = list(M.RA_LOCAL)
 NORMAL_IDS = [f for ids in M.RA_NORMALS.values() for f in ids]
 ALL_FASTMRI = set(NORMAL_IDS) | set(M.RA_GLOBAL_PATHOLOGY) | set(M.RA_GLOBAL_ARTEFACT) | set(LOCAL_IDS)
+ATLAS_IDS = list(M.PHANES_ATLAS)
+ONE_PIXEL, EMPTY = "sub-r042s018", "sub-r014s002"  # slice 95 shows 1 lesion pixel / none
 
 
 def digest(root: Path) -> dict[str, str]:
@@ -197,3 +201,111 @@ def test_ra_setups_prepare(root, tmp_path):
                 assert inside > 0.95 and inside - around > 0.15, (f, b, inside, around)
             else:
                 assert inside < 0.25 and around - inside > 0.3, (f, b, inside, around)
+
+
+# ---------------------------------------------------------------------------------------------------
+# PHANES: RA's files + ATLAS R2.0
+
+
+@pytest.fixture(scope="module")
+def phanes(cache) -> Path:
+    return M.miniature_root("phanes", cache_dir=cache)
+
+
+def atlas_summary(phanes: Path) -> dict:
+    return json.loads((phanes / "miniature.json").read_text())["atlas"]
+
+
+def test_phanes_root_is_ra_plus_atlas_and_bytes_are_stable(phanes, root, cache, tmp_path):
+    assert phanes == cache / "miniature" / f"phanes-v{M.MINIATURE_VERSION}.{M.ATLAS_VERSION}"
+    assert root.name == f"ra-v{M.MINIATURE_VERSION}" and M.release_version("ra") == str(M.MINIATURE_VERSION)
+    ra, ph = digest(root), digest(phanes)
+    # RA's files byte for byte (their own stability is test_root_is_cached_and_bytes_are_stable's), plus ATLAS
+    assert {k: ph[k] for k in ra if k != "miniature.json"} == {k: v for k, v in ra.items() if k != "miniature.json"}
+    assert set(ph) - set(ra) == {p for sub in ATLAS_IDS for p in M.atlas_paths(sub)}
+    summary = json.loads((phanes / "miniature.json").read_text())
+    ra_summary = json.loads((root / "miniature.json").read_text())
+    assert summary["release"] == "phanes" and summary["version"] == f"{M.MINIATURE_VERSION}.{M.ATLAS_VERSION}"
+    assert summary["counts"] == {**ra_summary["counts"], "atlas": 6}
+    assert {k: summary[k] for k in ("ixi", "fastmri", "slices", "boxes")} == \
+        {k: ra_summary[k] for k in ("ixi", "fastmri", "slices", "boxes")}
+    atlas = summary["atlas"]
+    assert atlas["sites"] == {"R042": ATLAS_IDS[:4], "R014": ATLAS_IDS[4:]}
+    assert atlas["lesion_pixels_on_slice"] == {"sub-r042s010": 318, "sub-r042s013": 135, "sub-r042s011": 94,
+                                               "sub-r042s018": 1, "sub-r014s010": 228, "sub-r014s002": 0}
+    assert atlas["one_pixel"] == [ONE_PIXEL] and atlas["empty_on_slice"] == [EMPTY]
+    # the ATLAS part rebuilt: the same bytes and summary (RA's part is checked against the ra release above)
+    again = M.write_atlas_release(tmp_path / "again")
+    assert digest(tmp_path / "again") == {k: v for k, v in ph.items() if k.startswith("ATLAS_2/")}
+    assert again == atlas
+
+
+def test_atlas_ids_and_paths_agree_with_the_split_lists():
+    from datasets.splits import atlas_ids
+
+    listed = atlas_ids()
+    second = next(M.atlas_site(i) for i in listed if M.atlas_site(i) != M.atlas_site(listed[0]))
+    assert ATLAS_IDS == listed[:4] + [i for i in listed if M.atlas_site(i) == second][:2]
+    images = {r["filename"] for r in read_csv("phanes/atlas_train.csv")}
+    masks = {r["filename"] for r in read_csv("phanes/atlas_train_mask.csv")}
+    for sub in ATLAS_IDS:
+        t1, mask = M.atlas_paths(sub)
+        assert f"./data/{t1}" in images and f"./data/{mask}" in masks
+
+
+def test_atlas_adapter(phanes):
+    import nibabel as nib
+
+    from benchmark.registry import get_dataset
+
+    adapter = get_dataset("atlas2")(phanes)
+    subjects = {s.id: s for s in adapter.subjects()}
+    assert set(subjects) == set(ATLAS_IDS)
+    summary = atlas_summary(phanes)
+    for sub in ATLAS_IDS:
+        s = subjects[sub]
+        assert s.meta["part"] == "Training" and s.meta["site"] == M.atlas_site(sub) and s.meta["has_seg"]
+        assert s.meta["skull_stripped"] is False and s.pathology == "stroke"
+        vol = adapter.load(s)
+        t1, les = np.asarray(vol.channel("t1")), np.asarray(vol.lesion)
+        assert t1.shape == les.shape == M.ATLAS_SHAPE and vol.spacing == (1.0, 1.0, 1.0)
+        assert int(les.sum()) == summary["lesion_voxels"][sub]
+        assert int(les[:, :, M.ATLAS_SLICE].sum()) == summary["lesion_pixels_on_slice"][sub]
+        # hypo-intense: the lesion is darker than the brain around it (a 4 voxel shell)
+        shell = ndimage.binary_dilation(les > 0, iterations=4) & ~(les > 0) & (t1 > 0.5 * M._ATLAS_WM)
+        assert float(t1[les > 0].mean()) < 0.7 * float(t1[shell].mean()), sub
+        # slice 95 is through the head: tissue at the centre, air in the corners
+        mid = t1[:, :, M.ATLAS_SLICE]
+        assert (mid[44:64, 54:74] > 0).all() and mid[:3, :3].max() == 0
+    img = nib.load(phanes / M.atlas_paths(ATLAS_IDS[0])[0])
+    assert img.get_data_dtype() == np.uint8 and np.allclose(img.affine[:3, 3], M.ATLAS_ORIGIN)
+
+
+def test_phanes_setups_prepare(phanes, tmp_path):
+    import nibabel as nib
+
+    from datasets.recipes_paper import SETUPS
+
+    store = SETUPS["phanes-atlas2"].prepare(phanes, cache_dir=tmp_path)
+    m = store.manifest
+    assert sorted(m["subject"]) == sorted(ATLAS_IDS) and set(m["split"]) == {"test"}
+    assert set(m["slice"]) == {M.ATLAS_SLICE}
+    counts = {sub: int(np.asarray(store.lesion[i]).sum()) for i, sub in enumerate(m["subject"])}
+    assert counts == atlas_summary(phanes)["lesion_pixels_on_slice"]
+    assert counts[ONE_PIXEL] == 1 and counts[EMPTY] == 0
+    assert sum(n > 1 for n in counts.values()) == 4  # what the official evaluation scores (more than one pixel)
+    label = dict(zip(m["subject"], m["label"]))
+    assert label[EMPTY] == 0 and all(label[s] == 1 for s in ATLAS_IDS if s != EMPTY)
+    for i, sub in enumerate(m["subject"]):
+        # 108 × 128 slice: padded with its minimum to 128², not resized, so the mask is the file's slice 95
+        mask = np.asarray(nib.load(phanes / M.atlas_paths(sub)[1]).dataobj)[:, :, M.ATLAS_SLICE]
+        les, img = np.asarray(store.lesion[i, 0]), np.asarray(store.images[i, 0])
+        assert np.array_equal(les[:, 10:118], np.rot90(mask)) and les[:, :10].sum() == les[:, 118:].sum() == 0
+        assert (img[:, :10] == img.min()).all()
+        if counts[sub] > 1:
+            assert float(img[les > 0].mean()) < 0.75 * float(img[img > 0.2].mean()), sub
+    # PHANES Table 2's store (train/val from RA's IXI + fastMRI+ normals, test = ATLAS) and RA's part, one root
+    merged = SETUPS["phanes-ixi-fastmri-atlas2"].prepare(phanes, cache_dir=tmp_path)
+    assert merged.manifest["split"].value_counts().to_dict() == {"train": 14, "test": 6, "val": 3}
+    fast = SETUPS["ra-fastmri"].prepare(phanes, cache_dir=tmp_path)
+    assert fast.manifest["split"].value_counts().to_dict() == {"test": 19, "train": 6, "val": 3}
