@@ -445,6 +445,174 @@ def _reconstruction_error(ctx: MetricContext, kind: str, inside: bool) -> Estima
                       + " the synthetic mask; per-image mean, then mean over images")
 
 
+# ----------------------------------------------------------------------------------------------------
+# PHANES's official evaluation as coded (``|phanes_code``; ci-ber/PHANES @ c8995ed DownstreamEvaluator.py)
+# ----------------------------------------------------------------------------------------------------
+_PHANES_SKIP = "lesion_gt1px"  # the id part naming pathology_localization's rule: slices with > 1 lesion pixel
+
+
+def _nan_only_mean_on(values: np.ndarray) -> Callable[[np.ndarray], float]:
+    """``np.nanmean`` as the code logs its per-image lists: NaN dropped, ±inf kept."""
+    v = np.asarray(values, dtype=np.float64)
+
+    def on(idx: np.ndarray) -> float:
+        x = v[idx]
+        x = x[~np.isnan(x)]
+        return float(x.mean()) if x.size else math.nan
+    return on
+
+
+def _code_mean(values: np.ndarray, note: str, keep: np.ndarray | None = None) -> Estimate:
+    """Mean over images as the code logs it (``np.nanmean``), over the ``keep`` slices only when given."""
+    v = np.asarray(values, np.float64).copy()
+    if keep is not None:
+        v[~keep] = np.nan  # a skipped slice is never appended to the code's list
+    on = _nan_only_mean_on(v)
+    value = on(np.arange(len(v)))
+    return Estimate(value, on, note)
+
+
+def _phanes_keep(ctx: MetricContext, skip: bool) -> tuple[np.ndarray, str]:
+    """The slices an id pools: all, or (``lesion_gt1px``) those with more than one lesion pixel."""
+    if not skip:
+        return np.ones(ctx.n, bool), ""
+    keep = ctx.cached("phanes_keep", lambda: M.lesion_gt1px(ctx.test.lesion))
+    if not keep.any():
+        raise Undefined("no slice with more than one lesion pixel (PHANES's pathology_localization scores none)")
+    return keep, f"; {int(keep.sum())} of {ctx.n} slices have > 1 lesion pixel (the code skips the others)"
+
+
+def _phanes_dice_on(inter: np.ndarray, pred: np.ndarray, gt: np.ndarray, keep: np.ndarray
+                    ) -> Callable[[np.ndarray], float]:
+    """Pooled code Dice of a resample: sums over its kept slices, best over the (fixed) threshold columns."""
+    def on(idx: np.ndarray) -> float:
+        i = idx[keep[idx]]
+        if not len(i):
+            return math.nan
+        return float(np.max(2.0 * inter[i].sum(0) / (pred[i].sum(0) + gt[i].sum() + M.PHANES_DICE_EPS)))
+    return on
+
+
+def _phanes_dice_oracle(ctx: MetricContext, skip: bool) -> Estimate:
+    keep, skip_note = _phanes_keep(ctx, skip)
+    sel = torch.from_numpy(keep).to(ctx.test.maps.device)
+    maps, lesion = ctx.test.maps[sel], ctx.test.lesion[sel]
+    th = M.phanes_code_grid(maps)  # linspace(0, max of the pooled (kept) maps, 1000)
+    inter, pred, gt = np.zeros((ctx.n, th.size)), np.zeros((ctx.n, th.size)), np.zeros(ctx.n)
+    inter[keep], pred[keep], gt[keep] = M.phanes_code_dice_terms(maps, lesion, th)
+    on = _phanes_dice_on(inter, pred, gt, keep)
+    d = 2.0 * inter.sum(0) / (pred.sum(0) + gt.sum() + M.PHANES_DICE_EPS)
+    k = int(np.argmax(d))
+    note = (f"PHANES code: max of compute_dice over linspace(0, max map, 1000) (map > t → 1, values in [1, t] kept "
+            f"raw, + 1e-6), oracle threshold {th[k]:.4g} chosen on the test set" + skip_note)
+    return Estimate(float(d[k]), on, note)
+
+
+def _phanes_dice_fpr(ctx: MetricContext) -> Estimate:
+    if ctx.val is None or not len(ctx.val):
+        raise Undefined("no healthy validation slices for PHANES's threshold search")
+
+    def search() -> tuple[float, bool]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            t = T.phanes_code_threshold(ctx.val.maps, ctx.fpr)
+        return t, bool(caught)
+    t, fallback = ctx.cached("phanes_code_threshold", search)
+    inter, pred, gt = M.phanes_code_dice_terms(ctx.test.maps, ctx.test.lesion, [t])
+    on = _phanes_dice_on(inter, pred, gt, np.ones(ctx.n, bool))
+    note = (f"threshold {t:.4g}: PHANES code search (grid 0, 0.001, …, 0.999; per-slice count·100 / H ≤ "
+            f"{100 * ctx.fpr:g} on average, i.e. ≈ {100 * ctx.fpr / ctx.val.maps.shape[-1]:.3g} % of the pixels) "
+            f"on {len(ctx.val)} healthy validation slices"
+            + (" -- no grid value qualifies, so 0 as the code's initial value" if fallback else "")
+            + "; Dice as compute_dice (values in [1, t] kept raw, + 1e-6)")
+    return Estimate(on(np.arange(ctx.n)), on, note)
+
+
+def _phanes_pooled_ap(ctx: MetricContext) -> Estimate:
+    keep, skip_note = _phanes_keep(ctx, True)
+    sel = torch.from_numpy(keep).to(ctx.test.maps.device)
+    maps, lesion = ctx.test.maps[sel], ctx.test.lesion[sel]
+    value = _quiet(lambda: M.pooled_pixel_auroc_ap(maps, lesion))[1]
+    pos, neg = (x.cpu() for x in M.per_image_binned_counts(maps, lesion))
+    at = np.cumsum(keep) - 1  # row of each kept slice in the binned counts
+
+    def on(idx: np.ndarray) -> float:
+        i = at[idx[keep[idx]]]
+        return M.auroc_ap_from_counts(pos[i].sum(0), neg[i].sum(0))[1] if len(i) else math.nan
+    return Estimate(value, on, "PHANES code: compute_auprc (sklearn AP) on the stacked maps of the scored slices"
+                    + skip_note)
+
+
+def _phanes_per_image_ap(ctx: MetricContext, skip: bool) -> Estimate:
+    keep, skip_note = _phanes_keep(ctx, skip)
+    ap = ctx.cached("phanes_per_image_ap", lambda: M.per_image_ap_phanes_code(ctx.test.maps, ctx.test.lesion))
+    n_empty = int(((ctx.test.lesion.flatten(1) > 0.5).sum(1) == 0).cpu().numpy()[keep].sum())
+    extra = f"; {n_empty} slice(s) without lesion count as AP −0.0 (sklearn)" if n_empty else ""
+    return _code_mean(ap.numpy(), "PHANES code: np.nanmean of per-image compute_auprc (sklearn AP)" + skip_note
+                      + extra, keep)
+
+
+def _phanes_synthetic(ctx: MetricContext, what: str, inside: bool = True) -> Estimate:
+    """Table 1 quantities of ``synthetic_anomaly_detection_with_sprites``: reconstruction vs the clean slice."""
+    if ctx.clean is None:
+        raise Undefined("needs the healthy original of each slice (synthetic-anomaly protocol)")
+    rec = ctx.test.reconstructions
+    if rec is None:
+        raise Undefined("the method gives no reconstruction")
+    where = "inside" if inside else "outside"
+    if what == "mse":
+        v = M.masked_mse_phanes_code(rec, ctx.clean, ctx.test.lesion, inside=inside)
+        note = ("PHANES code: Σ((x_rec − x)·m)² / Σm" if inside else
+                "PHANES code 'MSE': Σ((x_rec − x)·(1 − m))² / Σm -- healthy error divided by the ANOMALY area")
+    elif what == "ssim":
+        v = M.ssim_inside_mask_phanes_code(rec, ctx.clean, ctx.test.lesion)
+        note = ("PHANES code: skimage SSIM map (7×7 uniform, data_range 1, float32, unclamped) × mask, exact zeros "
+                "dropped, nanmean")
+    else:  # lpips
+        if ctx.lpips_net is None:
+            raise Undefined("LPIPS network unavailable (see methods/blocks/perceptual.py for the weights)")
+        v = _quiet(lambda: M.masked_lpips(ctx.lpips_net, rec, ctx.clean, ctx.test.lesion, inside=inside,
+                                          zero_as_nan=True)).numpy()
+        note = f"PHANES code: AlexNet spatial LPIPS × region ({where} the mask), exact zeros dropped, nanmean"
+    return _code_mean(v, note + "; per image, np.nanmean over images")
+
+
+def _phanes_table2_recon(ctx: MetricContext, what: str) -> Estimate:
+    """``pathology_localization``'s logged reconstruction metrics: clamped reconstruction vs the input."""
+    keep, skip_note = _phanes_keep(ctx, True)
+    rec = ctx.test.reconstructions
+    if rec is None:
+        raise Undefined("the method gives no reconstruction")
+    if what == "l1":
+        v = M.l1_clamped_phanes_code(rec, ctx.test.images)
+        note = "PHANES code 'MSE': torch L1Loss of clamp(x_rec, 0, 1) vs the input over the slice (float32)"
+    else:
+        v = M.ssim_ra_code(torch.clamp(rec, 0, 1), ctx.test.images)
+        note = "PHANES code: skimage SSIM (7×7 uniform, data_range 1, float32) of clamp(x_rec, 0, 1) vs the input"
+    return _code_mean(v, note + "; np.nanmean" + skip_note, keep)
+
+
+PHANES_CODE_BUILDERS: dict[str, Callable[[MetricContext], Estimate]] = {
+    # Table 1 (synthetic protocol): synthetic_anomaly_detection_with_sprites
+    "dice|oracle_test|max1000|phanes_code": lambda c: _phanes_dice_oracle(c, False),
+    "dice|fpr@5%_healthy_image|phanes_code": _phanes_dice_fpr,
+    "ap_pixel|per_image|phanes_code": lambda c: _phanes_per_image_ap(c, False),
+    "mse|inside_mask|phanes_code": lambda c: _phanes_synthetic(c, "mse", True),
+    "mse|outside_mask|phanes_code": lambda c: _phanes_synthetic(c, "mse", False),
+    "ssim|inside_mask|phanes_code": lambda c: _phanes_synthetic(c, "ssim"),
+    "lpips|inside_mask|phanes_code": lambda c: _phanes_synthetic(c, "lpips", True),
+    "lpips|outside_mask|phanes_code": lambda c: _phanes_synthetic(c, "lpips", False),
+    # Table 2 (standard protocol): pathology_localization, slices with > 1 lesion pixel
+    f"auprc|pooled|{_PHANES_SKIP}|phanes_code": _phanes_pooled_ap,
+    f"ap_pixel|per_image|{_PHANES_SKIP}|phanes_code": lambda c: _phanes_per_image_ap(c, True),
+    f"dice|oracle_test|max1000|{_PHANES_SKIP}|phanes_code": lambda c: _phanes_dice_oracle(c, True),
+    f"mse|image|l1_clamp01|{_PHANES_SKIP}|phanes_code": lambda c: _phanes_table2_recon(c, "l1"),
+    f"ssim|image|clamp01|{_PHANES_SKIP}|phanes_code": lambda c: _phanes_table2_recon(c, "ssim"),
+}
+PHANES_TABLE1_IDS = tuple(k for k in PHANES_CODE_BUILDERS if _PHANES_SKIP not in k)
+PHANES_TABLE2_IDS = tuple(k for k in PHANES_CODE_BUILDERS if _PHANES_SKIP in k)
+
+
 MetricBuilder = Callable[[MetricContext], Estimate]
 METRIC_BUILDERS: dict[str, MetricBuilder] = {
     "auroc|image": lambda c: _image(c, "auroc"),
@@ -494,6 +662,7 @@ METRIC_BUILDERS: dict[str, MetricBuilder] = {
     "mse|inside_mask|l1_ra_code": lambda c: _reconstruction_error(c, "l1", True),
     "lpips|inside_mask": lambda c: _reconstruction_error(c, "lpips", True),
     "lpips|outside_mask": lambda c: _reconstruction_error(c, "lpips", False),
+    **PHANES_CODE_BUILDERS,
 }
 """Every metric id a table may list for the slice-scoring protocols (the registry ``protocols.metrics.METRICS``
 says what each means). An id not here raises at table definition time, never silently later."""

@@ -45,6 +45,9 @@ __all__ = [
     "itermask2_normalise", "itermask2_global_dice", "itermask2_scores", "mean_dice_at",
     "sensitivity_precision_per_image", "size_stratified_dice", "SIZE_BINS", "ssim_normal", "ssim_ra_code",
     "image_acc_f1", "pixel_acc_f1", "fpr_at_tpr_ra_code", "mean_score_gap", "masked_mse", "masked_lpips",
+    "PHANES_DICE_EPS", "phanes_code_dice_terms", "phanes_code_dice", "phanes_code_grid", "phanes_code_best_dice",
+    "per_image_ap_phanes_code", "lesion_gt1px", "masked_mse_phanes_code", "ssim_inside_mask_phanes_code",
+    "l1_clamped_phanes_code",
 ]
 
 
@@ -939,6 +942,168 @@ def masked_lpips(net: Callable[..., torch.Tensor], x: Any, y: Any, mask: Any, *,
 
 
 # ----------------------------------------------------------------------------------------------------
+# PHANES's official evaluation, as coded (``|phanes_code`` ids)
+# ----------------------------------------------------------------------------------------------------
+# ci-ber/PHANES @ c8995ed: projects/phanes/DownstreamEvaluator.py (``synthetic_anomaly_detection_with_sprites``,
+# ``pathology_localization``, ``thresholding``) and optim/metrics/{dice,auprc}.py. The code's arrays are numpy
+# float32 (maps, images, reconstructions) and float64 (synthetic masks); numpy 1.24 (its pin) compares a float32
+# array with a float64 scalar in float32. These functions reproduce those computations, quirks included; the
+# suite's corrected ids stay beside them.
+PHANES_DICE_EPS = 1e-6  # optim/metrics/dice.py: dice = 2·I / (Σinputs + Σtargets + eps)
+
+
+def _code_maps(maps: Any, name: str = "maps") -> np.ndarray:
+    """Maps as the code's numpy arrays: their own float dtype (float32 stays float32), on the CPU."""
+    return _scores(maps, name).detach().cpu().numpy()
+
+
+def phanes_code_dice_terms(maps: Any, masks: Any, thresholds: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image and threshold, the sums the code's ``compute_dice(predictions, gt, th)`` adds up.
+
+    The code binarises in place: ``predictions[predictions > th] = 1``, then ``predictions[predictions < 1] = 0``.
+    A value v > th becomes 1, a value v < 1 (and ≤ th) becomes 0, and a value 1 ≤ v ≤ th (only when th ≥ 1)
+    *keeps its raw value v*. ``th`` is compared in the map's dtype (a float32 map meets float32(th), numpy 1.24
+    value-based casting). Returns float64 ``(inter [N,T], pred [N,T], gt [N])``: Σ inputs·targets, Σ inputs and
+    |G| of each image; the code's pooled Dice is ``2·Σinter / (Σpred + Σgt + 1e-6)`` over the images it pools.
+    Sums are exact float64 (the code sums 0/1 float32 values exactly too; raw values ≥ 1 may differ from its
+    float32 sum in the last bits).
+    """
+    m = _code_maps(maps)
+    g = _binary(masks, "masks").cpu().numpy()
+    if m.shape != g.shape or m.ndim < 2:
+        raise ValueError(f"maps shape {m.shape} != masks shape {g.shape} (or not [N, ...])")
+    th = np.asarray(thresholds, np.float64).reshape(-1).astype(m.dtype)  # the comparison's precision
+    one = m.dtype.type(1)
+    n = m.shape[0]
+    inter = np.zeros((n, th.size))
+    pred = np.zeros((n, th.size))
+    for i in range(n):
+        v = m[i].reshape(-1)
+        for vals, out in ((v, pred), (v[g[i].reshape(-1)], inter)):
+            s = np.sort(vals)
+            n_le = np.searchsorted(s, th, side="right")  # values ≤ th stay (0, or raw when ≥ 1)
+            first_ge1 = np.searchsorted(s, one, side="left")
+            cs = np.concatenate([[0.0], np.cumsum(s, dtype=np.float64)])
+            raw = np.where(n_le > first_ge1, cs[n_le] - cs[np.minimum(first_ge1, n_le)], 0.0)
+            out[i] = (s.size - n_le) + raw
+    return inter, pred, g.reshape(n, -1).sum(1).astype(np.float64)
+
+
+def phanes_code_dice(maps: Any, masks: Any, threshold: float) -> float:
+    """The code's pooled ``compute_dice`` at one threshold: raw values ≥ 1 kept (see
+    :func:`phanes_code_dice_terms`) and ``+1e-6`` in the denominator, so empty prediction and empty GT give 0,
+    never NaN."""
+    inter, pred, gt = phanes_code_dice_terms(maps, masks, [threshold])
+    return float(2.0 * inter.sum() / (pred.sum() + gt.sum() + PHANES_DICE_EPS))
+
+
+def phanes_code_grid(maps: Any) -> np.ndarray:
+    """Table 1's Dice thresholds: ``np.linspace(0, np.max(pred), 1000)`` (float64 grid to the map maximum)."""
+    return np.linspace(0, float(np.max(_code_maps(maps))), 1000)
+
+
+def phanes_code_best_dice(maps: Any, masks: Any) -> tuple[float, float]:
+    """``dice|oracle_test|max1000|phanes_code``: ``synthetic_anomaly_detection_with_sprites``'s "Total DICE",
+    the maximum of ``compute_dice`` over ``linspace(0, max(maps), 1000)`` on the pooled maps. Returns (Dice, the
+    first threshold reaching it)."""
+    th = phanes_code_grid(maps)
+    inter, pred, gt = phanes_code_dice_terms(maps, masks, th)
+    d = 2.0 * inter.sum(0) / (pred.sum(0) + gt.sum() + PHANES_DICE_EPS)
+    k = int(np.argmax(d))
+    return float(d[k]), float(th[k])
+
+
+def per_image_ap_phanes_code(maps: Any, masks: Any) -> torch.Tensor:
+    """Each image's ``compute_auprc`` (sklearn ``average_precision_score`` on the flattened map, float32 ties),
+    float64 [N]. An image without lesion pixel gets −0.0 as PHANES's scikit-learn (1.1.1) returns it: recall is
+    set to 1 everywhere, AP = −Σ 0·precision = −0.0 (current scikit-learn clips it to 0.0; the same number in a
+    mean), never NaN -- so such images pull the code's mean down."""
+    m = _scores(maps, "maps")
+    g = _binary(masks, "masks").to(m.device)
+    if tuple(m.shape) != tuple(g.shape):
+        raise ValueError(f"maps shape {tuple(m.shape)} != masks shape {tuple(g.shape)}")
+    out = torch.full((m.shape[0],), -0.0, dtype=torch.float64)
+    for i in range(m.shape[0]):
+        s, y = _pair(m[i], g[i])
+        if bool(y.any()):
+            out[i] = _ap_from(_rank(s, y))
+    return out
+
+
+def lesion_gt1px(masks: Any) -> np.ndarray:
+    """``pathology_localization``'s slice rule: a slice is scored only if ``torch.sum(masks[i][0]) > 1`` on the
+    binarised mask (more than one lesion pixel in channel 0). bool [N]."""
+    g = _binary(masks, "masks")
+    g = g[:, 0] if g.ndim == 4 else g
+    return (g.reshape(g.shape[0], -1).sum(1) > 1).cpu().numpy()
+
+
+def _code_pair(recon: Any, clean: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Channel 0 of reconstruction and clean slice as the code's float32 numpy arrays (``x_rec[i][0]``, ``x[i][0]``
+    of its float32 tensors)."""
+    r = _scores(recon, "recon").detach().cpu().float().numpy()
+    x = _scores(clean, "clean").detach().cpu().float().numpy()
+    if r.shape != x.shape or r.ndim != 4:
+        raise ValueError(f"recon and clean must be equal [N,C,H,W], got {r.shape} and {x.shape}")
+    return r[:, 0], x[:, 0]
+
+
+def masked_mse_phanes_code(recon: Any, clean: Any, mask: Any, *, inside: bool = True) -> np.ndarray:
+    """Table 1's "MSE_an" (``inside``) and "MSE" (healthy, ``inside=False``) per image, as coded:
+    ``np.sum(((x_rec_ − x_) · m)²) / np.sum(m)`` with m the synthetic mask (inside) or ``|1 − m|`` (healthy) --
+    and the healthy error is divided by the *anomaly* area ``Σ m`` too, not by the healthy area. The difference
+    is taken in float32 (the code's arrays), the rest in float64. Empty mask: what numpy gives
+    (NaN inside, inf healthy). float64 [N]."""
+    r, x = _code_pair(recon, clean)
+    g = _binary(mask, "mask").cpu().numpy()
+    g = (g[:, 0] if g.ndim == 4 else g).astype(np.float64)
+    if g.shape != r.shape:
+        raise ValueError(f"mask shape {g.shape} != images {r.shape}")
+    w = g if inside else np.abs(1 - g)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.array([np.sum(((r[i] - x[i]) * w[i]) ** 2.0) / np.sum(g[i]) for i in range(len(r))], np.float64)
+
+
+def ssim_inside_mask_phanes_code(recon: Any, clean: Any, mask: Any) -> np.ndarray:
+    """Table 1's "SSIM" per image, as coded: ``ssim(x_rec_, x_, data_range=1., full=True)`` (scikit-image
+    defaults: 7×7 uniform window, sample covariance; float32 arrays, unclamped reconstruction vs the clean
+    slice), the full (uncropped) float32 SSIM map multiplied in place by the synthetic mask, every exact 0 set to
+    NaN (outside the mask, and inside pixels whose SSIM is exactly 0) and ``np.nanmean`` in float32. NaN when
+    nothing is left or a slice is smaller than the window. float64 [N]."""
+    from skimage.metrics import structural_similarity
+
+    r, x = _code_pair(recon, clean)
+    g = _binary(mask, "mask").cpu().numpy()
+    g = (g[:, 0] if g.ndim == 4 else g).astype(np.float64)
+    out = np.full(len(r), np.nan)
+    if min(r.shape[-2:]) < 7:
+        return out
+    for i in range(len(r)):
+        if not (np.isfinite(r[i]).all() and np.isfinite(x[i]).all()):
+            continue
+        _, smap = structural_similarity(np.ascontiguousarray(r[i]), np.ascontiguousarray(x[i]), data_range=1.0,
+                                        full=True)
+        smap *= g[i]
+        smap[smap == 0] = np.nan
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out[i] = float(np.nanmean(smap))
+    return out
+
+
+def l1_clamped_phanes_code(recon: Any, image: Any) -> np.ndarray:
+    """Table 2's logged "MSE" per slice, as coded: ``L1Loss()(clamp(x_rec, 0, 1)[i][0], x[i][0])``, the mean
+    absolute error (not squared) of the reconstruction clamped to [0, 1] against the input, over the whole
+    slice, in torch float32. float64 [N]."""
+    r = _scores(recon, "recon")
+    x = _scores(image, "image").to(r.device)
+    if r.shape != x.shape or r.ndim != 4:
+        raise ValueError(f"recon and image must be equal [N,C,H,W], got {tuple(r.shape)} and {tuple(x.shape)}")
+    rc = torch.clamp(r.float(), 0, 1)[:, 0]
+    return np.array([float(torch.nn.functional.l1_loss(rc[i], x[i, 0].float())) for i in range(r.shape[0])])
+
+
+# ----------------------------------------------------------------------------------------------------
 # registry of metric ids
 # ----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -1055,6 +1220,37 @@ _SPECS = [
        fn="masked_lpips"),
     _m("lpips|outside_mask", "AlexNet spatial LPIPS averaged outside the mask (PHANES 'healthy')", hib=False,
        fn="masked_lpips"),
+    # PHANES's official evaluator as coded (ci-ber/PHANES @ c8995ed, projects/phanes/DownstreamEvaluator.py)
+    _m("dice|oracle_test|max1000|phanes_code", "PHANES code Table 1 'Total DICE': max over linspace(0, max map, "
+       "1000) of compute_dice on the pooled maps (map > t → 1, values in [1, t] keep their raw value, + 1e-6 in the "
+       "denominator); oracle", oracle=True, fn="phanes_code_best_dice"),
+    _m("dice|fpr@5%_healthy_image|phanes_code", "pooled compute_dice (raw values in [1, t] kept, + 1e-6) at PHANES's "
+       "thresholding result on healthy validation (count / H, not H·W: ≈ 0.039 % FPR at 128²)",
+       fn="phanes_code_dice"),
+    _m("ap_pixel|per_image|phanes_code", "PHANES code: np.nanmean of per-image sklearn AP (compute_auprc); an "
+       "image without lesion counts as −0.0", fn="per_image_ap_phanes_code"),
+    _m("mse|inside_mask|phanes_code", "PHANES code 'MSE_an': Σ((x_rec − x)·m)² / Σm per image (float32 "
+       "difference), np.nanmean", hib=False, fn="masked_mse_phanes_code"),
+    _m("mse|outside_mask|phanes_code", "PHANES code 'MSE' (healthy): Σ((x_rec − x)·(1 − m))² divided by the "
+       "anomaly area Σm, not the healthy area; np.nanmean", hib=False, fn="masked_mse_phanes_code"),
+    _m("ssim|inside_mask|phanes_code", "PHANES code 'SSIM': skimage SSIM map (7×7 uniform, data_range 1, float32) "
+       "× synthetic mask, exact zeros dropped, nanmean per image", fn="ssim_inside_mask_phanes_code"),
+    _m("lpips|inside_mask|phanes_code", "PHANES code 'LPIPS_an': AlexNet spatial LPIPS inside the mask, exact "
+       "zeros dropped (nanmean)", hib=False, fn="masked_lpips"),
+    _m("lpips|outside_mask|phanes_code", "PHANES code 'LPIPS' (healthy): AlexNet spatial LPIPS outside the mask, "
+       "exact zeros dropped (nanmean)", hib=False, fn="masked_lpips"),
+    _m("auprc|pooled|lesion_gt1px|phanes_code", "PHANES code Table 2 'Total AUPRC': pooled sklearn AP over the "
+       "slices with > 1 lesion pixel (the others skipped)", fn="pooled_pixel_auroc_ap"),
+    _m("ap_pixel|per_image|lesion_gt1px|phanes_code", "PHANES code Table 2 'AUPRC mean': np.nanmean of per-slice "
+       "sklearn AP over the slices with > 1 lesion pixel", fn="per_image_ap_phanes_code"),
+    _m("dice|oracle_test|max1000|lesion_gt1px|phanes_code", "PHANES's Table 1 Dice rule (compute_dice, 1000 "
+       "thresholds in [0, max]) on the slices its Table 2 code scores (> 1 lesion pixel); oracle", oracle=True,
+       fn="phanes_code_best_dice"),
+    _m("mse|image|l1_clamp01|lesion_gt1px|phanes_code", "PHANES code Table 2 'MSE': L1 of the reconstruction "
+       "clamped to [0, 1] vs the input over the slice, slices with > 1 lesion pixel", hib=False,
+       fn="l1_clamped_phanes_code"),
+    _m("ssim|image|clamp01|lesion_gt1px|phanes_code", "PHANES code Table 2 'SSIM': skimage SSIM (7×7 uniform, "
+       "data_range 1) of the clamped reconstruction vs the input, slices with > 1 lesion pixel", fn="ssim_ra_code"),
     _m("detected_boxes|fpr@5%_healthy_image", "boxes with > 10 % pixels firing at the ≤ 5 % healthy-FPR threshold",
        fn="protocols.boxes.localise"),
     _m("detected_boxes|fpr@5%_healthy_image|ra_code", "RA code: detected boxes (> 10 % of the soft box's nonzero "

@@ -125,18 +125,30 @@ def run_standard(method: Scorer | Method, test, val, metric_ids: Sequence[str], 
 # ----------------------------------------------------------------------------------------------------
 SYNTHETIC_METRICS = ("mse|inside_mask", "mse|outside_mask", "mse|inside_mask|l1_ra_code", "lpips|inside_mask",
                      "lpips|outside_mask", "auprc|pooled", "ap_pixel|pooled", "auroc_pixel|pooled",
-                     "dice|oracle_test|max1000", "dice|fpr@5%_healthy_brain")
+                     "dice|oracle_test|max1000", "dice|fpr@5%_healthy_brain",
+                     # PHANES's synthetic_anomaly_detection_with_sprites as coded (evaluate.PHANES_TABLE1_IDS; its
+                     # "Total AUPRC" / "Total AUROC" are auprc|pooled / auroc_pixel|pooled exactly). Its Table 2
+                     # ids (evaluate.PHANES_TABLE2_IDS) are standard-protocol ids.
+                     "dice|oracle_test|max1000|phanes_code", "dice|fpr@5%_healthy_image|phanes_code",
+                     "ap_pixel|per_image|phanes_code", "mse|inside_mask|phanes_code", "mse|outside_mask|phanes_code",
+                     "ssim|inside_mask|phanes_code", "lpips|inside_mask|phanes_code",
+                     "lpips|outside_mask|phanes_code")
+# synthetic v3 (the version in PROTOCOLS): sprites drawn by generator v2 (PHANES SyntheticSprites draw order, OpenCV
+# fill; every preset's sprite sets change, cached v1 sets are not reused) and the ``|phanes_code`` ids.
 
 
 def synthetic_set(test, kind: str, preset: str, seed: int, cache_dir: Path | None) -> tuple[np.ndarray, ...]:
-    """Corrupted healthy test slices, generated once per (store, slices, kind, preset, seed) and cached
-    with their draw record, so every method is scored on the very same anomalies."""
+    """Corrupted healthy test slices, generated once per (store, slices, kind, preset, seed, generator
+    version) and cached with their draw record, so every method is scored on the very same anomalies."""
     healthy = test.subset(np.flatnonzero(test.manifest["label"].to_numpy() == 0))
     images = np.ascontiguousarray(healthy.store.images[healthy.rows])
     if images.shape[1] != 1:
         raise ValueError(f"synthetic anomalies need single-channel slices, got {images.shape[1]} channels")
-    key = hashlib.sha256(json.dumps([healthy.fingerprint, healthy.rows.tolist(), kind, preset, seed]).encode()
-                         ).hexdigest()[:16]
+    from datasets import synthetic
+
+    # the generator's id is part of the key: a set drawn by an older generator version is never reused
+    key = hashlib.sha256(json.dumps([healthy.fingerprint, healthy.rows.tolist(), kind, preset, seed,
+                                     synthetic.GENERATOR_ID]).encode()).hexdigest()[:16]
     path = None if cache_dir is None else Path(cache_dir) / f"synthetic-{kind}-{preset}-{key}.npz"
     if path is not None and path.is_file():
         with np.load(path) as z:
@@ -524,7 +536,7 @@ def run_localisation(method: Scorer | Method, test, val, metric_ids: Sequence[st
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
     Protocol("standard", 3, run_standard, tuple(METRIC_BUILDERS),
              "score the test and healthy validation slices; image- and pixel-level metrics by id"),
-    Protocol("synthetic", 2, run_synthetic, SYNTHETIC_METRICS,
+    Protocol("synthetic", 3, run_synthetic, SYNTHETIC_METRICS,
              "seeded synthetic anomalies on the healthy test slices (RA / PHANES Table 1)"),
     Protocol("localisation", 4, run_localisation, LOCALISATION_METRICS,
              "RA box localisation at the ≤ 5 % healthy-FPR threshold and global detection by map mean"),

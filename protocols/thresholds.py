@@ -10,8 +10,9 @@ Rules (binarisation is ``map > t`` unless a rule says otherwise):
   instead of maps, the same order statistic over healthy image scores. Any percentage: ``fpr@1%_...``.
 - ``fpr@5%_healthy_image|ra_code``  RA's search: grid 0, 0.001, …, 0.999, mean over slices of the per-slice
   percentage of *all* pixels > t, smallest t with mean ≤ 5 %.
-- ``fpr@5%_healthy_image|phanes_code``  PHANES's search: as RA's but the count is divided by 128 (the image
-  width) instead of 128², so its "5 %" is ≈ 0.039 % of the pixels [grid assumed equal to RA's].
+- ``fpr@5%_healthy_image|phanes_code``  PHANES's search (``thresholding``, ci-ber/PHANES @ c8995ed): RA's grid
+  and float32 '>' but the per-slice count is divided by ``anomaly_score.shape[-1] · anomaly_map.shape[-2]`` =
+  1 · H (128) instead of H·W, so its "5 %" is ≈ 0.039 % of the pixels; no qualifying value returns 0.
 - ``oracle_test|<grid>``  best pooled Dice on the test set (grids: pr_exact, max1000, unit101); oracle.
 - ``oracle_test|itermask2``  IterMask2's global θ maximising mean per-image Dice; oracle.
 - ``paper_fixed``  a constant printed in the paper / hard-coded in its code (see ``PAPER_FIXED``).
@@ -38,8 +39,8 @@ import torch
 from protocols import metrics as M
 
 __all__ = ["ThresholdRule", "RULES", "PAPER_FIXED", "parse_rule", "fit_threshold", "ra_code_threshold",
-           "ra_code_grid_fpr", "p75_train_normal", "fpr_threshold", "paper_fixed", "oracle_dice", "oracle_grid", "oracle_dice_per_image",
-           "oracle_itermask2"]
+           "ra_code_grid_fpr", "phanes_code_threshold", "p75_train_normal", "fpr_threshold", "paper_fixed",
+           "oracle_dice", "oracle_grid", "oracle_dice_per_image", "oracle_itermask2"]
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,8 @@ RULES: dict[str, ThresholdRule] = {r.id: r for r in [
                   "healthy"),
     ThresholdRule("fpr@5%_healthy_image|ra_code", "RA code: grid 0..0.999, mean per-slice FPR over all pixels",
                   False, "healthy"),
-    ThresholdRule("fpr@5%_healthy_image|phanes_code", "PHANES code: as RA but count / 128 (≈ 0.039 % FPR)",
-                  False, "healthy"),
+    ThresholdRule("fpr@5%_healthy_image|phanes_code", "PHANES code: RA's grid search but count / H (128), "
+                  "not H·W (≈ 0.039 % FPR)", False, "healthy"),
     ThresholdRule("oracle_test|pr_exact", "best pooled Dice over the exact PR curve on the test set", True, "test"),
     ThresholdRule("oracle_test|max1000", "best pooled Dice over 1000 steps in [0, max] on the test set", True, "test"),
     ThresholdRule("oracle_test|unit101", "best pooled Dice over linspace(0, 1, 101) on the test set", True, "test"),
@@ -157,6 +158,27 @@ def ra_code_grid_fpr(healthy_maps: Any, *, denominator: int | None = None) -> tu
     return grid64, np.mean(above * 100 / denom, axis=0)  # per slice count·100/im_scale, then mean over slices
 
 
+def phanes_code_threshold(healthy_maps: Any, fpr: float = 0.05) -> float:
+    """PHANES's ``PDownstreamEvaluator.thresholding`` (ci-ber/PHANES @ c8995ed, projects/phanes/
+    DownstreamEvaluator.py): grid ``np.linspace(0, 1, 1000, endpoint=False)``; per slice
+    ``count_nonzero(map > th) · 100 / im_scale`` with ``im_scale = anomaly_score.shape[-1] · anomaly_map.shape[-2]``
+    -- PHANES's score is ``np.mean(..., keepdims=True)`` of shape [B,1,1,1], so im_scale = 1 · H, not H·W, and
+    its "5 %" allows 5·H/100 pixels per slice (≈ 0.039 % at 128²); mean over slices; the scan over thresholds
+    sorted by mean FPR keeps the last one ≤ 100·fpr, i.e. the smallest grid value whose mean is ≤ 100·fpr
+    (ties in the unstable argsort: the smallest, as :func:`ra_code_threshold`); none qualifying returns the
+    initial ``best_th = 0`` (with a warning). The float32 maps meet float32(th) (numpy 1.24, PHANES's pin)."""
+    s = M._scores(healthy_maps, "healthy_maps")
+    if s.ndim < 3:
+        raise ValueError(f"healthy_maps must be [N,(1,)H,W], got {tuple(s.shape)}")
+    grid64, mean_fpr = ra_code_grid_fpr(s, denominator=int(s.shape[-2]))
+    ok = np.flatnonzero(mean_fpr <= 100.0 * fpr)
+    if ok.size == 0:
+        warnings.warn("phanes_code_threshold: no grid value reaches the FPR target; returning 0 as PHANES's code "
+                      "does", RuntimeWarning, stacklevel=2)
+        return 0.0
+    return float(grid64[int(ok[0])])
+
+
 def fpr_threshold(healthy: Any, fpr: float, *, healthy_brain: Any = None) -> float:
     """``fpr@X%_healthy_brain`` (``healthy_brain`` given) / ``fpr@X%_healthy_image``, exact: the smallest t
     with at most ``fpr`` of the healthy pixels (or image scores) above t; the decision it calibrates is ``> t``."""
@@ -223,8 +245,7 @@ def fit_threshold(rule_id: str, *, healthy: Any = None, healthy_brain: Any = Non
         if r["variant"] == "ra_code":
             return ra_code_threshold(healthy, r["fpr"])
         if r["variant"] == "phanes_code":
-            h = M._as_tensor(healthy, "healthy")
-            return ra_code_threshold(healthy, r["fpr"], denominator=int(h.shape[-1]))
+            return phanes_code_threshold(healthy, r["fpr"])
         if r["region"] == "brain":
             if healthy_brain is None:
                 raise ValueError(f"{rule_id}: needs healthy_brain (use _healthy_image when there is no brain mask)")
