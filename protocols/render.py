@@ -120,7 +120,7 @@ def _table_rows(rows: pd.DataFrame | None, table_id: str) -> pd.DataFrame:
 def build_table(rows: pd.DataFrame, *, table_id: str, title: str = "", footnotes: Sequence[str] = (),
                 paper: pd.DataFrame | None = None, expected_methods: Sequence[str] = (),
                 subjects: pd.DataFrame | None = None, reference_method: str = "",
-                paper_metric_ids: Mapping[str, str] | None = None) -> Table:
+                paper_metric_ids: Mapping[str, "str | tuple[str, ...]"] | None = None) -> Table:
     """Aggregate rows over seeds, lay them out, rank each column, mark significance and collect footnotes.
 
     ``subjects`` (per-subject values, ``RunStore.read_subjects``) enables the paired test: in each column
@@ -179,12 +179,13 @@ def build_table(rows: pd.DataFrame, *, table_id: str, title: str = "", footnotes
         # the paper's number sits beside the id the table names as the paper's computation of that metric
         # (TableSpec.paper_metric_ids), else beside the first id of the metric -- said in a footnote when the
         # metric has several ids, so a calibrated number is never silently read against a paper's oracle one
-        chosen = dict(paper_metric_ids or {})
+        # a metric may name several ids (one per column group, e.g. PHANES's LPIPS inside / outside the anomaly)
+        chosen = {m: (ids,) if isinstance(ids, str) else tuple(ids) for m, ids in (paper_metric_ids or {}).items()}
         paper_col: dict[tuple[str, str, str], int] = {}
         ids_of: dict[tuple[str, str, str], list[str]] = {}
         for j, (d, g, m, mid) in enumerate(col_keys):
             ids_of.setdefault((d, g, m), []).append(mid)
-            if chosen.get(m) == mid or (m not in chosen and (d, g, m) not in paper_col):
+            if mid in chosen.get(m, ()) or (m not in chosen and (d, g, m) not in paper_col):
                 paper_col[(d, g, m)] = j
         guessed = sorted({(m, col_keys[j][3]) for (d, g, m), j in paper_col.items()
                           if m not in chosen and len(ids_of[(d, g, m)]) > 1})
@@ -390,7 +391,7 @@ def _cell_text(c: Cell | None, with_paper: bool, latex: bool = False) -> str:
 def markdown_table(rows: pd.DataFrame, *, table_id: str, title: str = "", footnotes: Sequence[str] = (),
                    paper: pd.DataFrame | None = None, expected_methods: Sequence[str] = (),
                    subjects: pd.DataFrame | None = None, reference_method: str = "",
-                   paper_metric_ids: Mapping[str, str] | None = None) -> str:
+                   paper_metric_ids: Mapping[str, "str | tuple[str, ...]"] | None = None) -> str:
     """The table as GitHub Markdown (tabulate) with its footnotes, for printing or the README."""
     t = build_table(rows, table_id=table_id, title=title, footnotes=footnotes, paper=paper,
                     expected_methods=expected_methods, subjects=subjects, reference_method=reference_method,
@@ -430,6 +431,8 @@ for _i, _name in enumerate(_GREEK):
                         ("gamma", "delta", "theta", "lambda", "xi", "pi", "sigma", "upsilon", "phi", "psi", "omega")
                         else unicodedata.name(_up).split()[-1][0])
 _TEX_ESC["ς"] = r"$\varsigma$"
+_TEX_ESC["ᾱ"] = r"$\bar{\alpha}$"  # ᾱ_t of the diffusion schedules
+_TEX_ESC.update({chr(0x2080 + d): f"$_{{{d}}}$" for d in range(10)})  # subscript digits: x̂₀ → x̂$_{0}$
 # combining marks written after their base letter: x̂ → $\hat{x}$; accented Latin letters → \'{e}
 _TEX_COMBINING_MATH = {"\u0302": "hat", "\u0303": "tilde", "\u0304": "bar", "\u0307": "dot", "\u20d7": "vec"}
 _TEX_COMBINING_TEXT = {"\u0301": "'", "\u0300": "`", "\u0302": "^", "\u0303": "~", "\u0308": '"', "\u0327": "c",
@@ -505,7 +508,7 @@ def latex_table(t: Table) -> str:
 def render_table(rows: pd.DataFrame, *, table_id: str, title: str, out_dir: Path,
                  footnotes: Sequence[str] = (), paper: pd.DataFrame | None = None,
                  expected_methods: Sequence[str] = (), subjects: pd.DataFrame | None = None,
-                 reference_method: str = "", paper_metric_ids: Mapping[str, str] | None = None
+                 reference_method: str = "", paper_metric_ids: Mapping[str, "str | tuple[str, ...]"] | None = None
                  ) -> dict[str, Path]:
     """Write ``<table_id>.csv`` (long rows with provenance), ``.md``, ``.tex`` and, with ``subjects``,
     ``<table_id>.tests.csv`` (every paired test behind a ``*``) atomically; return the paths.

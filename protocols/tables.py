@@ -56,8 +56,9 @@ class TableSpec:
     reference_method: str = ""
     parts: tuple[TablePart, ...] = ()
     needs_root: str = ""  # what --root must point at, for tables on a user-downloaded release
-    # CSV metric → the id that is the paper's computation of it: its column carries the paper's number
-    paper_metric_ids: dict[str, str] = field(default_factory=dict)
+    # CSV metric → the id (or ids, one per column group) that is the paper's computation of it: its column
+    # carries the paper's number
+    paper_metric_ids: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
     # metric id → the column group its cells go under, replacing the protocol's own group (PHANES Table 1 prints
     # LPIPS under "healthy" / "anomaly" and AUPRC, Dice under "anomaly segmentation" for its one kind of anomaly)
     metric_groups: dict[str, str] = field(default_factory=dict)
@@ -323,7 +324,9 @@ PHANES_DATA_NOTE = (
     "Training data as in RA's tables: 581 IXI T1 + 131 fastMRI+ AXT1 normals (712), 15 validation normals "
     "(setup ra-ixi-fastmri, so the baselines' models are the RA tables' models); PHANES inpaints on the RA model "
     "that the run store trained once.")
-PHANES_SYNTH_IDS = ("lpips|outside_mask", "lpips|inside_mask", "auprc|pooled", "dice|oracle_test|max1000")
+PHANES_SYNTH_IDS = ("lpips|outside_mask|phanes_code", "lpips|inside_mask|phanes_code", "auprc|pooled",
+                    "dice|oracle_test|max1000|phanes_code", "lpips|outside_mask", "lpips|inside_mask",
+                    "dice|oracle_test|max1000", "ssim|inside_mask|phanes_code", "mse|outside_mask|phanes_code")
 PHANES_TABLE1 = register_table(TableSpec(
     table_id="phanes-table1",
     title="PHANES Table 1 — reversing synthetic anomalies on fastMRI+ (PH reconstruction and segmentation)",
@@ -331,11 +334,15 @@ PHANES_TABLE1 = register_table(TableSpec(
     methods=(("phanes", "GT"), ("phanes", ""), ("ra", ""), ("si-vae", ""), ("anoddpm", ""), ("dae", ""),
              ("vae", "")),
     metrics=PHANES_SYNTH_IDS,
-    parts=(TablePart("", _setup_store("ra-ixi-fastmri", "phanes-table1", PHANES_NEEDS, miniature="ra")),),
+    parts=(TablePart("", _setup_store("ra-ixi-fastmri", "phanes-table1", PHANES_NEEDS, miniature="phanes")),),
     needs_root=RA_NEEDS, options={"preset": "phanes", "seed": 2109}, reference_method="phanes",
-    metric_groups={"lpips|outside_mask": "healthy", "lpips|inside_mask": "anomaly",
-                   "auprc|pooled": "anomaly segmentation", "dice|oracle_test|max1000": "anomaly segmentation"},
-    paper_metric_ids={"lpips": "lpips|inside_mask", "auprc": "auprc|pooled", "dice": "dice|oracle_test|max1000"},
+    metric_groups={"lpips|outside_mask|phanes_code": "healthy", "lpips|outside_mask": "healthy",
+                   "mse|outside_mask|phanes_code": "healthy", "lpips|inside_mask|phanes_code": "anomaly",
+                   "lpips|inside_mask": "anomaly", "ssim|inside_mask|phanes_code": "anomaly",
+                   "auprc|pooled": "anomaly segmentation", "dice|oracle_test|max1000|phanes_code": "anomaly segmentation",
+                   "dice|oracle_test|max1000": "anomaly segmentation"},
+    paper_metric_ids={"lpips": ("lpips|outside_mask|phanes_code", "lpips|inside_mask|phanes_code"),
+                      "auprc": "auprc|pooled", "dice": "dice|oracle_test|max1000|phanes_code"},
     footnotes=(*RA_DATA_NOTES[:2], PHANES_DATA_NOTE,
                "Synthetic anomalies on the 30 normal test slices, generated once (seed 2109) by PHANES's own sprite "
                "generator settings (three filled ellipses: 1-5th / 30-70th / 95-99th percentile of the current "
@@ -352,17 +359,22 @@ PHANES_TABLE2 = register_table(TableSpec(
     dataset="atlas2", protocol="standard",
     methods=(("phanes", ""), ("anoddpm", ""), ("ra", ""), ("patchcore", ""), ("dae", ""), ("si-vae", ""),
              ("mkd", ""), ("vae", "")),
-    metrics=("auprc|pooled", "dice|oracle_test|max1000", "auroc_pixel|pooled_brain", "dice|fpr@5%_healthy_image"),
+    metrics=("auprc|pooled|lesion_gt1px|phanes_code", "dice|oracle_test|max1000|lesion_gt1px|phanes_code",
+             "auprc|pooled", "dice|oracle_test|max1000", "auroc_pixel|pooled_brain", "dice|fpr@5%_healthy_image"),
     parts=(TablePart("", _setup_store("phanes-ixi-fastmri-atlas2", "phanes-table2", PHANES_NEEDS,
                                       miniature="phanes")),),
     needs_root=PHANES_NEEDS, reference_method="phanes",
-    paper_metric_ids={"auprc": "auprc|pooled", "dice": "dice|oracle_test|max1000"},
+    paper_metric_ids={"auprc": "auprc|pooled|lesion_gt1px|phanes_code",
+                      "dice": "dice|oracle_test|max1000|lesion_gt1px|phanes_code"},
     footnotes=(RA_DATA_NOTES[0].split(" IXI volumes")[0] + ".", PHANES_DATA_NOTE,
                "Test: ATLAS v2.0 training release (655 T1w with public masks, MNI152NLin2009aSym), axial slice 95, "
                "98th percentile, 8-bit, 128 px; GT = the resized mask > 0 (recipe phanes_atlas_sl95).",
                "AUPRC: pixel average precision pooled over every pixel of every test slice, background included; "
                "⌈Dice⌉: best pooled Dice of 1000 thresholds in [0, max map] (oracle, the Table 1 rule; the PHANES "
-               "code computes no Dice for Table 2). * = the paired test of PHANES against every other method.",
+               "code computes no Dice for Table 2). `|lesion_gt1px|phanes_code`: only the slices whose mask has "
+               "more than one lesion pixel, as PHANES's pathology_localization scores them (the paper's numbers sit "
+               "there); the suite ids beside them score every slice. * = the paired test of PHANES against every "
+               "other method.",
                "Smoke profile without --root: the layout-faithful miniature release (datasets/miniature.py), not "
                "real data."),
 ))

@@ -1,0 +1,62 @@
+"""PHANES's two tables end to end in the smoke profile on the layout-faithful miniature release (IXI + fastMRI+
+for training and Table 1, ATLAS v2.0 BIDS for Table 2), guarded by the stored smoke references."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmark.cli import main
+from benchmark.registry import get_table
+from benchmark.runner import run_table
+from protocols.stats import as_text
+from protocols.tables import PAPER_TABLES_CSV
+
+PHANES_TABLES = ("phanes-table1", "phanes-table2")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def phanes_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("phanes")
+    return tmp, {t: run_table(t, profile="smoke", store=tmp / "runs", out=tmp / "out", progress=False)
+                 for t in PHANES_TABLES}
+
+
+def test_every_paper_row_and_column_is_computed(phanes_runs):
+    tmp, runs = phanes_runs
+    paper = pd.read_csv(PAPER_TABLES_CSV, dtype=str, keep_default_na=False)
+    for table_id, res in runs.items():
+        assert not res.failures, (table_id, res.failures)
+        spec = get_table(table_id)
+        want = paper[paper.table_id == table_id]
+        rows = res.rows.assign(variant=as_text(res.rows["variant"]), column_group=as_text(res.rows["column_group"]))
+        assert set(zip(want.method, want.variant)) == set(zip(rows.method, rows.variant)), table_id
+        for p in want.itertuples():
+            ids = spec.paper_metric_ids[p.metric]
+            ids = (ids,) if isinstance(ids, str) else ids
+            cell = rows[(rows.method == p.method) & (rows.variant == p.variant) & (rows.column_group == p.column_group)
+                        & rows.metric_id.isin(ids)]
+            mid = cell.metric_id.iloc[0] if len(cell) else ids
+            cell = rows[(rows.method == p.method) & (rows.variant == p.variant) & (rows.column_group == p.column_group)
+                        & (rows.metric_id == mid)]
+            assert len(cell) == 1, (table_id, p.method, p.variant, p.column_group, mid)
+    # RA trained once (PHANES's upstream is the ra row's model) and shared by both tables with every baseline
+    models = list((tmp / "runs" / "smoke" / "models").iterdir())
+    assert len(models) == len({m for t in PHANES_TABLES for m, _ in get_table(t).methods})
+
+
+def test_table2_scores_atlas_slice_95_only(phanes_runs):
+    _, runs = phanes_runs
+    rows = runs["phanes-table2"].rows
+    assert set(rows["dataset"]) == {"atlas2"} and (rows["n"] > 0).all()
+
+
+def test_stored_smoke_references_guard_both_tables(phanes_runs):
+    tmp, _ = phanes_runs
+    for t in PHANES_TABLES:
+        assert (REPO / "results" / "smoke" / f"{t}.csv").is_file(), f"create it with `phbench check {t} --update`"
+    assert main(["check", *PHANES_TABLES, "--profile", "smoke", "--store", str(tmp / "runs"),
+                 "--out", str(tmp / "out-check")]) == 0
