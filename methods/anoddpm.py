@@ -29,7 +29,7 @@ from benchmark.device import autocast
 from benchmark.registry import register_method
 from benchmark.trainer import StepContext
 from methods.blocks.augment import random_affine
-from methods.blocks.diffusion import DiffusionSchedule
+from methods.blocks.diffusion import DiffusionSchedule, schedule_tables
 from methods.blocks.noise import generator_from, slice_generators
 from methods.blocks.reconstruction import residual_output
 from methods.blocks.simplex import simplex_noise
@@ -160,22 +160,7 @@ class RespacedSchedule(DiffusionSchedule):
         full = torch.cumprod(1.0 - torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64), dim=0)
         abar = full[torch.tensor(ts)]
         abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
-        betas = 1.0 - abar / abar_prev
-        alphas = 1.0 - betas
-        var = betas * (1.0 - abar_prev) / (1.0 - abar)
-        values = {
-            "betas": betas,
-            "alphas": alphas,
-            "alphas_cumprod": abar,
-            "alphas_cumprod_prev": abar_prev,
-            "sqrt_alphas_cumprod": abar.sqrt(),
-            "sqrt_one_minus_alphas_cumprod": (1.0 - abar).sqrt(),
-            "posterior_mean_coef1": betas * abar_prev.sqrt() / (1.0 - abar),
-            "posterior_mean_coef2": (1.0 - abar_prev) * alphas.sqrt() / (1.0 - abar),
-            "posterior_variance": var,
-            "posterior_std": var.sqrt(),
-        }
-        for name, value in values.items():
+        for name, value in schedule_tables(1.0 - abar / abar_prev, abar).items():
             setattr(self, name, value.to(device=self.device, dtype=torch.float32))
         self.timesteps = torch.tensor(ts, dtype=torch.long, device=self.device)
 

@@ -43,7 +43,8 @@ from benchmark.device import autocast
 from benchmark.registry import register_method
 from methods.blocks.anomaly_maps import gaussian_smooth
 from methods.blocks.coreset import coreset_size, greedy_coreset, nearest_neighbour_distance
-from methods.blocks.trunks import IMAGENET_MEAN, IMAGENET_STD, PATCHCORE_FALLBACK_TAPS, imagenet_trunk
+from methods.blocks.trunks import (IMAGENET_MEAN, IMAGENET_STD, PATCHCORE_FALLBACK_TAPS, imagenet_normalize,
+                                   imagenet_trunk)
 
 WRN_TAPS = ("layer2", "layer3")  # official layers_to_extract_from (512 ch at stride 8, 1024 ch at stride 16)
 _WRN_KEPT = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3")  # nothing past layer3 is built
@@ -101,11 +102,7 @@ class WideResNetTrunk(nn.Module):
         return super().train(False)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] not in (1, 3):
-            raise ValueError(f"{self.name}: expected (B, 1|3, H, W) in [0, 1], got {tuple(x.shape)}")
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            x = x.float().expand(-1, 3, -1, -1) if x.shape[1] == 1 else x.float()
-            return (x - self.mean) / self.std
+        return imagenet_normalize(x, self.mean, self.std, self.name)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h = self.normalize(x).to(self.body.conv1.weight.dtype)

@@ -20,14 +20,11 @@ from methods.blocks.diffusion import DiffusionSchedule
 from methods.blocks.noise import generator_from, slice_generators
 from methods.blocks.simplex import simplex_noise
 from methods.blocks.unet import AttentionBlock, GroupNorm32, ResBlock
+from tests.test_dae import brains as disc_brains, gen
 
 TINY = dict(model_channels=4, channel_mult=(1, 2), attention_levels=(False, False), batch_size=2,
             simplex_frequency=8.0, augment=False)
 D16 = DataSpec(16, 1)
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def tiny(variant: str = "", data: DataSpec = D16, **kw) -> AnoDDPM:
@@ -36,13 +33,9 @@ def tiny(variant: str = "", data: DataSpec = D16, **kw) -> AnoDDPM:
 
 
 def brains(n: int = 2, size: int = 16, seed: int = 0, first_row: int = 7) -> SliceBatch:
-    """Smooth images in [0.1, 0.9] on a disc, zero outside; row ids first_row, first_row + 1, …"""
-    g = gen(seed)
-    low = torch.rand(n, 1, size // 4, size // 4, generator=g) * 0.8 + 0.1
-    x = nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    disc = (((yy - size / 2) ** 2 + (xx - size / 2) ** 2) < (0.4 * size) ** 2).float()[None, None]
-    return SliceBatch(x * disc, disc.expand(n, 1, size, size).clone(), index=torch.arange(n) + first_row)
+    """test_dae's smooth disc images, with row ids first_row, first_row + 1, …"""
+    b = disc_brains(n, size, seed=seed)
+    return SliceBatch(b.image, b.brain_mask, index=torch.arange(n) + first_row)
 
 
 class Spy(nn.Module):

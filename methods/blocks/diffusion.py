@@ -83,6 +83,26 @@ def _work(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
+def schedule_tables(betas: torch.Tensor, abar: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every coefficient a schedule stores, in float64, from its β_t and ᾱ_t (for a respaced schedule the β of
+    a kept step is 1 − ᾱ_t / ᾱ_prev, so the same formulas serve both)."""
+    alphas = 1.0 - betas
+    abar_prev = torch.cat([torch.ones(1, dtype=abar.dtype), abar[:-1]])
+    var = betas * (1.0 - abar_prev) / (1.0 - abar)
+    return {
+        "betas": betas,
+        "alphas": alphas,
+        "alphas_cumprod": abar,
+        "alphas_cumprod_prev": abar_prev,
+        "sqrt_alphas_cumprod": abar.sqrt(),
+        "sqrt_one_minus_alphas_cumprod": (1.0 - abar).sqrt(),
+        "posterior_mean_coef1": betas * abar_prev.sqrt() / (1.0 - abar),
+        "posterior_mean_coef2": (1.0 - abar_prev) * alphas.sqrt() / (1.0 - abar),
+        "posterior_variance": var,
+        "posterior_std": var.sqrt(),
+    }
+
+
 class DiffusionSchedule:
     """Linear-β DDPM schedule with ε-prediction, fixed-small posterior variance and x₀ clipping.
 
@@ -103,22 +123,7 @@ class DiffusionSchedule:
     ) -> None:
         self.num_timesteps = int(num_timesteps)
         betas = torch.linspace(beta_start, beta_end, self.num_timesteps, dtype=torch.float64)
-        alphas = 1.0 - betas
-        abar = torch.cumprod(alphas, dim=0)
-        abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
-        var = betas * (1.0 - abar_prev) / (1.0 - abar)
-        values = {
-            "betas": betas,
-            "alphas": alphas,
-            "alphas_cumprod": abar,
-            "alphas_cumprod_prev": abar_prev,
-            "sqrt_alphas_cumprod": abar.sqrt(),
-            "sqrt_one_minus_alphas_cumprod": (1.0 - abar).sqrt(),
-            "posterior_mean_coef1": betas * abar_prev.sqrt() / (1.0 - abar),
-            "posterior_mean_coef2": (1.0 - abar_prev) * alphas.sqrt() / (1.0 - abar),
-            "posterior_variance": var,
-            "posterior_std": var.sqrt(),
-        }
+        values = schedule_tables(betas, torch.cumprod(1.0 - betas, dim=0))
         dev = torch.device(device) if device is not None else torch.device("cpu")
         for name in _BUFFERS:
             setattr(self, name, values[name].to(device=dev, dtype=torch.float32))

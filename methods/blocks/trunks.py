@@ -103,6 +103,16 @@ def _frozen_features(name: str, depth: int) -> nn.Sequential:
     return features
 
 
+def imagenet_normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, name: str = "trunk") -> torch.Tensor:
+    """[0, 1] grey or RGB (B, 1|3, H, W) → ImageNet-normalised RGB in fp32 (a bf16 shift/scale would cost ~3
+    digits); every frozen ImageNet trunk feeds its input through this."""
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"{name}: expected (B, 1|3, H, W) in [0, 1], got {tuple(x.shape)}")
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = x.float().expand(-1, 3, -1, -1) if x.shape[1] == 1 else x.float()
+        return (x - mean) / std
+
+
 class ImageNetTrunk(nn.Module):
     """A frozen torchvision VGG16 / AlexNet ``features`` stack returning the activations at chosen taps.
 
@@ -157,12 +167,7 @@ class ImageNetTrunk(nn.Module):
         return out
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """[0, 1] grey or RGB → ImageNet-normalised RGB in fp32 (a bf16 shift/scale would cost ~3 digits)."""
-        if x.dim() != 4 or x.shape[1] not in (1, 3):
-            raise ValueError(f"{self.name}: expected (B, 1|3, H, W) in [0, 1], got {tuple(x.shape)}")
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            x = x.float().expand(-1, 3, -1, -1) if x.shape[1] == 1 else x.float()
-            return (x - self.mean) / self.std
+        return imagenet_normalize(x, self.mean, self.std, self.name)
 
     def forward(self, x: torch.Tensor) -> dict[Tap, torch.Tensor]:
         """``{tap: activation}`` for the requested taps, keyed and ordered exactly as they were given."""
