@@ -27,8 +27,9 @@ SCORES_FORMAT = 1
 
 
 def slice_key(slices: Any) -> str | None:
-    """What determines the pixels of a slice set: ``slices.cache_key`` when it has one (synthetic sets say
-    what they hold), else the store fingerprint and the rows. None: the set cannot be cached."""
+    """What determines the pixels of a slice set: ``slices.cache_key`` when it has one (a store's slice set:
+    a hash of its content; synthetic sets say what they hold), else the store fingerprint and the rows. None:
+    the set cannot be cached."""
     own = getattr(slices, "cache_key", None)
     if own:
         return str(own)

@@ -233,6 +233,7 @@ class SliceSet:
         self.rows = np.asarray(rows, dtype=np.int64)
         self.name = name
         self._cache: dict[str, tuple[torch.Tensor, ...]] = {}
+        self._content_key: str | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -244,6 +245,22 @@ class SliceSet:
     @property
     def fingerprint(self) -> str:
         return self.store.fingerprint
+
+    @property
+    def cache_key(self) -> str:
+        """What trained models and cached scores of these slices are keyed by: a hash of their content (arrays,
+        subject, slice, label), not of the store they sit in -- the same slices in two stores (a merged store
+        holds another store's train split; the same release under another root) share models and scores."""
+        if self._content_key is None:
+            h = hashlib.sha256(f"slices:{len(self.rows)}".encode())
+            for a in (self.store.images, self.store.brain, self.store.lesion):
+                h.update(str(a.dtype).encode() + str(a.shape[1:]).encode())
+                for start in range(0, len(self.rows), 1024):  # bounded memory on large stores
+                    h.update(np.ascontiguousarray(a[self.rows[start:start + 1024]]).data)
+            ids = self.store.manifest.iloc[self.rows][["subject", "slice", "label"]]
+            h.update(ids.to_csv(index=False).encode())
+            self._content_key = h.hexdigest()[:20]
+        return self._content_key
 
     def subset(self, positions: Sequence[int] | np.ndarray, name: str | None = None) -> "SliceSet":
         return SliceSet(self.store, self.rows[np.asarray(positions, dtype=np.int64)], name or self.name)

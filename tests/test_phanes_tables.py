@@ -43,7 +43,8 @@ def test_every_paper_row_and_column_is_computed(phanes_runs):
             cell = rows[(rows.method == p.method) & (rows.variant == p.variant) & (rows.column_group == p.column_group)
                         & (rows.metric_id == mid)]
             assert len(cell) == 1, (table_id, p.method, p.variant, p.column_group, mid)
-    # RA trained once (PHANES's upstream is the ra row's model) and shared by both tables with every baseline
+    # one model per method: PHANES inpaints on the ra row's model, and table 2's merged store holds table 1's
+    # training slices, so every baseline trains once for both tables
     models = list((tmp / "runs" / "smoke" / "models").iterdir())
     assert len(models) == len({m for t in PHANES_TABLES for m, _ in get_table(t).methods})
 
