@@ -150,7 +150,7 @@ def suite_setup(name: str, recipe: Any) -> Any:
     when the suite defines no split for this pair (then the release's own split applies)."""
     from datasets.recipes_paper import SETUPS
 
-    mine = [st for st in SETUPS.values() if st.dataset == name]
+    mine = [st for st in SETUPS.values() if getattr(st, "dataset", None) == name]  # MergedSetups have none
     base = getattr(recipe, "name", str(recipe)).partition("@v")[0]
     exact = [st for st in mine if st.recipe == base]
     if exact:

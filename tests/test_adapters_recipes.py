@@ -103,6 +103,9 @@ def test_suite_splits_are_reproducible():
     assert isles == sp.make_itermask2_isles2015()
     tested = collections.Counter(r["subject_id"] for r in isles if r["split"] == "test")
     assert len(tested) == 28 and set(tested.values()) == {1}  # every case tested exactly once
+    ixi = read("ra/ixi_dev_split.csv")
+    assert ixi == sp.make_ra_ixi_dev([r["ixi_subject_id"] for r in ixi])
+    assert collections.Counter(r["split"] for r in ixi) == {"train": 24, "val": 4, "test": 8}
 
 
 def test_holdout_is_seeded_and_grouped():
