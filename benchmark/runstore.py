@@ -74,6 +74,14 @@ class RunSpec:
         return key_hash(payload)
 
 
+# hex keys and hashes stay text: pandas would read a key like "5e21374501934412" as the float 5e+21374501934412
+TEXT_COLUMNS = ("run_key", "dataset_fingerprint", "git_sha", "method", "variant", "column_group", "metric_id")
+
+
+def _read_rows_csv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={c: str for c in TEXT_COLUMNS})
+
+
 class RunStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -109,15 +117,16 @@ class RunStore:
         p = self.root / key / "subjects.csv"
         if not p.is_file():
             return pd.DataFrame(columns=["subject", "metric_id", "column_group", "value", "run_key"])
-        return pd.read_csv(p, keep_default_na=False, na_values=[""], dtype={"subject": str, "column_group": str})
+        return pd.read_csv(p, keep_default_na=False, na_values=[""],
+                           dtype={"subject": str, "column_group": str, "run_key": str, "metric_id": str})
 
     def read_rows(self, spec_or_key: RunSpec | str) -> pd.DataFrame:
         key = spec_or_key if isinstance(spec_or_key, str) else spec_or_key.key
-        return pd.read_csv(self.root / key / "rows.csv", keep_default_na=False, na_values=[""])
+        return _read_rows_csv(self.root / key / "rows.csv")
 
     def all_rows(self) -> pd.DataFrame:
         """Every finished run's rows (a run without rows.csv is unfinished and ignored)."""
-        frames = [pd.read_csv(p, keep_default_na=False, na_values=[""]) for p in sorted(self.root.glob("*/rows.csv"))]
+        frames = [_read_rows_csv(p) for p in sorted(self.root.glob("*/rows.csv"))]
         if not frames:
             return pd.DataFrame(columns=ROW_COLUMNS)
         return pd.concat(frames, ignore_index=True)

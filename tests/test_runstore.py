@@ -36,3 +36,14 @@ def test_results_are_written_atomically_and_never_lost(tmp_path):
 
 def test_empty_store_gives_empty_frame(tmp_path):
     assert isinstance(RunStore(tmp_path).all_rows(), pd.DataFrame)
+
+
+def test_hex_keys_that_look_like_numbers_read_back_as_text(tmp_path):
+    """A run key such as "5e21374501934412" is valid hex and valid float syntax: it must stay text."""
+    from benchmark.runstore import _read_rows_csv
+
+    p = tmp_path / "rows.csv"
+    pd.DataFrame({"run_key": ["5e21374501934412"], "git_sha": ["1234e567"], "value": [0.5]}).to_csv(p, index=False)
+    rows = _read_rows_csv(p)
+    assert rows["run_key"].iloc[0] == "5e21374501934412" and rows["git_sha"].iloc[0] == "1234e567"
+    assert rows["value"].iloc[0] == 0.5
