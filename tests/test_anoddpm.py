@@ -20,7 +20,7 @@ from methods.blocks.diffusion import DiffusionSchedule
 from methods.blocks.noise import generator_from, slice_generators
 from methods.blocks.simplex import simplex_noise
 from methods.blocks.unet import AttentionBlock, GroupNorm32, ResBlock
-from tests.test_dae import brains as disc_brains, gen
+from tests.test_dae import _pixel_auroc, brains as disc_brains, gen
 
 TINY = dict(model_channels=4, channel_mult=(1, 2), attention_levels=(False, False), batch_size=2,
             simplex_frequency=8.0, augment=False)
@@ -260,17 +260,6 @@ def test_validation_loss_is_fixed_per_slice():
 
 
 # -- behaviour --------------------------------------------------------------------------------------------------
-def _pixel_metrics(method: AnoDDPM, test) -> tuple[float, float]:
-    """Pooled pixel AUROC over all pixels, and over brain pixels only."""
-    from sklearn.metrics import roc_auc_score
-
-    batch = test.batch()
-    y = batch.lesion_mask.flatten().numpy()
-    s = method.score(batch).anomaly_map.flatten().numpy()
-    brain = (batch.brain_mask.flatten() > 0.5).numpy()
-    return float(roc_auc_score(y, s)), float(roc_auc_score(y[brain], s[brain]))
-
-
 @pytest.mark.slow
 def test_training_makes_anoddpm_localise_lesions(tmp_path_factory):
     """After 252 optimiser steps (≈ 25 s of CPU on a shared core) on the 32-px smoke phantom (FLAIR), AnoDDPM's maps
@@ -296,8 +285,8 @@ def test_training_makes_anoddpm_localise_lesions(tmp_path_factory):
                         simplex_frequency=16.0, score_steps=5)
     m = AnoDDPM(cfg, data=DataSpec.of(store))
     test = store.split("test")
-    before, before_brain = _pixel_metrics(m, test)
+    before, before_brain = _pixel_auroc(m, test)
     Trainer(seed=0, progress=False).fit(m, store.split("train", label=0))
-    after, after_brain = _pixel_metrics(m, test)
+    after, after_brain = _pixel_auroc(m, test)
     assert after - before >= 0.15 and after_brain >= 0.55 and after_brain - before_brain >= 0.15, \
         (before, before_brain, after, after_brain)
