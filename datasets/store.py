@@ -124,13 +124,19 @@ def write_store(path: str | Path, slices: Iterable[PreparedSlice], meta: dict[st
     recipe_id = str(meta.get("recipe", ""))
     fingerprint = _sha256_arrays(images, brain, lesion, extra=csv.encode() + recipe_id.encode())
     full_meta = {**meta, "format": STORE_FORMAT, "n": len(items), "shape": list(shape), "fingerprint": fingerprint}
+    return _write_arrays(path, images, brain, lesion, csv, full_meta)
+
+
+def _write_arrays(path: str | Path, images: np.ndarray, brain: np.ndarray, lesion: np.ndarray, manifest_csv: str,
+                  meta: dict[str, Any]) -> "SliceStore":
+    """The one way a store reaches disk: built under a temporary name and renamed into place, meta.json last
+    (its presence marks a complete store)."""
     with atomic_dir(path) as tmp:
         np.save(tmp / "images.npy", images)
         np.save(tmp / "brain.npy", brain)
         np.save(tmp / "lesion.npy", lesion)
-        (tmp / "manifest.csv").write_text(csv)
-        # meta.json is written last: its presence marks a complete store.
-        (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True))
+        (tmp / "manifest.csv").write_text(manifest_csv)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
     return SliceStore(path)
 
 
@@ -161,13 +167,7 @@ def merge_stores(path: str | Path, parts: Sequence[tuple["SliceStore", Sequence[
     fingerprint = _sha256_arrays(img, br, les, extra=csv.encode() + recipe.encode())
     full_meta = {**meta, "recipe": recipe, "parts": sources, "skipped": [ln for s in sources for ln in s["skipped"]],
                  "format": STORE_FORMAT, "n": len(manifest), "shape": list(img.shape[1:]), "fingerprint": fingerprint}
-    with atomic_dir(path) as tmp:
-        np.save(tmp / "images.npy", img)
-        np.save(tmp / "brain.npy", br)
-        np.save(tmp / "lesion.npy", les)
-        (tmp / "manifest.csv").write_text(csv)
-        (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True))  # last: marks it complete
-    return SliceStore(path)
+    return _write_arrays(path, img, br, les, csv, full_meta)
 
 
 class SliceStore:
@@ -187,6 +187,8 @@ class SliceStore:
                                         dtype={"subject": str, "split": str, "pathology": str, "source": str})
         except (OSError, ValueError) as err:
             raise DataError(self.path, f"slice store unreadable ({err}); delete it and prepare again") from err
+        # SliceSet.cache_key by rows: every planned run splits the store anew, its content is hashed once
+        self.content_keys: dict[bytes, str] = {}
         n = self.meta.get("n")
         if not (len(self.images) == len(self.brain) == len(self.lesion) == len(self.manifest) == n):
             raise DataError(self.path, "slice store arrays and manifest disagree in length; prepare it again")
@@ -252,6 +254,8 @@ class SliceSet:
         subject, slice, label), not of the store they sit in -- the same slices in two stores (a merged store
         holds another store's train split; the same release under another root) share models and scores."""
         if self._content_key is None:
+            self._content_key = self.store.content_keys.get(self.rows.tobytes())
+        if self._content_key is None:
             h = hashlib.sha256(f"slices:{len(self.rows)}".encode())
             for a in (self.store.images, self.store.brain, self.store.lesion):
                 h.update(str(a.dtype).encode() + str(a.shape[1:]).encode())
@@ -259,7 +263,7 @@ class SliceSet:
                     h.update(np.ascontiguousarray(a[self.rows[start:start + 1024]]).data)
             ids = self.store.manifest.iloc[self.rows][["subject", "slice", "label"]]
             h.update(ids.to_csv(index=False).encode())
-            self._content_key = h.hexdigest()[:20]
+            self._content_key = self.store.content_keys[self.rows.tobytes()] = h.hexdigest()[:20]
         return self._content_key
 
     def subset(self, positions: Sequence[int] | np.ndarray, name: str | None = None) -> "SliceSet":

@@ -155,15 +155,23 @@ TABLE1_LOCALISATION = _table1_companion(
     options={})
 
 
-def _setup_store(setup_id: str, table_id: str, needs: str, miniature: str = "") -> Callable[..., Any]:
+def _setup_store(setup_id: str, table_id: str, needs: str, miniature: str = "",
+                 shared: tuple[str, ...] = ()) -> Callable[..., Any]:
     """A part's store from a suite setup (``datasets.recipes_paper.SETUPS``) prepared from the user's root.
 
-    ``miniature``: a release of ``datasets.miniature`` that stands in for the root in the smoke profile when no
-    --root is given (layout-faithful synthetic files read by the real adapters: CI runs the table end to end)."""
+    Without --root: ``shared`` names the folder of the project's shared real data that development tables read;
+    ``miniature`` a release of ``datasets.miniature`` that stands in for the root in the smoke profile
+    (layout-faithful synthetic files read by the real adapters: CI runs the table end to end)."""
     def load(profile: str, root: Path | None, skip_bad: bool = False):
         from benchmark.errors import PhbenchError
+        from datasets.base import shared_release
         from datasets.recipes_paper import SETUPS
 
+        if root is None and shared:
+            root = shared_release(*shared)
+            if root is None:
+                raise PhbenchError(f"{table_id}: no {'/'.join(shared)} in the shared data folder; give --root or "
+                                   "set PHBENCH_SHARED_DATA")
         if root is None and miniature and profile == "smoke":
             from datasets.miniature import miniature_root
 
@@ -380,21 +388,6 @@ PHANES_TABLE2 = register_table(TableSpec(
 ))
 
 
-def _shared_setup_store(setup_id: str, table_id: str, *release: str) -> Callable[..., Any]:
-    """A development table's store: the setup prepared from --root, else from the shared real data folder."""
-    def load(profile: str, root: Path | None, skip_bad: bool = False):
-        from benchmark.errors import PhbenchError
-        from datasets.base import shared_release
-        from datasets.recipes_paper import SETUPS
-
-        root = root or shared_release(*release)
-        if root is None:
-            raise PhbenchError(f"{table_id}: no {'/'.join(release)} in the shared data folder; give --root or set "
-                               "PHBENCH_SHARED_DATA")
-        return SETUPS[setup_id].prepare(root, skip_bad=skip_bad)
-    return load
-
-
 RA_IXI_DEV = register_table(TableSpec(
     table_id="ra-ixi-dev",
     title="Development benchmark — RA Table 1 protocol on real IXI T1 (synthetic anomalies, 128 px)",
@@ -402,7 +395,7 @@ RA_IXI_DEV = register_table(TableSpec(
     protocol="synthetic",
     methods=RA_BASELINES + (("ra", ""),),
     metrics=RA_SYNTH_MSE_IDS + RA_SYNTH_SEG_IDS,
-    parts=(TablePart("", _shared_setup_store("ra-ixi-dev", "ra-ixi-dev", "ixi")),),
+    parts=(TablePart("", _setup_store("ra-ixi-dev", "ra-ixi-dev", "", shared=("ixi",))),),
     options=_RA_SYNTH_OPTIONS,
     reference_method="ra",
     footnotes=(
