@@ -50,7 +50,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
 
     res = run_table(args.table_id, profile=args.profile, store=args.store, out=args.out, methods=args.methods,
                     device=args.device, seeds=args.seeds, progress=not args.quiet, root=args.root,
-                    skip_bad=args.skip_bad)
+                    skip_bad=args.skip_bad, subset=args.subset)
     for line in res.skipped_subjects:
         print(f"skipped (bad input): {line}", file=sys.stderr)
     if res.outputs.get("md"):
@@ -106,7 +106,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     for table_id in tables:
         stored_path = Path(args.stored) if args.stored else RESULTS / args.profile / f"{table_id}.csv"
         res = run_table(table_id, profile=args.profile, store=store, out=args.out, device=args.device,
-                        progress=False, root=args.root, skip_bad=args.skip_bad)
+                        progress=False, root=args.root, skip_bad=args.skip_bad, subset=args.subset)
         if res.failures:  # the failed methods' cells show up as MISSING below; the others are still compared
             for f in res.failures:
                 print(f"FAILED {table_id}: {f}", file=sys.stderr)
@@ -142,7 +142,8 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
     spec = get_table(args.table_id)
     rows, subjects, missing = collect_finished(args.table_id, profile=args.profile, store=args.store,
-                                               methods=args.methods, root=args.root, skip_bad=args.skip_bad)
+                                               methods=args.methods, root=args.root, skip_bad=args.skip_bad,
+                                               subset=args.subset)
     for m in missing:
         print(f"not finished: {m} (run `phbench table {args.table_id} --profile {args.profile}`)", file=sys.stderr)
     if rows.empty:
@@ -160,7 +161,8 @@ def _cmd_figure(args: argparse.Namespace) -> int:
 
     paths = table_figure(args.table_id, profile=args.profile, store=args.store,
                          out=Path(args.out) / args.profile / f"{args.table_id}-qualitative", n=args.n,
-                         device=args.device, methods=args.methods, root=args.root, skip_bad=args.skip_bad)
+                         device=args.device, methods=args.methods, root=args.root, skip_bad=args.skip_bad,
+                         subset=args.subset)
     print("written: " + ", ".join(str(p) for p in paths))
     return 0
 
@@ -197,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--root", default=None, help="data folder, for tables on a downloaded release (phbench list)")
         sp.add_argument("--skip-bad", action="store_true",
                         help="leave out (and list) subjects with bad files instead of stopping at the first")
+        sp.add_argument("--subset", action="store_true",
+                        help="run on the listed subjects --root holds when it holds only part of a paper's lists")
 
     t = sub.add_parser("table", help="run and render a table")
     t.add_argument("table_id")

@@ -22,6 +22,8 @@ What a method declares, and who acts on it:
 
 Shapes (B = batch, C = channels, H = W = image size; C and H come from the slice store as a :class:`DataSpec`):
     image          [B, C, H, W] float32, the recipe's normalised intensities
+    aux            [B, A, H, W] float32 or None: an auxiliary modality prepared like the image (Cyclic-UNet's
+                   intermediate modality); only where the store keeps one (recipe ``aux_channels``)
     brain_mask     [B, 1, H, W] float32 in [0, 1] (soft at the border after resizing)
     lesion_mask    [B, 1, H, W] float32 {0, 1}; None at scoring unless the variant declares it uses it
     anomaly_map    [B, 1, H, W] float32, larger = more anomalous
@@ -55,19 +57,28 @@ def runtime(default: Any = dataclasses.MISSING) -> Any:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Image size and channels of the slices a method trains and scores on (read from the slice store)."""
+    """Image size and channels of the slices a method trains and scores on (read from the slice store).
+
+    ``aux_channels``: channels of the auxiliary modality the store keeps beside the image (``SliceBatch.aux``;
+    0: none). It is announced, not compared: two specs that differ only in it are equal, so a method that
+    ignores the auxiliary modality takes slices with or without it, and one that needs it checks it itself.
+    """
 
     image_size: int = 128
     channels: int = 1
+    aux_channels: int = field(default=0, compare=False)
 
     @classmethod
     def of(cls, slices: Any) -> "DataSpec":
-        """The spec of a store or a slice set (anything with a ``store.images`` or ``images`` array)."""
-        arr = getattr(getattr(slices, "store", slices), "images")
+        """The spec of a store or a slice set (anything with a ``store.images`` or ``images`` array, and an
+        optional ``aux`` array beside it)."""
+        src = getattr(slices, "store", slices)
+        arr = getattr(src, "images")
         _, c, h, w = arr.shape
         if h != w:
             raise ValueError(f"slices are {h}×{w}: phbench methods take square slices")
-        return cls(int(h), int(c))
+        aux = getattr(src, "aux", None)
+        return cls(int(h), int(c), 0 if aux is None else int(aux.shape[1]))
 
 
 @dataclass
@@ -79,6 +90,9 @@ class SliceBatch:
     lesion_mask: torch.Tensor | None = None
     label: torch.Tensor | None = None  # [B] int64: 0 healthy, 1 anomalous
     index: torch.Tensor | None = None  # [B] int64: row ids into the slice store's manifest
+    # [B, A, H, W] float32: the auxiliary modality stored beside the image (the recipe's ``aux_channels``, prepared
+    # like the image); None when the store has none. An input, not ground truth: scoring sees it.
+    aux: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.image.shape[0])
@@ -88,8 +102,8 @@ class SliceBatch:
         return SliceBatch(*(move(getattr(self, f.name)) for f in dataclasses.fields(self)))
 
     def without_ground_truth(self) -> "SliceBatch":
-        """The batch a method may see at scoring: no lesion mask, no label."""
-        return SliceBatch(self.image, self.brain_mask, None, None, self.index)
+        """The batch a method may see at scoring: no lesion mask, no label (the auxiliary modality stays)."""
+        return SliceBatch(self.image, self.brain_mask, None, None, self.index, self.aux)
 
 
 @dataclass

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from benchmark.device import pick_device
+from benchmark.errors import PhbenchError
+from benchmark.folds import Folds
 from benchmark.profiles import get_profile
 from benchmark.registry import get_table
 from benchmark.runner import load_trained, plan_run
@@ -26,14 +28,18 @@ __all__ = ["table_figure"]
 
 def table_figure(table_id: str, *, profile: str = "default", store: str | Path = "runs", out: str | Path,
                  n: int = 4, device: str | None = None, methods: Sequence[str] | None = None,
-                 root: str | Path | None = None, skip_bad: bool = False) -> list[Path]:
+                 root: str | Path | None = None, skip_bad: bool = False, subset: bool = False) -> list[Path]:
     """The qualitative figure of a table's trained methods (first seed of the profile) on ``n`` test slices.
 
     Reads the models the table's runs trained (``phbench table`` first); a method without a trained model is
     left out with a warning, and no trained model at all is an error naming the run store.
     """
     spec, prof = get_table(table_id), get_profile(profile)
-    data = spec.all_parts[0].store(profile, None if root is None else Path(root), skip_bad=skip_bad)  # first part
+    data = spec.all_parts[0].store(profile, None if root is None else Path(root), skip_bad=skip_bad,
+                                   subset=subset)  # first part
+    if isinstance(data, Folds):
+        raise PhbenchError(f"{table_id}: its first column is cross-validated ({len(data.stores)} folds, one model "
+                           "each); figures show one model's slices: not supported for such a column yet")
     run_store = RunStore(Path(store) / profile)
     dev = pick_device(device)
     outputs: dict[str, dict[str, Any]] = {}
@@ -43,7 +49,7 @@ def table_figure(table_id: str, *, profile: str = "default", store: str | Path =
     for name, variant in spec.methods:
         if methods and name not in methods:
             continue
-        plan = plan_run(spec, name, variant, prof.seeds[0], prof, data)
+        plan = plan_run(spec, name, variant, prof.seeds[0], prof, data, spec.all_parts[0].overrides)
         if positions is None:
             area = np.asarray(plan.test.store.lesion[plan.test.rows]).reshape(len(plan.test), -1).sum(1, dtype=np.int64)
             positions = pick_examples(plan.test.manifest, area, n)

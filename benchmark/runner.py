@@ -13,11 +13,13 @@ import logging
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 import pandas as pd
 import torch
 
 from benchmark.device import pick_device
+from benchmark.folds import Folds, FoldScorer, PooledSlices, key_digest
 from benchmark.models import ModelSpec, ModelStore, model_spec, obtain
 from benchmark.models import scorer as model_scorer
 from benchmark.profiles import Profile, configure, get_profile
@@ -49,6 +51,9 @@ class PlannedRun:
     train: object  # SliceSet: healthy training slices
     val: object  # SliceSet: healthy validation slices
     test: object  # SliceSet
+    # a cross-validated column (the part's store is a benchmark.folds.Folds): one plan per fold; train / val / test
+    # above are then the folds' pooled slices and ``model`` the first fold's
+    folds: list["PlannedRun"] = field(default_factory=list)
 
     @property
     def config(self):
@@ -65,14 +70,14 @@ def _group(part: str, own: str) -> str:
 
 
 def planned_runs(spec_table, profile: str, root: str | Path | None = None, methods: list[str] | None = None,
-                 seeds: list[int] | None = None, skip_bad: bool = False):
+                 seeds: list[int] | None = None, skip_bad: bool = False, subset: bool = False):
     """Every (part, method, variant, seed) of a table with its prepared data, in table order; each part's
     store is prepared (or opened) once; ``skip_bad`` leaves subjects with bad files out (listed in the store)."""
     prof = get_profile(profile)
     for part in spec_table.all_parts:
-        data = part.store(profile, None if root is None else Path(root), skip_bad=skip_bad)
+        data = part.store(profile, None if root is None else Path(root), skip_bad=skip_bad, subset=subset)
         for method_name, variant in spec_table.methods:
-            if methods and method_name not in methods:
+            if (methods and method_name not in methods) or method_name in part.skip_methods:
                 continue
             for seed in seeds if seeds is not None else prof.seeds:
                 label = "".join([f"{part.column_group}: " if part.column_group else "", method_name,
@@ -80,9 +85,20 @@ def planned_runs(spec_table, profile: str, root: str | Path | None = None, metho
                 yield part, method_name, variant, seed, data, label
 
 
-def plan_run(spec_table, method_name: str, variant: str, seed: int, profile: Profile, store_data) -> PlannedRun:
+def plan_run(spec_table, method_name: str, variant: str, seed: int, profile: Profile, store_data,
+             overrides: Mapping[str, Mapping[str, Any]] | None = None) -> PlannedRun:
     """The resolved config (profile, then variant), data splits and keys of one run -- the same for training
-    it, scoring it and reading it back."""
+    it, scoring it and reading it back. On :class:`~benchmark.folds.Folds` one plan per fold, and the run's keys
+    are digests of the folds' keys. ``overrides``: config fields per method name that the table part sets (e.g.
+    IterMask2's τ percentile on ATLAS), applied after the profile's, to the method and to it as an upstream."""
+    if isinstance(store_data, Folds):
+        plans = [plan_run(spec_table, method_name, variant, seed, profile, s, overrides) for s in store_data.stores]
+        first = plans[0].spec
+        run = RunSpec(method_name, variant, first.config, store_data.fingerprint, first.protocol, seed,
+                      key_digest([p.spec.train_key for p in plans]), key_digest([p.spec.score_key for p in plans]),
+                      table_id=first.table_id, metrics=first.metrics, options={**first.options, "folds": len(plans)})
+        pooled = [PooledSlices([getattr(p, split) for p in plans]) for split in ("train", "val", "test")]
+        return PlannedRun(run, plans[0].model, *pooled, folds=plans)
     train = store_data.split("train", label=0)
     val = store_data.split("val", label=0)
     test = store_data.split("test")
@@ -90,7 +106,9 @@ def plan_run(spec_table, method_name: str, variant: str, seed: int, profile: Pro
         train = train.take(profile.max_train_slices)
     if profile.max_test_slices:
         test = test.take(profile.max_test_slices)
-    model = model_spec(method_name, variant, lambda cls: configure(cls, profile), train, val, seed)
+    extra = overrides or {}
+    model = model_spec(method_name, variant, lambda cls: configure(cls, profile, **extra.get(cls.name, {})), train,
+                       val, seed)
     run = RunSpec(method_name, variant, model.config.to_dict(), store_data.fingerprint, spec_table.protocol_id,
                   seed, model.train_key, model.score_key, table_id=spec_table.table_id,
                   metrics=tuple(spec_table.metrics), options=dict(spec_table.options))
@@ -105,19 +123,26 @@ def load_trained(plan: PlannedRun, run_store: RunStore, device: torch.device):
 
 def run_one(spec_table, method_name: str, variant: str, seed: int, profile: Profile, store_data, run_store: RunStore,
             device: torch.device, progress: bool = True, column_group: str = "",
-            memo: dict | None = None) -> tuple[RunSpec, bool, list[str]]:
+            memo: dict | None = None, overrides: Mapping[str, Mapping[str, Any]] | None = None
+            ) -> tuple[RunSpec, bool, list[str]]:
     """Train (or reuse) and evaluate one (method, variant, seed); returns (run spec, evaluated now, labels of
     the models trained now -- upstreams included)."""
     from protocols.suites import get_protocol
 
-    plan = plan_run(spec_table, method_name, variant, seed, profile, store_data)
+    plan = plan_run(spec_table, method_name, variant, seed, profile, store_data, overrides)
     run = plan.spec
     if run_store.is_finished(run):
         return run, False, []
     models = ModelStore(run_store.root)
-    got = obtain(plan.model, plan.train, plan.val, models, device, progress=progress, _memo=memo)
-    method, training = got.method, got.training
-    scorer = model_scorer(plan.model, method, models, progress=progress)
+    gots = [obtain(p.model, p.train, p.val, models, device, progress=progress, _memo=memo)
+            for p in (plan.folds or [plan])]
+    scorers = [model_scorer(p.model, g.method, models, progress=progress) for p, g in zip(plan.folds or [plan], gots)]
+    method, training, scorer = gots[0].method, gots[0].training, scorers[0]
+    if plan.folds:  # one model per fold: the table's numbers pool their test slices
+        scorer = FoldScorer(scorers)
+        training = {"folds": [g.training for g in gots],
+                    "train_wall_s": sum(g.training.get("train_wall_s") or 0.0 for g in gots),
+                    "peak_mem_mb": max((g.training.get("peak_mem_mb") or 0.0 for g in gots), default=None)}
     # run-time inputs, not settings: outside the run key (computed by plan_run from spec_table.options)
     variant_hints = dict(plan.method_cls.variants[variant].protocol) if variant else {}
     options = {**spec_table.options, "cache_dir": Path(store_data.path) / "synthetic", "train": plan.train,
@@ -142,20 +167,22 @@ def run_one(spec_table, method_name: str, variant: str, seed: int, profile: Prof
     for r in evaluation.subject_rows:
         r["column_group"] = group_of(r)
     info = {"provenance": prov, "training": training, "model": plan.model.describe(), "profile": profile.name,
-            "n_test": evaluation.n_test, "calibration": method.calibration, "protocol": evaluation.info,
+            "n_test": evaluation.n_test, "protocol": evaluation.info,
+            "calibration": [g.method.calibration for g in gots] if plan.folds else method.calibration,
             "network_passes": scorer.passes,
             "test_slices_per_s": evaluation.n_test / evaluation.eval_wall_s if evaluation.eval_wall_s else None}
     run_store.write_result(run, full, info, evaluation.subject_rows)
-    return run, True, got.trained
+    return run, True, [t for g in gots for t in g.trained]
 
 
 def run_table(table_id: str, *, profile: str = "default", store: str | Path = "runs", out: str | Path = "out/tables",
               methods: list[str] | None = None, device: str | None = None, seeds: list[int] | None = None,
               progress: bool = True, render: bool = True, root: str | Path | None = None,
-              skip_bad: bool = False) -> TableRun:
+              skip_bad: bool = False, subset: bool = False) -> TableRun:
     """Train (or reuse), evaluate and render every run of ``table_id``; ``root`` is the user's data folder
     for tables on a downloaded release (``TableSpec.needs_root`` says which); ``skip_bad`` runs on the
-    subjects whose files are good and lists the others in ``TableRun.skipped_subjects``."""
+    subjects whose files are good and lists the others in ``TableRun.skipped_subjects``; ``subset`` runs on the
+    listed subjects a root holds when it holds only part of the paper's subject lists."""
     spec_table = get_table(table_id)
     if not spec_table.runnable:
         raise NotImplementedError(f"{table_id}: not runnable yet ({spec_table.extra.get('status', 'no protocol')})")
@@ -167,11 +194,11 @@ def run_table(table_id: str, *, profile: str = "default", store: str | Path = "r
     keys: list[str] = []
     memo: dict = {}  # trained methods of this call by score key: an upstream shared by two methods loads once
     for part, method_name, variant, seed, data, label in planned_runs(spec_table, profile, root, methods, seeds,
-                                                                     skip_bad):
+                                                                     skip_bad, subset):
         result.skipped_subjects.update(dict.fromkeys(data.meta.get("skipped", [])))
         try:
             run, ran, trained = run_one(spec_table, method_name, variant, seed, prof, data, run_store, dev,
-                                        progress, part.column_group, memo)
+                                        progress, part.column_group, memo, part.overrides)
         except Exception as err:  # one failing run must not lose the others
             log.debug("run failed", exc_info=True)
             result.failures.append(f"{label}: {type(err).__name__}: {err}")
@@ -198,7 +225,16 @@ def render_from_rows(spec_table, rows: pd.DataFrame, subjects: pd.DataFrame, cho
     from protocols.tables import PAPER_TABLES_CSV
 
     notes = list(spec_table.footnotes) + _deviation_notes(chosen)
+    notes += [f"{part.column_group or 'All columns'}: no `{m}` ({why})." for part in spec_table.all_parts
+              for m, why in part.skip_methods.items() if m in {m for m, _ in chosen}]
     paper = load_paper(PAPER_TABLES_CSV) if PAPER_TABLES_CSV.is_file() else None
+    if paper is not None and spec_table.paper_rows:
+        paper = paper.copy()
+        variant = paper["variant"].fillna("").astype(str)
+        for (m, v), (pm, pv) in spec_table.paper_rows.items():
+            at = (paper["table_id"] == spec_table.table_id) & (paper["method"] == pm) & (variant == pv)
+            paper.loc[at, ["method", "variant"]] = [m, v]
+            notes.append(f"The paper's row `{pm}{'/' + pv if pv else ''}` is shown beside `{m}/{v}`.")
     return render_table(rows, table_id=spec_table.table_id, title=f"{spec_table.title} [profile {profile}]",
                         out_dir=out_dir, footnotes=notes, paper=paper, expected_methods=[m for m, _ in chosen],
                         subjects=subjects, reference_method=spec_table.reference_method,
@@ -207,7 +243,7 @@ def render_from_rows(spec_table, rows: pd.DataFrame, subjects: pd.DataFrame, cho
 
 def collect_finished(table_id: str, *, profile: str = "default", store: str | Path = "runs",
                      methods: list[str] | None = None, seeds: list[int] | None = None,
-                     root: str | Path | None = None, skip_bad: bool = False
+                     root: str | Path | None = None, skip_bad: bool = False, subset: bool = False
                      ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """The rows and per-subject values of a table's finished runs (no training, no scoring), and the
     labels of the runs not finished yet -- for re-rendering and for ``phbench render``."""
@@ -215,9 +251,9 @@ def collect_finished(table_id: str, *, profile: str = "default", store: str | Pa
     prof = get_profile(profile)
     run_store = RunStore(Path(store) / profile)
     rows, subjects, missing = [], [], []
-    for _, method_name, variant, seed, data, label in planned_runs(spec_table, profile, root, methods, seeds,
-                                                                  skip_bad):
-        run = plan_run(spec_table, method_name, variant, seed, prof, data).spec
+    for part, method_name, variant, seed, data, label in planned_runs(spec_table, profile, root, methods, seeds,
+                                                                     skip_bad, subset):
+        run = plan_run(spec_table, method_name, variant, seed, prof, data, part.overrides).spec
         if run_store.is_finished(run):
             rows.append(run_store.read_rows(run))
             subjects.append(run_store.read_subjects(run))

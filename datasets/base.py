@@ -258,8 +258,10 @@ def prepare(adapter: DatasetAdapter, recipe: "Any", *, cache_dir: str | Path | N
         raise DataError(adapter.root, f"no {adapter.name} subjects found; expected layout: {adapter.layout}")
     splits = split_fn(subjects) if split_fn else {s.id: s.split for s in subjects}
     src = adapter.source_fingerprint(subjects)
-    # every recipe field, not only its id, so two same-named recipes of different size never share a store
-    fields = {k: _describe(v) for k, v in getattr(recipe, "__dict__", {}).items()}
+    # every recipe field, not only its id, so two same-named recipes of different size never share a store;
+    # ``aux_channels`` only when the recipe has some, so the keys of recipes without them are what they were
+    fields = {k: _describe(v) for k, v in getattr(recipe, "__dict__", {}).items()
+              if not (k == "aux_channels" and not v)}
     # and every adapter option (MS-SEG rater, BraTS lesion classes, IDRiD lesion types…): they change the masks
     options = {k: _describe(v) for k, v in vars(adapter).items() if k != "root" and not k.startswith("_")}
     key = hashlib.sha256(f"{adapter.name}|{recipe.id}|{sorted(fields.items(), key=str)}|{src}|"
@@ -293,4 +295,7 @@ def prepare(adapter: DatasetAdapter, recipe: "Any", *, cache_dir: str | Path | N
             slices.extend(got)
     meta = {"dataset": adapter.name, "recipe": recipe.id, "source_fingerprint": src,
             "root": str(adapter.root), "skipped": skipped, "skipped_subjects": skipped_subjects}
+    aux = tuple(getattr(recipe, "aux_channels", ()) or ())
+    if aux:  # the store's aux array holds these modalities, in this order
+        meta["aux_channels"] = list(aux)
     return write_store(path, slices, meta)

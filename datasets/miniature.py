@@ -472,13 +472,168 @@ def write_phanes_release(root: Path, *, seed: int = 0) -> dict:
     return summary
 
 
-RELEASES: dict[str, Callable[[Path], dict]] = {"ra": write_ra_release, "phanes": write_phanes_release}
+# ---------------------------------------------------------------------------------------------------
+# IterMask2: BraTS2021 (Tables 1 and 3)
+
+BRATS_VERSION = 1  # bump on any change to the BraTS files of the itermask2 release
+# real ids of IterMask2's official lists (datasets/splits/itermask2/brats2021_*.csv, first of each)
+ITERMASK2_BRATS = {"train": ("BraTS2021_01012", "BraTS2021_01543", "BraTS2021_01028", "BraTS2021_01586"),
+                   "val": ("BraTS2021_00452", "BraTS2021_00262"),
+                   "test": ("BraTS2021_00123", "BraTS2021_00310", "BraTS2021_01650")}
+BRATS_SLICES = 155  # BraTS volumes are 240 × 240 × 155 at 1 mm; the miniature keeps the 155 axial slices
+_BRATS_SLAB = 44  # 2 mm phantom planes per volume → 88 slices at 1 mm, centred on z = 80 (IterMask2 reads 70–89)
+_BRATS_LABEL = {1: 1, 2: 2, 3: 4}  # phantom tumour labels → BraTS 2021 (NCR, ED, ET: 4 is enhancing)
+
+
+def _brats_case(case: str, split: str, index: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """({flair, t1, t1ce, t2}: int16 [S, S, 155]), uint8 seg): a skull-stripped phantom brain, each 2 mm plane
+    doubled in z and the slab centred on z = 80, square in plane. Test cases hold a tumour crossing z 70–89;
+    training and validation cases are tumour-free (a real BraTS case always has one; IterMask2 only reads the
+    tumour-free slices of those splits, and the miniature then gives 20 of them per case)."""
+    from datasets.phantom import synth_subject
+
+    subj = synth_subject(split, 300 + index, "tumour" if split == "test" else "healthy", _BRATS_SLAB, seed)
+    nx, ny, _ = subj.brain.shape
+    side = max(nx, ny) + 8
+    ox, oy, oz = (side - nx) // 2, (side - ny) // 2, 80 - _BRATS_SLAB
+    def place(a: np.ndarray) -> np.ndarray:
+        out = np.zeros((side, side, BRATS_SLICES), a.dtype)
+        out[ox:ox + nx, oy:oy + ny, oz:oz + 2 * _BRATS_SLAB] = np.repeat(a, 2, axis=2)
+        return out
+
+    seg = np.zeros(subj.brain.shape, np.uint8) if subj.seg is None else subj.seg
+    labels = place(np.vectorize(lambda v: _BRATS_LABEL.get(int(v), 0), otypes=[np.uint8])(seg))
+    mods = {m: subj.channels[m] for m in ("flair", "t1", "t2")}
+    rng = _rng(seed, f"BraTS/{case}")
+    enhance = np.where(seg == 3, rng.uniform(1.6, 2.0), np.where(seg == 1, 0.6, 1.0)).astype(np.float32)
+    mods["t1ce"] = subj.channels["t1"] * enhance  # contrast uptake in the enhancing rim, dark necrosis
+    vols = {m: place(np.round(np.clip(v, 0, 32767)).astype(np.int16)) for m, v in mods.items()}
+    if split == "test" and not labels[:, :, 70:90].any():
+        raise ValueError(f"miniature: {case}'s tumour misses IterMask2's slices 70-89")
+    return vols, labels
+
+
+# ISLES 2015 SISS: all 28 training cases (the suite's 4-fold CV tests each one once), the phantom at 4 mm in plane
+# and 2 mm in z (uncompressed like the release, so small)
+ISLES_CASES = tuple(range(1, 29))
+_ISLES_SLAB = 30  # axial planes; the recipe's 20-slice band sits at the brain's z-midpoint
+_ISLES_VSD0 = 70600  # SMIR object ids: per case, MR_Flair/T1/T2/DWI = vsd0 + 10·case + 0..3, OT = + 9
+# ATLAS v2.0 under the suite split (datasets/splits/itermask2/atlas2_suite_split.csv, first ids of each split):
+# training / validation lesions lie above the recipe's band, test lesions in it
+ITERMASK2_ATLAS = {
+    "train": {"sub-r001s001": AtlasLesion("L", (7.0, 9.0, 6.0), 128, "none"),
+              "sub-r001s003": AtlasLesion("R", (6.0, 8.0, 6.0), 132, "none"),
+              "sub-r001s005": AtlasLesion("R", (8.0, 7.0, 6.0), 130, "none"),
+              "sub-r001s006": AtlasLesion("L", (6.0, 6.0, 5.0), 127, "none")},
+    "val": {"sub-r001s002": AtlasLesion("L", (6.0, 8.0, 6.0), 129, "none"),
+            "sub-r001s012": AtlasLesion("R", (7.0, 7.0, 5.0), 131, "none")},
+    "test": {"sub-r001s004": AtlasLesion("L", (9.0, 12.0, 9.0), 95),
+             "sub-r001s008": AtlasLesion("R", (6.0, 8.0, 6.0), 92),
+             "sub-r001s022": AtlasLesion("R", (10.0, 9.0, 8.0), 97)},
+}
+
+
+def _half(a: np.ndarray) -> np.ndarray:
+    """2 × 2 in-plane block mean (odd trailing rows / columns dropped)."""
+    nx, ny = (d - d % 2 for d in a.shape[:2])
+    return a[:nx, :ny].reshape(nx // 2, 2, ny // 2, 2, -1).mean(axis=(1, 3))
+
+
+def _isles_case(case: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """({Flair, T1, T2, DWI}: int16 [X, Y, 30]), uint8 OT): a skull-stripped stroke phantom whose lesion crosses
+    the middle 20 planes and leaves some of them lesion-free (each case is trained on in three folds and tested
+    in one); the first draw of (case, attempt) that does so."""
+    from datasets.phantom import synth_subject
+
+    lo = _ISLES_SLAB // 2 - 10
+    for attempt in range(20):
+        subj = synth_subject("test", 400 + 40 * attempt + case, "stroke", _ISLES_SLAB, seed)
+        ot = (_half((subj.seg > 0).astype(np.float32)) >= 0.5).astype(np.uint8)
+        per_z = ot.reshape(-1, _ISLES_SLAB).any(axis=0)[lo:lo + 20]
+        if per_z.any() and not per_z.all():
+            break
+    else:
+        raise ValueError(f"miniature: no ISLES case {case} with a lesion in part of the band")
+    rng = _rng(seed, f"ISLES/{case}")
+    dwi = subj.channels["t2"] * np.where(subj.seg > 0, rng.uniform(1.8, 2.4), 1.0).astype(np.float32)
+    mods = {"Flair": subj.channels["flair"], "T1": subj.channels["t1"], "T2": subj.channels["t2"], "DWI": dwi}
+    return {m: np.round(np.clip(_half(v), 0, 32767)).astype(np.int16) for m, v in mods.items()}, ot
+
+
+def write_isles_release(root: Path, *, seed: int = 0) -> dict:
+    """ISLES 2015 SISS training cases as SMIR ships them:
+    ``SISS2015_Training/<n>/VSD.Brain.XX.O.MR_<Seq>.<id>/VSD.Brain.XX.O.MR_<Seq>.<id>.nii`` (Flair, T1, T2, DWI)
+    and ``…/VSD.Brain.XX.O.OT.<id>/…OT.<id>.nii`` (uint8 {0, 1}), uncompressed NIfTI, 4 × 4 × 2 mm."""
+    from datasets.phantom import _write_nifti
+
+    affine = np.diag([4.0, 4.0, 2.0, 1.0])
+    lesion = {}
+    for case in ISLES_CASES:
+        vols, ot = _isles_case(case, seed)
+        items = [(f"MR_{m}", _ISLES_VSD0 + 10 * case + i, v) for i, (m, v) in enumerate(vols.items())]
+        for kind, vsd, arr in items + [("OT", _ISLES_VSD0 + 10 * case + 9, ot)]:
+            name = f"VSD.Brain.XX.O.{kind}.{vsd}"
+            folder = Path(root) / "SISS2015_Training" / str(case) / name
+            folder.mkdir(parents=True, exist_ok=True)
+            _write_nifti(folder / f"{name}.nii", arr, affine)
+        lesion[f"training{case:02d}"] = int(ot.sum())
+    return {"cases": [f"training{c:02d}" for c in ISLES_CASES], "lesion_voxels": lesion}
+
+
+def write_itermask2_atlas(root: Path, *, seed: int = 0) -> dict:
+    """The ATLAS v2.0 subjects of :data:`ITERMASK2_ATLAS` in the release layout (:func:`atlas_paths`)."""
+    from datasets.phantom import _write_nifti
+
+    affine = np.eye(4)
+    affine[:3, 3] = ATLAS_ORIGIN
+    voxels = {}
+    for split, subs in ITERMASK2_ATLAS.items():
+        for i, (sub, les) in enumerate(subs.items()):
+            t1, mask = _atlas_volume(sub, 40 + 10 * len(voxels) + i, les, seed)
+            for rel, arr in zip(atlas_paths(sub), (t1, mask)):
+                (Path(root) / rel).parent.mkdir(parents=True, exist_ok=True)
+                _write_nifti(Path(root) / rel, arr, affine)
+            voxels[sub] = int(mask.sum())
+    return {"subjects": {split: list(subs) for split, subs in ITERMASK2_ATLAS.items()}, "lesion_voxels": voxels}
+
+
+def write_itermask2_release(root: Path, *, seed: int = 0) -> dict:
+    """Write IterMask2's miniature into ``root``: BraTS2021 training-release case folders
+    (``BraTS2021_XXXXX/BraTS2021_XXXXX_{flair,t1,t1ce,t2,seg}.nii.gz``, int16 images and uint8 labels {0, 1, 2, 4}
+    in BraTS's LPS-flipped affine) for the ids of :data:`ITERMASK2_BRATS` (Tables 1, 3), the 28 ISLES 2015 SISS
+    training cases (:func:`write_isles_release`) and ATLAS v2.0 subjects of the suite split
+    (:func:`write_itermask2_atlas`) for Table 2; summary in ``miniature.json``."""
+    from datasets.phantom import _write_nifti
+
+    root = Path(root)
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
+    written, lesion = {}, {}
+    for split, cases in ITERMASK2_BRATS.items():
+        for i, case in enumerate(cases):
+            vols, seg = _brats_case(case, split, i, seed)
+            folder = root / case
+            folder.mkdir(parents=True, exist_ok=True)
+            for m, v in vols.items():
+                _write_nifti(folder / f"{case}_{m}.nii.gz", v, affine)
+            _write_nifti(folder / f"{case}_seg.nii.gz", seg, affine)
+            written[case] = split
+            lesion[case] = int((seg[:, :, 70:90] > 0).sum())
+    summary = {"release": "itermask2", "version": release_version("itermask2"), "brats": written,
+               "lesion_voxels_z70_89": lesion, "shape": list(vols["flair"].shape),
+               "isles": write_isles_release(root, seed=seed), "atlas": write_itermask2_atlas(root, seed=seed)}
+    (root / "miniature.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+RELEASES: dict[str, Callable[[Path], dict]] = {"ra": write_ra_release, "phanes": write_phanes_release,
+                                              "itermask2": write_itermask2_release}
 
 
 def release_version(name: str) -> str:
     """The version in release ``name``'s folder name: ``MINIATURE_VERSION`` for ``ra``; ``phanes`` holds RA's files
     and its own, so ``<MINIATURE_VERSION>.<ATLAS_VERSION>``: a change to either rebuilds it."""
-    return f"{MINIATURE_VERSION}.{ATLAS_VERSION}" if name == "phanes" else str(MINIATURE_VERSION)
+    return {"phanes": f"{MINIATURE_VERSION}.{ATLAS_VERSION}", "itermask2": str(BRATS_VERSION)}.get(
+        name, str(MINIATURE_VERSION))
 
 
 def miniature_root(name: str, cache_dir: Path | None = None) -> Path:

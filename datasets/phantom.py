@@ -376,13 +376,17 @@ def plan(n_train: int, n_val: int, n_test: int) -> list[tuple[str, str, int, str
 
 
 def _write_nifti(path: Path, arr: np.ndarray, affine: np.ndarray) -> None:
-    """gzip with mtime 0 and level 1: byte-identical output for identical arrays, and fast."""
+    """gzip with mtime 0 and level 1 (``.nii.gz``; ``.nii`` uncompressed): byte-identical output for identical
+    arrays, and fast."""
     import nibabel as nib
 
     img = nib.Nifti1Image(arr, affine)
     img.header.set_xyzt_units("mm")
     img.set_qform(affine, code=1)  # scanner-anatomical; RAS+ already
     img.set_sform(affine, code=1)
+    if path.suffix != ".gz":  # an uncompressed .nii (ISLES 2015 ships them)
+        path.write_bytes(img.to_bytes())
+        return
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=1, mtime=0) as gz:
         gz.write(img.to_bytes())

@@ -3,6 +3,10 @@
 A recipe fixes everything between the raw volume and the stored slice: modality, slice rule,
 intensity normalisation, padding, size. Its ``id`` (``name@vN``) is part of the slice-store cache key
 and of every result row, so changing a recipe means bumping its version.
+
+``aux_channels`` (optional): modalities stored *beside* the image, not in it (the store's ``aux`` array,
+``SliceBatch.aux``): each is prepared exactly like an input channel (its own volume through the same
+normalisation rule, the same slices, padding and resize) -- Cyclic-UNet's intermediate modality.
 """
 
 from __future__ import annotations
@@ -148,7 +152,8 @@ NORMALISERS = {"p98", "p99", "zscore", "minmax", "none"}
 
 @dataclass(frozen=True)
 class Recipe:
-    """Raw volume → slices. ``channels``: modalities stacked as image channels (in order)."""
+    """Raw volume → slices. ``channels``: modalities stacked as image channels (in order); ``aux_channels``:
+    modalities prepared the same way but stored apart, as the store's auxiliary array (default none)."""
 
     name: str
     version: int
@@ -158,6 +163,7 @@ class Recipe:
     size: int = 128
     pad_value: float = 0.0
     min_lesion_pixels: int = 1  # at store size, for a slice to count as anomalous
+    aux_channels: tuple[str, ...] = ()  # stored beside the image (store ``aux``), prepared like ``channels``
 
     @property
     def id(self) -> str:
@@ -177,10 +183,13 @@ class Recipe:
         raise ValueError(f"recipe {self.id}: unknown normalisation {self.normalise!r}; known {sorted(NORMALISERS)}")
 
     def slices(self, vol: Volume, subject: Subject, split: str) -> list[PreparedSlice]:
+        # the auxiliary modalities ride along as extra channels through every step and are split off at the end
+        names = (*self.channels, *self.aux_channels)
+        n_in = len(self.channels)
         chans = [check_finite(np.asarray(vol.channel(c), dtype=np.float32), vol.source or subject.id)
-                 for c in self.channels]
+                 for c in names]
         shape = chans[0].shape
-        for c, arr in zip(self.channels, chans):
+        for c, arr in zip(names, chans):
             if arr.shape != shape:
                 raise DataError(subject.files.get(c, vol.source), f"shape {arr.shape} differs from {shape}")
         if vol.lesion is not None and vol.lesion.shape != shape:
@@ -203,9 +212,9 @@ class Recipe:
             n_les = int(les.sum()) if les is not None else 0
             anomalous = n_les >= self.min_lesion_pixels or (les is None and subject.pathology != "healthy")
             out.append(PreparedSlice(
-                image=img.astype(np.float32), brain=b, lesion=les, subject=subject.id, slice=int(z), split=split,
-                label=int(anomalous), pathology=subject.pathology if anomalous else "healthy",
+                image=img[:n_in].astype(np.float32), brain=b, lesion=les, subject=subject.id, slice=int(z),
+                split=split, label=int(anomalous), pathology=subject.pathology if anomalous else "healthy",
                 boxes=lesion_boxes(les) if les is not None and n_les else [],
-                source=str(vol.source),
+                source=str(vol.source), aux=img[n_in:].astype(np.float32) if self.aux_channels else None,
             ))
         return out

@@ -9,7 +9,9 @@ split-independent rule, pads with a constant and area-resizes. The papers need m
 * normalisation per slice (RA/PHANES) or with the IterMask2 intensity map; 8-bit PNG round trip;
 * resampling to 1 mm (AFSC's HCP 0.7 mm); padding with the slice minimum or no padding at all;
   bilinear / nearest resizes; the mask rules each paper's loader implies (area > 0, nearest, bilinear > 0);
-* 3×3 tiles (ProxyAno IDRiD); boxes taken from annotations (fastMRI+) instead of mask components.
+* 3×3 tiles (ProxyAno IDRiD); boxes taken from annotations (fastMRI+) instead of mask components;
+* an auxiliary modality stored beside the image (``aux_channels``, prepared exactly like the input channels):
+  the IterMask2 BraTS and ISLES recipes keep Cyclic-UNet's intermediate modality (T1 for FLAIR, else FLAIR).
 
 Any change to what a recipe produces must bump its ``version``: the id is part of the store cache key
 and of every result row.
@@ -229,10 +231,14 @@ class PaperRecipe(Recipe):
 
     def slices(self, vol: Volume, subject: Subject, split: str) -> list[PreparedSlice]:
         src = vol.source or subject.id
+        # auxiliary modalities (``aux_channels``) ride along as extra channels through every step below (same
+        # brain region, normalisation rule on their own volume, slices, padding and resize); split off at the end
+        names = (*self.channels, *self.aux_channels)
+        n_in = len(self.channels)
         chans = [check_finite(np.asarray(vol.channel(c), dtype=np.float32), str(subject.files.get(c, src)))
-                 for c in self.channels]
+                 for c in names]
         shape = chans[0].shape
-        for c, arr in zip(self.channels, chans):
+        for c, arr in zip(names, chans):
             if arr.shape != shape:
                 raise DataError(subject.files.get(c, src),
                                 f"{c} shape {arr.shape} differs from {self.channels[0]} {shape}")
@@ -328,9 +334,10 @@ class PaperRecipe(Recipe):
                     pathology = subject.pathology
                 number = int(numbers[z]) if numbers is not None and chans[0].ndim == 3 else int(z)
                 out.append(PreparedSlice(
-                    image=img.astype(np.float32), brain=bs.astype(np.float32), lesion=les, subject=subject.id,
+                    image=img[:n_in].astype(np.float32), brain=bs.astype(np.float32), lesion=les, subject=subject.id,
                     slice=t if self.tiles > 1 else number, split=split, label=int(anomalous), pathology=pathology,
-                    boxes=boxes, source=str(vol.source)))
+                    boxes=boxes, source=str(vol.source),
+                    aux=img[n_in:].astype(np.float32) if self.aux_channels else None))
         return out
 
 
@@ -368,7 +375,17 @@ _ITERMASK2_BRATS = dict(
     brain_rule="nonzero", size=128,
     spec="protocols/itermask2.md §2: z 70–89; train/val tumour-free slices, test = largest-tumour slice; "
          "V' = 6V/upper − 3; area resize to 128, GT = area-resized seg > 0, soft brain mask")
-ITERMASK2_BRATS = {m: _add(PaperRecipe(f"itermask2_brats_{m}", 1, (m,), rule_range(70, 90), **_ITERMASK2_BRATS))
+
+
+def cyclic_intermediate(modality: str) -> tuple[str, ...]:
+    """Cyclic-UNet's intermediate modality for an input (IterMask2 §3, baselines.md §21): T1 for FLAIR, FLAIR
+    for any other; stored beside the image as the recipe's ``aux_channels``."""
+    return ("t1",) if modality == "flair" else ("flair",)
+
+
+# aux: Cyclic-UNet's intermediate modality, prepared like the input (other methods ignore it)
+ITERMASK2_BRATS = {m: _add(PaperRecipe(f"itermask2_brats_{m}", 1, (m,), rule_range(70, 90),
+                                       aux_channels=cyclic_intermediate(m), **_ITERMASK2_BRATS))
                    for m in ("flair", "t1", "t1ce", "t2")}
 
 _ITERMASK2_PROPOSED = dict(
@@ -378,7 +395,8 @@ _ITERMASK2_PROPOSED = dict(
     spec="protocols/itermask2.md §3 (proposal): 20-slice band at the brain z-midpoint; z-score over brain voxels "
          "applied to the whole volume; pad with background to square; area resize to 128")
 ITERMASK2_ATLAS = _add(PaperRecipe("itermask2_atlas_t1", 1, ("t1",), rule_band(20), **_ITERMASK2_PROPOSED))
-ITERMASK2_ISLES = _add(PaperRecipe("itermask2_isles_flair", 1, ("flair",), rule_band(20), **_ITERMASK2_PROPOSED))
+ITERMASK2_ISLES = _add(PaperRecipe("itermask2_isles_flair", 1, ("flair",), rule_band(20),
+                                   aux_channels=cyclic_intermediate("flair"), **_ITERMASK2_PROPOSED))
 
 _RA = dict(normalise="p98", norm_scope="slice", norm_region="nonzero", quantise_u8=True, pad="min",
            image_interp="bilinear", mask_rule="bilinear>0", brain_rule="auto", size=128)
@@ -448,6 +466,8 @@ class Setup:
     note: str = ""
     # more releases read under the same root with the same recipe: (dataset, adapter kwargs) each (RA: IXI)
     also: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
+    # the split's lists must all be under the root (their name for the message), unless prepare(subset=True)
+    complete_lists: str = ""
 
     def adapter(self, root):
         from benchmark.registry import get_dataset
@@ -458,13 +478,19 @@ class Setup:
             return first
         return UnionAdapter([first, *(get_dataset(d)(root, **dict(kw)) for d, kw in self.also)])
 
-    def prepare(self, root, *, cache_dir=None, skip_bad: bool = False, force: bool = False, size: int | None = None):
+    def prepare(self, root, *, cache_dir=None, skip_bad: bool = False, force: bool = False, size: int | None = None,
+                subset: bool = False):
+        """The prepared store; ``subset``: a root that holds only part of ``complete_lists`` is used as it is."""
         from datasets.base import prepare
+        from datasets.splits import require_listed
 
         adapter = self.adapter(root)
         rec = get_recipe(self.recipe)
         rec = with_size(rec, size) if size else rec
-        return prepare(adapter, rec, cache_dir=cache_dir, skip_bad=skip_bad, split_fn=self.split(), force=force)
+        split = self.split()
+        if self.complete_lists:
+            split = require_listed(split, self.complete_lists, root, subset=subset)
+        return prepare(adapter, rec, cache_dir=cache_dir, skip_bad=skip_bad, split_fn=split, force=force)
 
 
 # RA's fastMRI+ images: AXT1 only; an annotated volume missing from the root is reported, not silently dropped
@@ -480,14 +506,16 @@ class MergedSetup:
     parts: tuple[tuple[str, tuple[str, ...]], ...]  # (setup id, splits taken from it)
     note: str = ""
 
-    def prepare(self, root, *, cache_dir=None, skip_bad: bool = False, force: bool = False, size: int | None = None):
+    def prepare(self, root, *, cache_dir=None, skip_bad: bool = False, force: bool = False, size: int | None = None,
+                subset: bool = False):
         import hashlib
         from pathlib import Path
 
         from datasets.base import DEFAULT_CACHE
         from datasets.store import SliceStore, merge_stores
 
-        stores = [(SETUPS[sid].prepare(root, cache_dir=cache_dir, skip_bad=skip_bad, force=force, size=size), sp)
+        stores = [(SETUPS[sid].prepare(root, cache_dir=cache_dir, skip_bad=skip_bad, force=force, size=size,
+                                       subset=subset), sp)
                   for sid, sp in self.parts]
         key = hashlib.sha256("|".join(f"{st.fingerprint}:{','.join(sp)}" for st, sp in stores).encode()).hexdigest()
         path = Path(cache_dir or DEFAULT_CACHE / "stores") / f"merged-{self.id}-{key[:12]}"
@@ -503,9 +531,11 @@ def _setups() -> dict[str, Setup]:
         Setup("afsc-hcp", "hcp", "afsc_t2", lambda: sp.holdout(0.05, 0), note="train + seeded 5 % val (calibration)"),
         Setup("afsc-brats2017", "brats2017", "afsc_t2", lambda: sp.all_as("test")),
         Setup("afsc-msseg2015", "msseg2015", "afsc_t2", lambda: sp.all_as("test"), note="rater 1"),
-        *[Setup(f"itermask2-brats2021-{m}", "brats2021", f"itermask2_brats_{m}", sp.itermask2_brats2021)
+        *[Setup(f"itermask2-brats2021-{m}", "brats2021", f"itermask2_brats_{m}", sp.itermask2_brats2021,
+                complete_lists="IterMask2's official BraTS2021 lists (990 / 128 / 133)")
           for m in ("flair", "t1", "t1ce", "t2")],
-        Setup("itermask2-atlas2", "atlas2", "itermask2_atlas_t1", sp.itermask2_atlas2, note="suite split 518/67/70"),
+        Setup("itermask2-atlas2", "atlas2", "itermask2_atlas_t1", sp.itermask2_atlas2, note="suite split 518/67/70",
+              complete_lists="the suite's ATLAS v2.0 split (518 / 67 / 70)"),
         *[Setup(f"itermask2-isles2015-fold{k}", "isles2015", "itermask2_isles_flair",
                 (lambda k=k: sp.itermask2_isles2015(k)), note="suite 4-fold CV") for k in range(4)],
         Setup("ra-fastmri", "fastmri_plus", "ra_mid_t1", lambda: sp.ra_fastmri("bkp"),

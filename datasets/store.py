@@ -5,12 +5,15 @@ On disk (one folder per dataset × recipe × source)::
     images.npy     float32 [N, C, H, W]  normalised intensities
     brain.npy      float32 [N, 1, H, W]  brain mask in [0, 1] (all ones where a dataset has none)
     lesion.npy     uint8   [N, 1, H, W]  lesion mask {0, 1}
+    aux.npy        float32 [N, A, H, W]  optional: auxiliary modality (recipe ``aux_channels``) prepared like
+                                         the image, same slices (Cyclic-UNet's intermediate modality)
     manifest.csv   one row per slice: subject, slice, split, label, pathology, boxes, source
-    meta.json      recipe id, source fingerprint, shapes, fingerprint
+    meta.json      recipe id, source fingerprint, shapes, fingerprint (``aux_shape`` when aux.npy is there)
 
 The folder is built under a temporary name and renamed into place when complete (``atomic_dir``),
 so a half-written store is never opened. The fingerprint (sha256 of arrays + manifest + recipe)
-is recorded in every result row.
+is recorded in every result row; the auxiliary array is hashed only when present, so a store without one
+keeps the fingerprint (and slice content keys) it had before auxiliary modalities existed.
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ class PreparedSlice:
     pathology: str = "healthy"
     boxes: list = field(default_factory=list)  # BoxRecord.to_json() entries: [x0, y0, x1, y1] or a dict
     source: str = ""
+    aux: np.ndarray | None = None  # [A, H, W] float32: auxiliary modality (recipe ``aux_channels``) or None
 
 
 def _sha256_arrays(*arrays: np.ndarray, extra: bytes = b"") -> str:
@@ -105,12 +109,20 @@ def write_store(path: str | Path, slices: Iterable[PreparedSlice], meta: dict[st
     if not items:
         raise DataError(path, "no slices to write (every subject was empty or skipped)")
     shape = items[0].image.shape
+    aux_shape = None if items[0].aux is None else items[0].aux.shape
     for it in items:
         if it.image.shape != shape:
             raise DataError(it.source or it.subject, f"slice shape {it.image.shape} differs from {shape}")
         if not np.isfinite(it.image).all():
             raise DataError(it.source or it.subject, "slice contains NaN or Inf after preprocessing")
+        got = None if it.aux is None else it.aux.shape
+        if got != aux_shape:
+            raise DataError(it.source or it.subject, f"auxiliary modality shape {got} differs from {aux_shape} "
+                                                     "(every slice of a store has one, or none has)")
+        if it.aux is not None and not np.isfinite(it.aux).all():
+            raise DataError(it.source or it.subject, "auxiliary modality contains NaN or Inf after preprocessing")
     images = np.stack([it.image.astype(np.float32) for it in items])
+    aux = None if aux_shape is None else np.stack([it.aux.astype(np.float32) for it in items])
     brain = np.stack([it.brain.astype(np.float32) for it in items])[:, None]
     lesion = np.stack([
         (np.zeros(shape[1:], np.uint8) if it.lesion is None else (it.lesion > 0).astype(np.uint8)) for it in items
@@ -122,19 +134,29 @@ def write_store(path: str | Path, slices: Iterable[PreparedSlice], meta: dict[st
     ], columns=MANIFEST_COLUMNS)
     csv = manifest.to_csv(index=False)
     recipe_id = str(meta.get("recipe", ""))
-    fingerprint = _sha256_arrays(images, brain, lesion, extra=csv.encode() + recipe_id.encode())
+    fingerprint = _sha256_arrays(*_arrays(images, brain, lesion, aux), extra=csv.encode() + recipe_id.encode())
     full_meta = {**meta, "format": STORE_FORMAT, "n": len(items), "shape": list(shape), "fingerprint": fingerprint}
-    return _write_arrays(path, images, brain, lesion, csv, full_meta)
+    return _write_arrays(path, images, brain, lesion, csv, full_meta, aux)
+
+
+def _arrays(images: np.ndarray, brain: np.ndarray, lesion: np.ndarray, aux: np.ndarray | None) -> tuple:
+    """The arrays a fingerprint or content key hashes: the auxiliary one only when the store has it."""
+    return (images, brain, lesion) if aux is None else (images, brain, lesion, aux)
 
 
 def _write_arrays(path: str | Path, images: np.ndarray, brain: np.ndarray, lesion: np.ndarray, manifest_csv: str,
-                  meta: dict[str, Any]) -> "SliceStore":
+                  meta: dict[str, Any], aux: np.ndarray | None = None) -> "SliceStore":
     """The one way a store reaches disk: built under a temporary name and renamed into place, meta.json last
-    (its presence marks a complete store)."""
+    (its presence marks a complete store). ``aux`` (an auxiliary modality) is written with the rest and its
+    shape recorded in the meta, which is how an opened store knows to expect it."""
+    if aux is not None:
+        meta = {**meta, "aux_shape": list(aux.shape[1:])}
     with atomic_dir(path) as tmp:
         np.save(tmp / "images.npy", images)
         np.save(tmp / "brain.npy", brain)
         np.save(tmp / "lesion.npy", lesion)
+        if aux is not None:
+            np.save(tmp / "aux.npy", aux)
         (tmp / "manifest.csv").write_text(manifest_csv)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
     return SliceStore(path)
@@ -144,30 +166,41 @@ def merge_stores(path: str | Path, parts: Sequence[tuple["SliceStore", Sequence[
                  ) -> "SliceStore":
     """One store from the chosen splits of several stores (PHANES: train/val from IXI + fastMRI+, test from
     ATLAS, each prepared by its own recipe), written atomically like any store; slices keep their manifest rows
-    and the meta records every part's recipe and fingerprint. Parts must agree on slice shape."""
-    images, brain, lesion, rows, sources = [], [], [], [], []
+    and the meta records every part's recipe and fingerprint. Parts must agree on slice shape, and on the
+    auxiliary modality: all have one of the same shape (it is merged too) or none has."""
+    images, brain, lesion, aux, rows, sources = [], [], [], [], [], []
+    first = parts[0][0]
     for store, splits in parts:
         keep = np.flatnonzero(store.manifest["split"].isin(list(splits)).to_numpy())
-        if store.images.shape[1:] != parts[0][0].images.shape[1:]:
+        if store.images.shape[1:] != first.images.shape[1:]:
             raise DataError(store.path, f"slice shape {store.images.shape[1:]} differs from "
-                                        f"{parts[0][0].images.shape[1:]} of {parts[0][0].path}")
+                                        f"{first.images.shape[1:]} of {first.path}")
+        shape_of = lambda st: None if st.aux is None else (st.aux.shape[1:], st.meta.get("aux_channels"))  # noqa: E731
+        if shape_of(store) != shape_of(first):
+            raise DataError(store.path, f"auxiliary modality {shape_of(store)} differs from {shape_of(first)} of "
+                                        f"{first.path} (merged parts must all have the same one, or none)")
         images.append(np.asarray(store.images[keep]))
         brain.append(np.asarray(store.brain[keep]))
         lesion.append(np.asarray(store.lesion[keep]))
+        if store.aux is not None:
+            aux.append(np.asarray(store.aux[keep]))
         rows.append(store.manifest.iloc[keep])
         sources.append({"recipe": store.meta.get("recipe"), "dataset": store.meta.get("dataset"),
                         "fingerprint": store.fingerprint, "splits": list(splits),
                         "skipped": store.meta.get("skipped", [])})
     img, br, les = np.concatenate(images), np.concatenate(brain), np.concatenate(lesion)
+    ax = np.concatenate(aux) if aux else None
     manifest = pd.concat(rows, ignore_index=True)[MANIFEST_COLUMNS]
     if not len(manifest):
         raise DataError(path, "no slices to write (the chosen splits of every part are empty)")
     csv = manifest.to_csv(index=False)
     recipe = "+".join(str(s["recipe"]) for s in sources)
-    fingerprint = _sha256_arrays(img, br, les, extra=csv.encode() + recipe.encode())
+    fingerprint = _sha256_arrays(*_arrays(img, br, les, ax), extra=csv.encode() + recipe.encode())
     full_meta = {**meta, "recipe": recipe, "parts": sources, "skipped": [ln for s in sources for ln in s["skipped"]],
                  "format": STORE_FORMAT, "n": len(manifest), "shape": list(img.shape[1:]), "fingerprint": fingerprint}
-    return _write_arrays(path, img, br, les, csv, full_meta)
+    if ax is not None and first.meta.get("aux_channels"):
+        full_meta["aux_channels"] = first.meta["aux_channels"]
+    return _write_arrays(path, img, br, les, csv, full_meta, ax)
 
 
 class SliceStore:
@@ -183,6 +216,8 @@ class SliceStore:
             self.images = np.load(self.path / "images.npy", mmap_mode="r")
             self.brain = np.load(self.path / "brain.npy", mmap_mode="r")
             self.lesion = np.load(self.path / "lesion.npy", mmap_mode="r")
+            # the auxiliary modality [N, A, H, W] (recipe ``aux_channels``), or None when the store has none
+            self.aux = np.load(self.path / "aux.npy", mmap_mode="r") if "aux_shape" in self.meta else None
             self.manifest = pd.read_csv(self.path / "manifest.csv", keep_default_na=False,
                                         dtype={"subject": str, "split": str, "pathology": str, "source": str})
         except (OSError, ValueError) as err:
@@ -192,6 +227,8 @@ class SliceStore:
         n = self.meta.get("n")
         if not (len(self.images) == len(self.brain) == len(self.lesion) == len(self.manifest) == n):
             raise DataError(self.path, "slice store arrays and manifest disagree in length; prepare it again")
+        if self.aux is not None and (len(self.aux) != n or list(self.aux.shape[1:]) != list(self.meta["aux_shape"])):
+            raise DataError(self.path, "slice store auxiliary modality disagrees with its meta; prepare it again")
 
     @property
     def fingerprint(self) -> str:
@@ -227,7 +264,8 @@ class SliceSet:
     """A subset of a store's rows; the unit passed to ``Method.fit`` and to protocols.
 
     ``materialize(device)`` copies the rows to a device once (data stay on the GPU for the whole run);
-    ``batches`` then only indexes into those tensors.
+    ``batches`` then only indexes into those tensors. The auxiliary modality, where the store has one, is
+    copied the same way (``materialize_aux``) and reaches every batch as ``SliceBatch.aux``.
     """
 
     def __init__(self, store: SliceStore, rows: Sequence[int] | np.ndarray, name: str = ""):
@@ -252,12 +290,14 @@ class SliceSet:
     def cache_key(self) -> str:
         """What trained models and cached scores of these slices are keyed by: a hash of their content (arrays,
         subject, slice, label), not of the store they sit in -- the same slices in two stores (a merged store
-        holds another store's train split; the same release under another root) share models and scores."""
+        holds another store's train split; the same release under another root) share models and scores.
+        The auxiliary modality is part of the content only where the store has one (a model trained with it is
+        keyed by it; keys of stores without one are what they were)."""
         if self._content_key is None:
             self._content_key = self.store.content_keys.get(self.rows.tobytes())
         if self._content_key is None:
             h = hashlib.sha256(f"slices:{len(self.rows)}".encode())
-            for a in (self.store.images, self.store.brain, self.store.lesion):
+            for a in _arrays(self.store.images, self.store.brain, self.store.lesion, self.store.aux):
                 h.update(str(a.dtype).encode() + str(a.shape[1:]).encode())
                 for start in range(0, len(self.rows), 1024):  # bounded memory on large stores
                     h.update(np.ascontiguousarray(a[self.rows[start:start + 1024]]).data)
@@ -289,20 +329,33 @@ class SliceSet:
             self._cache[key] = tuple(t.to(device) for t in tensors)
         return self._cache[key]
 
+    def materialize_aux(self, device: torch.device | str = "cpu") -> torch.Tensor | None:
+        """The rows' auxiliary modality [n, A, H, W] on ``device`` (copied once), or None when the store has none."""
+        if self.store.aux is None:
+            return None
+        key = f"{device}|aux"
+        if key not in self._cache:
+            self._cache[key] = (torch.from_numpy(np.ascontiguousarray(self.store.aux[self.rows])).to(device),)
+        return self._cache[key][0]
+
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
                 device: torch.device | str = "cpu", drop_last: bool = False) -> Iterator[SliceBatch]:
         image, brain, lesion, label, index = self.materialize(device)
+        aux = self.materialize_aux(device)
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         order = order.to(image.device)
         stop = n - (n % batch_size) if (drop_last and n >= batch_size) else n
         for start in range(0, stop, batch_size):
             sel = order[start:start + batch_size]
-            yield SliceBatch(image[sel], brain[sel], lesion[sel], label[sel], index[sel])
+            yield SliceBatch(image[sel], brain[sel], lesion[sel], label[sel], index[sel],
+                             None if aux is None else aux[sel])
 
     def batch(self, positions: Sequence[int] | None = None, device: torch.device | str = "cpu") -> SliceBatch:
         """Selected slices (default: all) as one batch."""
         image, brain, lesion, label, index = self.materialize(device)
+        aux = self.materialize_aux(device)
         sel = torch.arange(len(self)) if positions is None else torch.as_tensor(positions)
         sel = sel.to(image.device)
-        return SliceBatch(image[sel], brain[sel], lesion[sel], label[sel], index[sel])
+        return SliceBatch(image[sel], brain[sel], lesion[sel], label[sel], index[sel],
+                          None if aux is None else aux[sel])

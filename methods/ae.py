@@ -16,7 +16,7 @@ from benchmark.device import autocast
 from benchmark.registry import register_method
 from benchmark.trainer import StepContext
 from methods.blocks.baur import BaurDecoder, BaurEncoder, DenseBottleneck
-from methods.blocks.reconstruction import residual_output
+from methods.blocks.reconstruction import INPUT_RANGES, UnitRange, residual_output
 
 
 class DenseAutoencoder(nn.Module):
@@ -38,6 +38,9 @@ class AEConfig(MethodConfig):
     batch_size: int = 8
     lr: float = 5e-4
     early_stop_patience: int | None = 500
+    # how the sigmoid-headed network sees the store: "unit" (data in [0, 1]) or "brain_minmax" (IterMask2's
+    # z-scored / ±3 stores: each slice's brain range mapped to [0, 1] and back, methods.blocks.reconstruction)
+    input_range: str = "unit"
     z_dim: int = 128
     dropout: float = 0.2
 
@@ -58,6 +61,10 @@ class AE(Method, Trainable):
             "(RA App. A protocol, not Baur's batch 128 / lr 1e-4) [assumption, baselines.md §1].",
             "Per-paper scoring (AFSC 21×21 max, IterMask2 normalised squared error) is applied by the protocol "
             "from the reconstruction.",
+            "IterMask2 tables (input_range='brain_minmax', set by the tables): each slice's brain min–max is mapped "
+            "to [0, 1] before the sigmoid network and back after; background pixels below the brain's range keep "
+            "the input as their reconstruction [assumption: baselines.md §0.1, the paper does not say how its "
+            "baselines were fed IterMask2's ±3 intensities].",
             "CPU profiles: 'default' trains 9 epochs with no early stopping, 'smoke' 1 epoch [assumption: compute "
             "budget].",
         ),
@@ -70,6 +77,8 @@ class AE(Method, Trainable):
     def __init__(self, config: AEConfig | None = None, **kw):
         super().__init__(config, **kw)
         c = self.config
+        if getattr(c, "input_range", "unit") not in INPUT_RANGES:
+            raise ValueError(f"{self.name}: input_range must be one of {INPUT_RANGES}, got {c.input_range!r}")
         self.net = DenseAutoencoder(self.data.channels, self.data.image_size, c.z_dim, c.dropout).to(self.device)
 
     def networks(self) -> dict[str, nn.Module]:
@@ -82,15 +91,22 @@ class AE(Method, Trainable):
     def _l1(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
         return (x - x_hat).abs().flatten(1).sum(dim=1).mean()
 
+    def unit_range(self, batch: SliceBatch) -> UnitRange:
+        # subclasses whose config has no input_range (ae-s: RA's [0, 1] data only) see the store as it is
+        return UnitRange.of(getattr(self.config, "input_range", "unit"), batch.image, batch.brain_mask)
+
     def training_step(self, batch: SliceBatch, step: StepContext) -> dict[str, float]:
+        x = self.unit_range(batch).to_unit(batch.image)
         with step.autocast():
-            loss = self._l1(batch.image, self.net(batch.image).float())
+            loss = self._l1(x, self.net(x).float())
         return {"l1": step.optimize("net", loss)}
 
     def validation_loss(self, batch: SliceBatch) -> float:
-        return float(self._l1(batch.image, self.net(batch.image).float()))
+        x = self.unit_range(batch).to_unit(batch.image)
+        return float(self._l1(x, self.net(x).float()))
 
     def _score(self, batch: SliceBatch) -> ScoreOutput:
+        rng = self.unit_range(batch)
         with autocast(self.device, self.config.amp):
-            x_hat = self.net(batch.image).float()
-        return residual_output(batch.image, x_hat)
+            x_hat = self.net(rng.to_unit(batch.image)).float()
+        return residual_output(batch.image, rng.restore(x_hat, batch.image))

@@ -12,6 +12,8 @@ weight decay 1e-5) and the noise transformed to n, |n| or −|n|.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -200,7 +202,7 @@ class DAE(Method, Trainable):
     def training_step(self, batch: SliceBatch, step: StepContext) -> dict[str, float]:
         if self.config.augment:  # image and brain mask move together; the noise is drawn on the result
             image, brain = random_affine(batch.image, batch.brain_mask, generator=step.generator)
-            batch = SliceBatch(image, brain, batch.lesion_mask, batch.label, batch.index)
+            batch = dataclasses.replace(batch, image=image, brain_mask=brain)
         gen = generator_from(step.generator, batch.image.device)
         loss = self.denoising_loss(batch, gen, step.amp)
         return {self.config.loss: step.optimize("net", loss)}

@@ -110,8 +110,11 @@ class MetricContext:
 
     def __init__(self, test: ScoreSet, healthy_val: ScoreSet | None, *, fpr: float = 0.05,
                  clean: torch.Tensor | None = None, lpips_net: Callable | None = None,
-                 train: ScoreSet | None = None):
+                 train: ScoreSet | None = None, per_image_oracle: bool = False):
         self.test, self.val, self.fpr = test, healthy_val, fpr
+        # a grey row (variant hint threshold=per_image_best): IterMask2's ids take each image's own best instead
+        # of the one global θ
+        self.per_image_oracle = per_image_oracle
         self.train = train  # the scored training normals, for ProxyAno's p75_train_normal rule
         self.clean = clean  # healthy originals of synthetic anomalies (reconstruction targets)
         self.lpips_net = lpips_net
@@ -160,18 +163,53 @@ class MetricContext:
         return self.cached("binned", lambda: tuple(x.cpu() for x in M.per_image_binned_counts(self.test.maps,
                                                                                             self.test.lesion)))
 
+    def itermask2_error(self) -> tuple[torch.Tensor, str]:
+        """IterMask2's error map (x − R)² in float64, as its code builds it from the final reconstruction; a method
+        without a reconstruction is scored on its own map (said in every cell's note)."""
+        rec = self.test.reconstructions
+        if rec is None:
+            return self.test.maps.to(torch.float64), "map: the method's own anomaly map (no reconstruction)"
+        x = self.test.images.to(torch.float64)
+        return (x - rec.to(torch.float64)) ** 2, "map (x − R)²"
+
     def itermask2(self) -> dict[str, Any]:
-        """IterMask2's protocol: maps min-max over the set × brain, one θ maximising mean per-image Dice."""
+        """IterMask2's protocol (``protocols.metrics.itermask2_code_metrics``): maps min-max over the set × brain,
+        one θ maximising the mean per-image Dice. On a grey row (``per_image_oracle``) each image gets its own best:
+        the method's own per-image mask search when it returns one (IterMask2: ``oracle_dice`` / ``oracle_mask``),
+        else the best θ of the same grid per image."""
         def make():
-            mn = M.itermask2_normalise(self.test.maps, self.test.brain)
-            best, theta = T.oracle_itermask2(self.test.maps, self.test.lesion, self.test.brain)
-            p_soft = (mn > theta).to(self.test.brain.dtype) * self.test.brain
-            d = _quiet(lambda: M.dice_per_image(p_soft > 0.5, self.gt)).cpu()
-            sens, prec = M.sensitivity_precision_per_image(p_soft, self.gt)
-            area = self.gt.flatten(1).sum(1).cpu().double()
-            return {"theta": theta, "dice": d, "sens": sens.cpu(), "prec": prec.cpu(), "area": area,
-                    "note": f"oracle θ {theta:.4g} (IterMask2 grid) chosen on the test set"}
+            err, how = self.itermask2_error()
+            r = M.itermask2_code_metrics(err, self.gt, self.test.brain)
+            out = {"dice": r["dice_per_image"], "sens": r["sensitivity_per_image"], "prec": r["precision_per_image"],
+                   "area": r["area"], "value": {"dice": r["dice"], "sensitivity": r["sensitivity"],
+                                                "precision": r["precision"], **{k: r[f"dice_{k}"] for k in M.SIZE_BINS}},
+                   "note": f"oracle θ {r['theta']:.4g} (IterMask2 grid) chosen on the test set; {how}"}
+            if self.per_image_oracle:
+                out.update(self._itermask2_per_image(err, how))
+            return out
         return self.cached("itermask2", make)
+
+    def _itermask2_per_image(self, err: torch.Tensor, how: str) -> dict[str, Any]:
+        ex = self.test.extras
+        if "oracle_dice" in ex and "oracle_mask" in ex:
+            dice = ex["oracle_dice"].to(torch.float64).reshape(-1).cpu()
+            pred = ex["oracle_mask"]
+            note = "grey row: each image's best mask of the method's own search (oracle)"
+        else:
+            mn = M.itermask2_normalise(err, self.test.brain)
+            d_all = M.mean_dice_at(mn, self.gt, self.test.brain)
+            best = torch.nan_to_num(d_all, nan=-1.0).argmax(1)
+            dice = d_all.gather(1, best[:, None])[:, 0].cpu()
+            th = M.threshold_grid("itermask2", 1.0).to(mn.device)[best].view(-1, *([1] * (mn.ndim - 1)))
+            pred = M.itermask2_prediction(mn, self.test.brain, 0.0) * (mn > th)
+            note = f"grey row: each image at its own best θ of the IterMask2 grid (oracle); {how}"
+        sens, prec = M.sensitivity_precision_per_image(pred, self.gt, empty_gt="zero")
+        area = self.gt.flatten(1).sum(1).cpu().double()
+        bins = {k: float(np.nanmean(dice[(area >= lo) & (area < hi)].numpy())) if bool(((area >= lo) & (area < hi))
+                .any()) else math.nan for k, (lo, hi) in M.SIZE_BINS.items()}
+        return {"dice": dice, "sens": sens.cpu(), "prec": prec.cpu(), "note": note,
+                "value": {"dice": float(dice.mean()), "sensitivity": float(sens.mean()),
+                          "precision": float(prec.mean()), **bins}}
 
 
 class Undefined(Exception):
@@ -331,38 +369,57 @@ def _dice_oracle_image(ctx: MetricContext) -> Estimate:
 
 
 def _itermask2(ctx: MetricContext, key: str) -> Estimate:
+    """One IterMask2 number as its code computes it: every test slice counts (an image without lesion has
+    sensitivity 0, sits in the 'small' bin, and a NaN Dice makes the mean NaN), means summed in the code's order;
+    the bootstrap recomputes plain means over the resampled slices with θ held."""
     _need_lesion(ctx)
     r = ctx.itermask2()
+    value = r["value"][key]
     if key in SIZE_BIN_KEYS:
         lo, hi = M.SIZE_BINS[key]
-        sel = (r["area"] >= max(lo, 1)) & (r["area"] < hi)  # slices without lesion are in no size bin
-        if not bool(sel.any()):
-            raise Undefined(f"no test slice with a lesion area in [{lo}, {hi}) px")
-        d = torch.where(sel, r["dice"], torch.full_like(r["dice"], math.nan))
-        return _per_image(d, r["note"] + f"; {int(sel.sum())} slices in the bin")
-    if key == "precision":  # IterMask2 averages precision over every slice (0 when nothing predicted)
-        return _per_image(r["prec"], r["note"])
-    return _per_image(r["dice"] if key == "dice" else r["sens"], r["note"])
+        sel = ((r["area"] >= lo) & (r["area"] < hi)).numpy()
+        if not sel.any():
+            raise Undefined(f"no test slice with a lesion area in [{lo}, {hi}) px (the official code raises "
+                            "ZeroDivisionError here)")
+        values = r["dice"].numpy()
+
+        def on_bin(idx: np.ndarray) -> float:
+            keep = idx[sel[idx]]
+            return float(values[keep].mean()) if keep.size else math.nan
+        return Estimate(value, on_bin, r["note"] + f"; {int(sel.sum())} slices in the bin")
+    values = {"dice": r["dice"], "sensitivity": r["sens"], "precision": r["prec"]}[key].numpy()
+    note = r["note"]
+    if math.isnan(value):
+        note += ("; NaN: a slice without lesion and without prediction has Dice 0/0, and the code's mean keeps it"
+                 if key == "dice" else "")
+    return Estimate(value, lambda idx: float(values[idx].mean()), note)
 
 
 SIZE_BIN_KEYS = tuple(M.SIZE_BINS)
 
 
 def _ssim(ctx: MetricContext, variant: str) -> Estimate:
+    """SSIM of the reconstruction (float64, as IterMask2's code casts its arrays); on a grey row, the
+    reconstruction of the method's own per-image oracle when it returns one."""
     rec = ctx.test.reconstructions
+    note = ""
+    if ctx.per_image_oracle and "oracle_reconstruction" in ctx.test.extras:
+        rec, note = ctx.test.extras["oracle_reconstruction"], "; reconstruction of the per-image oracle mask"
     if rec is None:
         raise Undefined("the method gives no reconstruction")
-    ref = ctx.test.images if ctx.clean is None else ctx.clean
-    rb = rec * ctx.test.brain
+    rec = rec.to(torch.float64)
+    ref = (ctx.test.images if ctx.clean is None else ctx.clean).to(torch.float64)
+    brain = ctx.test.brain.to(torch.float64)
+    rb = rec * brain
     data_range = float(rb.max() - rb.min())
     if not data_range > 0:
         raise Undefined("constant reconstruction: SSIM data range is 0")
     vals = []
     for i in range(ctx.n):
-        r = _quiet(lambda: M.ssim_normal(rec[i:i + 1], ref[i:i + 1], ctx.test.brain[i:i + 1],
+        r = _quiet(lambda: M.ssim_normal(rec[i:i + 1], ref[i:i + 1], brain[i:i + 1],
                                          ctx.test.lesion[i:i + 1], data_range=data_range, variant=variant))
         vals.append(r["ssim"])
-    return _per_image(torch.tensor(vals, dtype=torch.float64), f"data range {data_range:.4g} (max−min of R·B)")
+    return _per_image(torch.tensor(vals, dtype=torch.float64), f"data range {data_range:.4g} (max−min of R·B){note}")
 
 
 def _image_decision(ctx: MetricContext, which: str, t: float, *, strict: bool, note: str) -> Estimate:

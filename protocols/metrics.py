@@ -42,7 +42,8 @@ __all__ = [
     "per_image_pixel_ap",
     "dice", "dice_per_image", "per_image_counts", "best_dice", "best_dice_per_image", "threshold_at_fpr",
     "threshold_grid",
-    "itermask2_normalise", "itermask2_global_dice", "itermask2_scores", "mean_dice_at",
+    "itermask2_normalise", "itermask2_global_dice", "itermask2_scores", "mean_dice_at", "itermask2_code_metrics",
+    "itermask2_dice_code", "itermask2_prediction",
     "sensitivity_precision_per_image", "size_stratified_dice", "SIZE_BINS", "ssim_normal", "ssim_ra_code",
     "image_acc_f1", "pixel_acc_f1", "fpr_at_tpr_ra_code", "mean_score_gap", "masked_mse", "masked_lpips",
     "PHANES_DICE_EPS", "phanes_code_dice_terms", "phanes_code_dice", "phanes_code_grid", "phanes_code_best_dice",
@@ -531,7 +532,7 @@ def threshold_grid(grid: str | Sequence[float] | torch.Tensor, maps_max: float) 
         if grid == "unit101":
             return torch.linspace(0.0, 1.0, 101, dtype=torch.float64)
         if grid == "itermask2":
-            return torch.arange(100, dtype=torch.float64) * 1e-4
+            return torch.arange(100, dtype=torch.float64) / 10000  # the code's thres / 10000, exactly
         raise ValueError(f"unknown threshold grid {grid!r}; known: pr_exact, max1000, unit101, itermask2")
     t = _scores(grid, "grid").to(torch.float64).reshape(-1).cpu()
     if t.numel() == 0:
@@ -640,10 +641,12 @@ SIZE_BINS: dict[str, tuple[float, float]] = {"small": (0, 200), "medium": (200, 
 
 
 def itermask2_normalise(maps: Any, brain: Any) -> torch.Tensor:
-    """IterMask2's map: min-max over the *whole* test tensor (all images, background included), times the
-    soft brain mask. One min/max for the set is what the code does; per-image scaling would change ranks."""
-    a = _scores(maps, "maps")
-    b = _scores(brain, "brain").to(a.device)
+    """IterMask2's map, in float64 as its numpy code: min-max over the *whole* test tensor (all images, background
+    included), times the soft brain mask. One min/max for the set is what the code does; per-image scaling would
+    change ranks. Constant maps give all zeros: the code's 0/0 NaNs make ``θ < NaN`` false everywhere, as zeros
+    do for every θ ≥ 0 of its grid."""
+    a = _scores(maps, "maps").to(torch.float64)
+    b = _scores(brain, "brain").to(device=a.device, dtype=torch.float64)
     if tuple(b.shape) != tuple(a.shape):
         raise ValueError(f"brain shape {tuple(b.shape)} != maps shape {tuple(a.shape)}")
     lo, hi = a.min(), a.max()
@@ -676,17 +679,6 @@ def per_image_counts(maps_n: torch.Tensor, gt: torch.Tensor, keep: torch.Tensor,
     return tp.to(torch.float64), fp.to(torch.float64), g.sum(1).to(torch.float64)
 
 
-def mean_dice_at(maps_n: Any, gt: Any, brain: Any, thresholds: Sequence[float] | torch.Tensor
-                 ) -> torch.Tensor:
-    """Per-image Dice [N, T] of ``1[map > t] * B`` binarised at B > 0.5 (IterMask2's Dice arguments).
-    NaN where prediction and GT are both empty."""
-    m, g = _pair_images(maps_n, gt)
-    b = _scores(brain, "brain").to(m.device)
-    th = threshold_grid(thresholds, 1.0)  # named grids here: itermask2 / unit101 (maps are in [0, 1])
-    tp, fp, ng = per_image_counts(m, g, b > 0.5, th)
-    return 2.0 * tp / (tp + fp + ng[:, None])
-
-
 def _pair_images(maps: Any, gt: Any) -> tuple[torch.Tensor, torch.Tensor]:
     m = _scores(maps, "maps")
     g = _binary(gt, "gt").to(m.device)
@@ -697,35 +689,84 @@ def _pair_images(maps: Any, gt: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return m, g
 
 
+def itermask2_prediction(maps_n: torch.Tensor, brain: torch.Tensor, theta: float) -> torch.Tensor:
+    """The code's soft prediction ``where(θ < map, 1.0, 0.0) · B`` (float64): B's soft rim survives in it."""
+    b = brain.to(device=maps_n.device, dtype=torch.float64)
+    return torch.where(maps_n > theta, torch.ones_like(b), torch.zeros_like(b)) * b
+
+
+def itermask2_dice_code(pred_soft: Any, gt: Any) -> torch.Tensor:
+    """Per-image Dice as IterMask2's ``dice_score(seg, pred)`` computes it ([N, ...] → float64 [N]).
+
+    The code passes the arguments swapped: the GT is binarised (> 0.5) and the *prediction* is cast to int, so
+    a soft prediction counts only where it reaches 1 (a brain-rim pixel with B < 1 never does), with its integer
+    value as weight. 2·Σ(g·p) / Σ(g + p); 0/0 (empty GT, nothing predicted) is NaN, as numpy returns it."""
+    p = _as_tensor(pred_soft, "pred").to(torch.float64)
+    g = _binary(gt, "gt").to(device=p.device, dtype=torch.float64)
+    if tuple(p.shape) != tuple(g.shape):
+        raise ValueError(f"pred shape {tuple(p.shape)} != gt shape {tuple(g.shape)}")
+    n = p.shape[0]
+    p, g = torch.trunc(p).reshape(n, -1), g.reshape(n, -1)
+    return 2.0 * (p * g).sum(1) / (p + g).sum(1)
+
+
+def mean_dice_at(maps_n: Any, gt: Any, brain: Any, thresholds: Sequence[float] | torch.Tensor | str = "itermask2"
+                 ) -> torch.Tensor:
+    """Per-image Dice [N, T] of the code's prediction ``where(t < map) · B`` at each threshold
+    (:func:`itermask2_dice_code`: int cast of the prediction). NaN where prediction and GT are both empty."""
+    m, g = _pair_images(maps_n, gt)
+    m = m.to(torch.float64)
+    b = _scores(brain, "brain").to(device=m.device, dtype=torch.float64)
+    th = threshold_grid(thresholds, 1.0)  # named grids here: itermask2 / unit101 (maps are in [0, 1])
+    weight = torch.trunc(b).reshape(m.shape[0], -1)  # the int cast of 1·B where the map is above t
+    if bool(((weight != 0) & (weight != 1)).any()):
+        return torch.stack([itermask2_dice_code(itermask2_prediction(m, b, float(t)), g) for t in th], dim=1)
+    tp, fp, ng = per_image_counts(m, g, weight.reshape(m.shape) > 0, th)
+    return 2.0 * tp / (tp + fp + ng[:, None])
+
+
+def _sequential_mean(rows: torch.Tensor) -> np.ndarray:
+    """Mean over the first axis summed image by image, in the order the code's ``+=`` loop adds them: the same
+    float64 rounding, so a near-tie between two thresholds breaks as it does there."""
+    acc = np.zeros(rows.shape[1:], np.float64)
+    for r in rows.cpu().numpy():
+        acc += r
+    return acc / rows.shape[0]
+
+
 def itermask2_global_dice(maps: Any, gt: Any, brain: Any, *, grid: str | Sequence[float] = "itermask2",
-                          normalise: bool = True, nan_policy: str = "omit") -> tuple[float, float]:
+                          normalise: bool = True, nan_policy: str = "official") -> tuple[float, float]:
     """``dice|per_image|oracle_test|itermask2``: one global θ on the grid 0..0.0099 maximising the mean
     per-image Dice on the test set (oracle), maps min-max normalised over the set × brain first.
 
-    nan_policy ``omit`` (suite): images with empty GT and empty prediction are left out of the mean;
-    ``official``: numpy-2 behaviour of the code, a NaN mean makes argmax pick the first NaN θ.
+    nan_policy ``official`` (the code): every image counts; a NaN Dice (empty GT, nothing predicted) makes that
+    θ's mean NaN, and numpy's argmax takes the first NaN θ. ``omit``: NaN images are left out of each mean.
     Returns (mean Dice, θ).
     """
-    mn = itermask2_normalise(maps, brain) if normalise else _scores(maps, "maps")
+    mn = itermask2_normalise(maps, brain) if normalise else _scores(maps, "maps").to(torch.float64)
     th = threshold_grid(grid, 1.0)
     d = mean_dice_at(mn, gt, brain, th)
-    if nan_policy == "omit":
-        mean = torch.nanmean(d, dim=0)
-        if bool(torch.isnan(mean).all()):
+    if nan_policy == "official":
+        mean = _sequential_mean(d)
+        k = int(np.argmax(mean))  # numpy: the first NaN wins, else the first maximum
+    elif nan_policy == "omit":
+        mean = torch.nanmean(d, dim=0).numpy()
+        if bool(np.isnan(mean).all()):
             return _nan("no image with a defined Dice", 3), float("nan")
-        k = int(torch.argmax(torch.nan_to_num(mean, nan=-1.0)).item())
-    elif nan_policy == "official":
-        mean = d.mean(0)
-        k = int(np.argmax(mean.cpu().numpy()))  # numpy: first NaN wins
+        k = int(np.argmax(np.nan_to_num(mean, nan=-1.0)))
     else:
-        raise ValueError(f"nan_policy must be 'omit' or 'official', got {nan_policy!r}")
-    return float(mean[k].item()), float(th[k].item())
+        raise ValueError(f"nan_policy must be 'official' or 'omit', got {nan_policy!r}")
+    return float(mean[k]), float(th[k].item())
 
 
-def sensitivity_precision_per_image(pred: Any, gt: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image sensitivity TP/(TP+FN) (NaN without lesion) and precision TP/(TP+FP), 0 when nothing is
-    predicted (IterMask2's rule). ``pred`` may be soft: it is binarised at ``!= 0`` as the code does, so
-    soft brain-border pixels count (Dice drops them -- an inconsistency kept on purpose)."""
+def sensitivity_precision_per_image(pred: Any, gt: Any, *, empty_gt: str = "nan") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image sensitivity TP/(TP+FN) and precision TP/(TP+FP), 0 when nothing is predicted (IterMask2's
+    rule). ``pred`` may be soft: it is binarised at ``!= 0`` as the code does, so soft brain-border pixels count
+    (Dice drops them -- an inconsistency kept on purpose). An image without lesion has sensitivity NaN
+    (``empty_gt="nan"``) or 0.0 (``"zero"``: the code under numpy 1.x, where ``tp / float(0)`` raises
+    ZeroDivisionError and its handler returns 0.0)."""
+    if empty_gt not in ("nan", "zero"):
+        raise ValueError(f"empty_gt must be 'nan' or 'zero', got {empty_gt!r}")
     p = _as_tensor(pred, "pred")
     p = p if p.dtype == torch.bool else (p != 0)
     g = _binary(gt, "gt").to(p.device)
@@ -736,16 +777,20 @@ def sensitivity_precision_per_image(pred: Any, gt: Any) -> tuple[torch.Tensor, t
     tp = (p & g).sum(1).to(torch.float64)
     ng = g.sum(1).to(torch.float64)
     npred = p.sum(1).to(torch.float64)
-    sens = tp / ng
+    sens = tp / ng if empty_gt == "nan" else torch.where(ng > 0, tp / ng.clamp_min(1), torch.zeros_like(tp))
     prec = torch.where(npred > 0, tp / npred.clamp_min(1), torch.zeros_like(tp))
     return sens, prec
 
 
-def size_stratified_dice(dice_per_img: Any, gt: Any, bins: Mapping[str, tuple[float, float]] = SIZE_BINS
-                         ) -> dict[str, float]:
-    """Mean per-image Dice within lesion-area bins (``dice_small`` / ``dice_medium`` / ``dice_large``); images
-    without lesion pixels are in no bin. An empty bin gives NaN + warning (the official code crashes there).
-    Also returns ``n_<bin>``."""
+def size_stratified_dice(dice_per_img: Any, gt: Any, bins: Mapping[str, tuple[float, float]] = SIZE_BINS, *,
+                         lesion_free: str = "none") -> dict[str, float]:
+    """Mean per-image Dice within lesion-area bins (``dice_small`` / ``dice_medium`` / ``dice_large``); also
+    returns ``n_<bin>``. An image without lesion pixels is in no bin (``lesion_free="none"``, the suite) or in the
+    small bin, its area 0 being < 200 (``"small"``, the code). A NaN Dice in a bin makes its mean NaN under
+    ``"small"`` (the code's plain sum) and is skipped under ``"none"``. An empty bin gives NaN + warning (the
+    official code raises ZeroDivisionError there)."""
+    if lesion_free not in ("none", "small"):
+        raise ValueError(f"lesion_free must be 'none' or 'small', got {lesion_free!r}")
     d = _as_tensor(dice_per_img, "dice_per_img").to(torch.float64).reshape(-1).cpu()
     g = _binary(gt, "gt")
     area = g.reshape(g.shape[0], -1).sum(1).cpu().to(torch.float64)
@@ -753,25 +798,63 @@ def size_stratified_dice(dice_per_img: Any, gt: Any, bins: Mapping[str, tuple[fl
         raise ValueError(f"{d.numel()} Dice values for {area.numel()} masks")
     out: dict[str, float] = {}
     for name, (lo, hi) in bins.items():
-        sel = (area >= max(lo, 1)) & (area < hi)  # an image without lesion has no size: in no bin
+        floor = lo if lesion_free == "small" else max(lo, 1)
+        sel = (area >= floor) & (area < hi)
         out[f"n_{name}"] = int(sel.sum())
-        out[f"dice_{name}"] = float(torch.nanmean(d[sel]).item()) if bool(sel.any()) else _nan(
-            f"size bin {name!r} [{lo}, {hi}) is empty", 3)
+        if not bool(sel.any()):
+            out[f"dice_{name}"] = _nan(f"size bin {name!r} [{lo}, {hi}) is empty", 3)
+        elif lesion_free == "small":
+            out[f"dice_{name}"] = float(_sequential_mean(d[sel][:, None])[0])
+        else:
+            out[f"dice_{name}"] = float(torch.nanmean(d[sel]).item())
     return out
 
 
-def itermask2_scores(maps_n: Any, gt: Any, brain: Any, theta: float) -> dict[str, float]:
-    """All IterMask2 white-row metrics at one θ on normalised maps: DSC, Sens., Prec., DS_s/m/l."""
-    m, g = _pair_images(maps_n, gt)
-    b = _scores(brain, "brain").to(m.device)
-    p_soft = (m > theta).to(b.dtype) * b
+def itermask2_code_metrics(error_maps: Any, gt: Any, brain: Any, *, grid: str | Sequence[float] = "itermask2"
+                           ) -> dict[str, Any]:
+    """IterMask2's ``test.py`` (``best_threshold=False``) from the error maps on: every white-row number it logs
+    except SSIM (:func:`ssim_normal` variant ``itermask2``), computed as the code computes it.
+
+    ``error_maps``: (x − R)² of the test set [N,1,H,W] (any real map works; float64 throughout, as the code's
+    numpy arrays). Steps: min-max over the set × B; θ = k/10000, k = 0..99, maximising the mean of
+    :func:`itermask2_dice_code` (every image counts; NaN → numpy's argmax takes the first NaN); at that θ:
+    Dice, sensitivity and precision per image (prediction ``!= 0``; an image without lesion has sensitivity 0.0
+    and stays in the mean, numpy 1.x), and Dice per lesion-size bin (< 200, 200–799, ≥ 800 GT pixels; a
+    lesion-free image is 'small'). Means are summed image by image as the code does. Returns the means, θ, its
+    grid index and the per-image arrays (for bootstrap and paired tests)."""
+    m, g = _pair_images(error_maps, gt)
+    b = _scores(brain, "brain").to(device=m.device, dtype=torch.float64)
+    mn = itermask2_normalise(m, b)
+    th = threshold_grid(grid, 1.0)
+    d_all = mean_dice_at(mn, g, b, th)
+    mean = _sequential_mean(d_all)
+    k = int(np.argmax(mean))
+    theta = float(th[k].item())
+    pred = itermask2_prediction(mn, b, theta)
+    dice = d_all[:, k].cpu()
+    sens, prec = sensitivity_precision_per_image(pred, g, empty_gt="zero")
+    area = g.reshape(g.shape[0], -1).sum(1).cpu().to(torch.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        d = dice_per_image(p_soft > 0.5, g)
-    sens, prec = sensitivity_precision_per_image(p_soft, g)
-    out = {"dice": float(torch.nanmean(d).item()), "sensitivity": float(torch.nanmean(sens).item()),
-           "precision": float(prec.mean().item()), "n": int(m.shape[0])}
-    out.update(size_stratified_dice(d, g))
+        bins = size_stratified_dice(dice, g, lesion_free="small")
+    return {"dice": float(mean[k]), "theta": theta, "theta_index": k, "mean_dice_per_theta": mean,
+            "sensitivity": float(_sequential_mean(sens[:, None])[0]),
+            "precision": float(_sequential_mean(prec[:, None])[0]), **bins,
+            "dice_per_image": dice, "sensitivity_per_image": sens.cpu(), "precision_per_image": prec.cpu(),
+            "area": area, "n": int(m.shape[0])}
+
+
+def itermask2_scores(maps_n: Any, gt: Any, brain: Any, theta: float) -> dict[str, float]:
+    """All IterMask2 white-row metrics at one θ on normalised maps, as the code computes them: DSC (int cast of
+    the prediction), Sens. (``!= 0``; 0.0 without lesion), Prec., DS_s/m/l (lesion-free images are 'small')."""
+    m, g = _pair_images(maps_n, gt)
+    b = _scores(brain, "brain").to(device=m.device, dtype=torch.float64)
+    pred = itermask2_prediction(m.to(torch.float64), b, theta)
+    d = itermask2_dice_code(pred, g)
+    sens, prec = sensitivity_precision_per_image(pred, g, empty_gt="zero")
+    out = {"dice": float(_sequential_mean(d[:, None])[0]), "sensitivity": float(_sequential_mean(sens[:, None])[0]),
+           "precision": float(_sequential_mean(prec[:, None])[0]), "n": int(m.shape[0])}
+    out.update(size_stratified_dice(d, g, lesion_free="small"))
     return out
 
 
@@ -1164,8 +1247,9 @@ _SPECS = [
        "(autoDDPM); oracle",
        oracle=True, fn="best_dice"),
     _m("dice|per_image|oracle_test|itermask2",
-       "mean per-image Dice at one global θ ∈ {0,…,0.0099} maximising it on the test set, maps min-max over set × brain "
-       "(IterMask2 white rows); oracle", oracle=True, fn="itermask2_global_dice"),
+       "mean per-image Dice at one global θ ∈ {0,…,0.0099} maximising it on the test set; map (x−R)² min-max over the "
+       "set × brain; prediction cast to int (brain rim < 1 never counts); every image in the mean (IterMask2 code, "
+       "white rows); oracle", oracle=True, fn="itermask2_code_metrics"),
     _m("dice|per_image|oracle_image", "mean of each image's best Dice (own threshold per image; grey rows); oracle",
        oracle=True, fn="best_dice_per_image"),
     _m("dice|fpr@5%_healthy_brain", "pooled Dice at the threshold giving ≤ 5 % FP brain pixels on healthy validation; "
@@ -1180,16 +1264,17 @@ _SPECS = [
        fn="dice"),
     _m("precision|pooled|fpr@5%_healthy_brain", "pooled |P∩G|/|P| at the calibrated healthy-brain threshold (P inside the brain)",
        fn="dice"),
-    _m("sensitivity|per_image|oracle_test|itermask2", "mean per-image TP/(TP+FN) at IterMask2's θ (pred != 0)",
-       oracle=True, fn="itermask2_scores"),
+    _m("sensitivity|per_image|oracle_test|itermask2", "mean per-image TP/(TP+FN) at IterMask2's θ (pred != 0; "
+       "0.0 for an image without lesion, kept in the mean: the code under numpy 1.x)", oracle=True,
+       fn="itermask2_code_metrics"),
     _m("precision|per_image|oracle_test|itermask2", "mean per-image TP/(TP+FP), 0 when nothing predicted",
-       oracle=True, fn="itermask2_scores"),
-    _m("dice_small|per_image|oracle_test|itermask2", "mean per-image Dice, lesions < 200 px", oracle=True,
-       fn="size_stratified_dice"),
+       oracle=True, fn="itermask2_code_metrics"),
+    _m("dice_small|per_image|oracle_test|itermask2", "mean per-image Dice, lesions < 200 px (lesion-free images "
+       "included, as the code bins area 0)", oracle=True, fn="itermask2_code_metrics"),
     _m("dice_medium|per_image|oracle_test|itermask2", "mean per-image Dice, lesions 200–799 px", oracle=True,
-       fn="size_stratified_dice"),
+       fn="itermask2_code_metrics"),
     _m("dice_large|per_image|oracle_test|itermask2", "mean per-image Dice, lesions ≥ 800 px", oracle=True,
-       fn="size_stratified_dice"),
+       fn="itermask2_code_metrics"),
     _m("ssim|normal_brain", "SSIM map (σ=1.5 Gaussian) averaged over normal brain pixels (suite)", fn="ssim_normal"),
     _m("ssim|image|ra_code", "SSIM of reconstruction vs input per slice, scikit-image defaults (7×7 uniform window), "
        "data_range 1, channel 0 float32 unclamped; np.nanmean per group of slices (RA code, logged only)",

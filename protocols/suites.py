@@ -74,13 +74,15 @@ class TensorSlices:
     """Slices held as tensors (e.g. synthetic corruptions) with the SliceSet interface ``collect`` needs.
 
     ``cache_key``: what determines these pixels (e.g. a hash of the corrupted set), so their scores are cached
-    like a store's slices; None: never cached."""
+    like a store's slices; None: never cached. ``aux``: the auxiliary modality [N, A, H, W] carried into every
+    batch as ``SliceBatch.aux`` (None: the slices have none)."""
 
     def __init__(self, image: torch.Tensor, brain: torch.Tensor, lesion: torch.Tensor, label: torch.Tensor,
-                 manifest: pd.DataFrame, cache_key: str | None = None):
+                 manifest: pd.DataFrame, cache_key: str | None = None, aux: torch.Tensor | None = None):
         self.image, self.brain, self.lesion, self.label = image, brain, lesion, label
         self.manifest = manifest.reset_index(drop=True)
         self.cache_key = cache_key
+        self.aux = aux
 
     def __len__(self) -> int:
         return int(self.image.shape[0])
@@ -93,7 +95,8 @@ class TensorSlices:
         for s in range(0, len(self), batch_size):
             sl = slice(s, s + batch_size)
             idx = torch.arange(s, min(s + batch_size, len(self)))
-            yield SliceBatch(self.image[sl], self.brain[sl], self.lesion[sl], self.label[sl], idx).to(device)
+            aux = None if self.aux is None else self.aux[sl]
+            yield SliceBatch(self.image[sl], self.brain[sl], self.lesion[sl], self.label[sl], idx, aux).to(device)
 
 
 FPR = 0.05  # the 5 % that every ``fpr@5%_…`` id names; another rate needs ids of its own, not an option
@@ -113,7 +116,8 @@ def run_standard(method: Scorer | Method, test, val, metric_ids: Sequence[str], 
     train = options.get("train")  # scored only for ids whose threshold comes from the training normals
     needs_train = any("train_normal" in m for m in metric_ids)
     scored_train = collect(method, train, progress=progress) if needs_train and train is not None else None
-    ctx = MetricContext(scored, _score_val(method, val, progress), fpr=FPR, train=scored_train)
+    ctx = MetricContext(scored, _score_val(method, val, progress), fpr=FPR, train=scored_train,
+                        per_image_oracle=options.get("variant", {}).get("threshold") == "per_image_best")
     est = [(mid, "", build_estimate(ctx, mid)) for mid in metric_ids]
     out = estimate_rows(ctx.subjects, est, n=ctx.n, n_boot=n_boot)
     return Evaluation(out.rows, out.subject_rows, scored.wall_s, len(scored),

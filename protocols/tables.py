@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import pandas as pd
 
@@ -26,11 +26,17 @@ PAPER_TABLES_CSV = Path(__file__).resolve().parent.parent / "results" / "paper_t
 @dataclass(frozen=True)
 class TablePart:
     """One block of columns with its own data (and so its own trained models): e.g. one MRI modality of
-    IterMask2 Table 1. ``store(profile, root, skip_bad=False)`` returns the prepared slice store with
-    train/val/test; ``skip_bad`` leaves out (and lists) subjects with bad files instead of stopping."""
+    IterMask2 Table 1. ``store(profile, root, skip_bad=False, subset=False)`` returns the prepared slice store
+    with train/val/test (or :class:`benchmark.folds.Folds`, one store per fold); ``skip_bad`` leaves out (and
+    lists) subjects with bad files instead of stopping; ``subset`` runs on the listed subjects a root holds when it
+    holds only part of a paper's lists."""
 
     column_group: str
-    store: Callable[..., Any]  # (profile, root, skip_bad=False) -> SliceStore
+    store: Callable[..., Any]  # (profile, root, skip_bad=False, subset=False) -> SliceStore | Folds
+    # methods this part's data cannot serve (the paper's "–"), with why: e.g. Cyclic-UNet on single-modality ATLAS
+    skip_methods: Mapping[str, str] = field(default_factory=dict)
+    # config fields per method name this part's data needs (IterMask2's τ percentile 70 on ATLAS): part of the keys
+    overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,9 @@ class TableSpec:
     # metric id → the column group its cells go under, replacing the protocol's own group (PHANES Table 1 prints
     # LPIPS under "healthy" / "anomaly" and AUPRC, Dice under "anomaly segmentation" for its one kind of anomaly)
     metric_groups: dict[str, str] = field(default_factory=dict)
+    # our row (method, variant) → the paper's row whose numbers it sits beside, when the paper names it otherwise
+    # (IterMask2 Table 2's plain "DAE" is the suite's dae/noise[0,+inf]); footnoted when rendered
+    paper_rows: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -74,7 +83,7 @@ class TableSpec:
         if self.parts:
             return self.parts
         store = self.store
-        return (TablePart("", lambda profile, root, skip_bad=False: store(profile)),)
+        return (TablePart("", lambda profile, root, skip_bad=False, subset=False: store(profile)),)
 
     @property
     def protocol_id(self) -> str:
@@ -92,7 +101,7 @@ TABLE1 = register_table(TableSpec(
     title="Table 1 — MNI phantom (FLAIR, 128 px): tumour, stroke, MS-like lesions and atrophy",
     dataset="phantom-flair",
     protocol="standard",
-    methods=(("ae", ""), ("ra", ""), ("itermask2", ""), ("intensity", "")),
+    methods=(("ae", ""), ("ra", ""), ("itermask2", ""), ("phanes", ""), ("intensity", "")),
     metrics=CORE_METRIC_IDS,
     store=_phantom_store,
     footnotes=(
@@ -162,7 +171,7 @@ def _setup_store(setup_id: str, table_id: str, needs: str, miniature: str = "",
     Without --root: ``shared`` names the folder of the project's shared real data that development tables read;
     ``miniature`` a release of ``datasets.miniature`` that stands in for the root in the smoke profile
     (layout-faithful synthetic files read by the real adapters: CI runs the table end to end)."""
-    def load(profile: str, root: Path | None, skip_bad: bool = False):
+    def load(profile: str, root: Path | None, skip_bad: bool = False, subset: bool = False):
         from benchmark.errors import PhbenchError
         from datasets.base import shared_release
         from datasets.recipes_paper import SETUPS
@@ -175,34 +184,112 @@ def _setup_store(setup_id: str, table_id: str, needs: str, miniature: str = "",
         if root is None and miniature and profile == "smoke":
             from datasets.miniature import miniature_root
 
-            root = miniature_root(miniature)
+            root, subset = miniature_root(miniature), True  # a miniature holds a few subjects of each list
         if root is None:
             raise PhbenchError(f"{table_id}: give --root, the folder of {needs} (see README, Datasets)")
-        return SETUPS[setup_id].prepare(root, skip_bad=skip_bad)
+        return SETUPS[setup_id].prepare(root, skip_bad=skip_bad, subset=subset)
     return load
+
+
+def _itermask2_overrides(dataset: str) -> dict[str, dict[str, Any]]:
+    """What IterMask2's data asks of its rows: the sigmoid AE sees each slice's brain range as [0, 1] (the stores
+    are at ±3, baselines.md §0.1), and IterMask2's τ percentile is the paper's for the dataset (§3)."""
+    from methods.itermask2 import TAU_PERCENTILE_BY_DATASET
+
+    return {"ae": {"input_range": "brain_minmax"},
+            "itermask2": {"tau_percentile": TAU_PERCENTILE_BY_DATASET[dataset]}}
 
 
 ITERMASK2_METRIC_IDS = ("dice|per_image|oracle_test|itermask2", "sensitivity|per_image|oracle_test|itermask2",
                         "precision|per_image|oracle_test|itermask2", "ssim|itermask2_code")
+ITERMASK2_SIZE_IDS = ("dice_small|per_image|oracle_test|itermask2", "dice_medium|per_image|oracle_test|itermask2",
+                      "dice_large|per_image|oracle_test|itermask2")
+# white rows, then the grey per-image-oracle rows (labelled oracle, never ranked): the paper's row order
+ITERMASK2_ROWS = (("ae", ""), ("ddpm", ""), ("autoddpm", ""), ("cyclic-unet", ""), ("dae", "noise[0,+inf]"),
+                  ("dae", "noise[-inf,0]"), ("dae", "noise[-inf,+inf]"), ("itermask2", ""), ("dae", "oracle"),
+                  ("itermask2", "oracle"))
+BRATS_NEEDS = "the BraTS2021 training release (BraTS2021_XXXXX/BraTS2021_XXXXX_{flair,t1,t1ce,t2,seg}.nii.gz)"
+ITERMASK2_PROTOCOL_NOTE = (
+    "Metrics as the IterMask2 evaluation code computes them (test.py, best_threshold=False): map (x − R)² of the "
+    "method's reconstruction, min-max over the whole test set × the soft brain mask B; one global θ ∈ {0, 1e-4, …, "
+    "0.0099} maximising the mean per-image Dice on the test set (oracle); Dice casts the prediction 1[θ < map]·B to "
+    "int (rim pixels with B < 1 never count), sensitivity and precision count any nonzero prediction; every test "
+    "slice is in every mean; SSIM of R·B·(1−G) vs x·B·(1−G) with data range max−min of R·B. The paper scored its "
+    "baselines the same way [assumption, the code covers IterMask2 only].")
+ITERMASK2_GREY_NOTE = (
+    "Grey rows (variant oracle, never ranked): IterMask2 = each slice's best mask of its own §9 search when the "
+    "profile runs it (oracle_search), else — like DAE — each slice at its own best θ of the same grid on the same "
+    "map; sensitivity, precision and SSIM of that per-slice choice [assumption: the code prints only the Dice].")
+_BRATS_PARTS = tuple(TablePart(label, _setup_store(f"itermask2-brats2021-{m}", "itermask2-table1", BRATS_NEEDS,
+                                                   miniature="itermask2"), overrides=_itermask2_overrides("brats2021"))
+                     for label, m in (("FLAIR", "flair"), ("T1CE", "t1ce"), ("T2", "t2"), ("T1", "t1")))
+ITERMASK2_DATA_NOTES = (
+    "Data: IterMask2's official 990 / 128 / 133 BraTS2021 subject split (datasets/splits/itermask2/brats2021_*.csv) "
+    "and its slice rule and intensity normalisation (recipes itermask2_brats_<modality>); one model per modality "
+    "and method. Cyclic-UNet's intermediate modality: T1 for FLAIR, FLAIR otherwise (stored beside the input).",
+    "Smoke profile without --root: the layout-faithful BraTS2021 miniature of datasets/miniature.py (phantom "
+    "volumes under real ids of the official lists, read by the real adapter), not real data.",
+)
 
 ITERMASK2_TABLE1 = register_table(TableSpec(
     table_id="itermask2-table1",
     title="IterMask2 Table 1 — BraTS2021, one model per modality (IterMask2 protocol)",
     dataset="brats2021",
     protocol="standard",
-    methods=(("ae", ""), ("itermask2", "")),
+    methods=ITERMASK2_ROWS,
     metrics=ITERMASK2_METRIC_IDS,
-    parts=tuple(TablePart(label, _setup_store(f"itermask2-brats2021-{m}", "itermask2-table1",
-                                              "the BraTS2021 training release (BraTS2021_XXXXX/ folders)"))
-                for label, m in (("FLAIR", "flair"), ("T1CE", "t1ce"), ("T2", "t2"), ("T1", "t1"))),
-    needs_root="BraTS2021 training release (BraTS2021_XXXXX/BraTS2021_XXXXX_{flair,t1,t1ce,t2,seg}.nii.gz)",
+    parts=_BRATS_PARTS,
+    needs_root=BRATS_NEEDS,
     reference_method="itermask2",
-    footnotes=("Data: IterMask2's official 990 / 128 / 133 BraTS2021 subject split "
-               "(datasets/splits/itermask2/brats2021_*.csv) and its slice rule and intensity normalisation "
-               "(recipes itermask2_brats_<modality>); one model per modality and method.",
-               "Metrics as the IterMask2 evaluation code computes them: maps min-max over the test set × brain, "
-               "one global θ on 0…0.0099 maximising mean per-image Dice (oracle), SSIM with brain-outside and "
-               "lesion zeroed. Methods of the paper not implemented in phbench show the paper's number only."),
+    footnotes=(*ITERMASK2_DATA_NOTES, ITERMASK2_PROTOCOL_NOTE, ITERMASK2_GREY_NOTE),
+))
+
+
+def _isles_folds(profile: str, root: Path | None, skip_bad: bool = False, subset: bool = False):
+    """ISLES 2015's cross-validated column: the four fold stores of the suite's 4-fold split, one model each."""
+    from benchmark.folds import Folds
+
+    return Folds([_setup_store(f"itermask2-isles2015-fold{k}", "itermask2-table2", ISLES_NEEDS,
+                               miniature="itermask2")(profile, root, skip_bad, subset) for k in range(4)],
+                 "ISLES 2015 4-fold")
+
+
+ISLES_NEEDS = ("ISLES 2015 SISS training cases (SISS2015_Training/<n>/VSD.Brain.XX.O.MR_{Flair,T1}.<id>/… and "
+               "VSD.Brain.XX.O.OT.<id>/…)")
+ATLAS_NEEDS = "ATLAS v2.0 (ATLAS_2/Training/R<site>/sub-…/ses-1/anat/…_T1w.nii.gz with lesion masks)"
+
+
+ITERMASK2_TABLE2 = register_table(TableSpec(
+    table_id="itermask2-table2",
+    title="IterMask2 Table 2 — ISLES 2015 FLAIR (4-fold CV) and ATLAS v2.0 T1 (IterMask2 protocol)",
+    dataset="stroke",
+    protocol="standard",
+    methods=(("ae", ""), ("ddpm", ""), ("autoddpm", ""), ("cyclic-unet", ""), ("dae", "noise[0,+inf]"),
+             ("itermask2", ""), ("dae", "oracle"), ("itermask2", "oracle")),
+    metrics=ITERMASK2_METRIC_IDS,
+    parts=(TablePart("ISLES FLAIR", _isles_folds, overrides=_itermask2_overrides("isles2015")),
+           TablePart("ATLAS T1", _setup_store("itermask2-atlas2", "itermask2-table2", ATLAS_NEEDS,
+                                              miniature="itermask2"),
+                     skip_methods={"cyclic-unet": "ATLAS has T1 only: no intermediate modality (the paper's '–')"},
+                     overrides=_itermask2_overrides("atlas2"))),
+    needs_root=f"one folder holding {ISLES_NEEDS} and {ATLAS_NEEDS}",
+    reference_method="itermask2",
+    paper_rows={("dae", "noise[0,+inf]"): ("dae", "")},
+    footnotes=(
+        "Data (a reconstruction of the paper's protocol, whose code covers BraTS only: protocols/itermask2.md §3): "
+        "ISLES 2015 SISS FLAIR, 28 subjects in the suite's 4-fold subject-level cross-validation "
+        "(datasets/splits/itermask2/isles2015_cv4.csv: 7 test subjects per fold, τ from the healthy slices of 3 "
+        "others), one model per fold, the 28 test slices pooled before the threshold search; ATLAS v2.0 T1 in the "
+        "suite split 518 / 67 / 70 (atlas2_suite_split.csv). Both: z-score over the brain, a 20-slice band at the "
+        "brain's z-midpoint (train / val: its lesion-free slices; test: its largest-lesion slice), padded square, "
+        "area-resized to 128 px (recipes itermask2_isles_flair, itermask2_atlas_t1). IterMask2's τ percentile: 80 "
+        "ISLES, 70 ATLAS (paper §3). ATLAS is not skull-stripped here (the paper skull-stripped it; no tool "
+        "offline): its brain mask is a head mask.",
+        "DAE: the paper does not say which noise; the row is dae/noise[0,+inf] (hyper-intense lesions), beside the "
+        "paper's plain DAE row. Cyclic-UNet's intermediate modality on ISLES: T1.",
+        "Smoke profile without --root: the layout-faithful ISLES 2015 and ATLAS v2.0 miniatures of "
+        "datasets/miniature.py (phantom volumes under the real ids), not real data.",
+        ITERMASK2_PROTOCOL_NOTE, ITERMASK2_GREY_NOTE),
 ))
 
 
@@ -211,17 +298,18 @@ ITERMASK2_TABLE3 = register_table(TableSpec(
     title="IterMask2 Table 3 — ablations and size-stratified Dice, BraTS2021 FLAIR",
     dataset="brats2021",
     protocol="standard",
-    methods=(("itermask2", "-freq"), ("itermask2", "-spat"), ("itermask2", "")),
-    metrics=ITERMASK2_METRIC_IDS[:3] + ("dice_small|per_image|oracle_test|itermask2",
-                                        "dice_medium|per_image|oracle_test|itermask2",
-                                        "dice_large|per_image|oracle_test|itermask2"),
-    parts=(TablePart("BraTS FLAIR", ITERMASK2_TABLE1.parts[0].store),),
-    needs_root=ITERMASK2_TABLE1.needs_root,
+    methods=(("itermask2", "-freq"), ("itermask2", "-spat"), ("dae", "noise[0,+inf]"), ("itermask2", ""),
+             ("dae", "oracle"), ("itermask2", "oracle")),
+    metrics=ITERMASK2_METRIC_IDS[:3] + ITERMASK2_SIZE_IDS,
+    parts=(TablePart("BraTS FLAIR", _BRATS_PARTS[0].store, overrides=_BRATS_PARTS[0].overrides),),
+    needs_root=BRATS_NEEDS,
     reference_method="itermask2",
-    footnotes=(ITERMASK2_TABLE1.footnotes[0], "Size bins of the lesion area in the 128-px slice: < 200, 200–799, "
-               "≥ 800 px (the authors' evaluation code). The unablated IterMask2 row reuses the FLAIR model of "
-               "itermask2-table1. DAE and the per-image oracle rows are the paper's numbers only."),
+    footnotes=(*ITERMASK2_DATA_NOTES, ITERMASK2_PROTOCOL_NOTE, ITERMASK2_GREY_NOTE,
+               "Size bins of the lesion area in the 128-px slice: < 200, 200–799, ≥ 800 px (the authors' evaluation "
+               "code, which puts a lesion-free slice in 'small'). Every row reuses the FLAIR models of "
+               "itermask2-table1; -freq and -spat are retrained."),
 ))
+
 
 # ----------------------------------------------------------------------------------------------------
 # RA (Bercea et al., MIDL 2023): six tables on IXI + fastMRI+ (protocols/ra.md)
@@ -427,7 +515,8 @@ LGG_DEV = register_table(TableSpec(
     title="Development benchmark — TCGA-LGG FLAIR (kaggle_3m, 128 px), held-out patients",
     dataset="lgg-flair",
     protocol="standard",
-    methods=TABLE1.methods,
+    # table1's methods plus the baselines that need real anatomy to say anything (diffusion, feature banks)
+    methods=TABLE1.methods + (("anoddpm", ""), ("patchcore", "")),
     metrics=TABLE1.metrics,
     store=_lgg_store,
     footnotes=(

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     store = RunStore(Path(args.store) / profile.name)
     rows, test = [], None
     for method_name, variant in spec.methods:
-        plan = plan_run(spec, method_name, variant, args.seed, profile, data)
+        plan = plan_run(spec, method_name, variant, args.seed, profile, data, spec.all_parts[0].overrides)
         method = load_trained(plan, store, device)
         test = collect(method, plan.test, progress=False)
         label = method_name + (f" [{variant}]" if variant else "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -58,13 +59,27 @@ def toy_slices(n_train: int = 16, n_val: int = 4, n_test: int = 12, size: int = 
     return out
 
 
+def with_aux(slices, seed: int = 0):
+    """The same slices, each with a second contrast (a smooth function of the image plus noise, 0 outside)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in slices:
+        brain = s.brain[None]
+        aux = ((1.0 - s.image) * 0.7 + rng.normal(0, 0.01, s.image.shape)) * brain
+        out.append(dataclasses.replace(s, aux=aux.astype(np.float32)))
+    return out
+
+
 @pytest.fixture(scope="session")
 def toy_store(tmp_path_factory) -> SliceStore:
-    return write_store(tmp_path_factory.mktemp("toy") / "store", toy_slices(), {"recipe": "toy@v1", "dataset": "toy"})
+    """Toy slices with a second contrast stored beside them (Cyclic-UNet's intermediate modality): every method
+    of the contract suite runs on it, and methods that ignore the auxiliary modality must not care."""
+    return write_store(tmp_path_factory.mktemp("toy") / "store", with_aux(toy_slices()),
+                       {"recipe": "toy@v1", "dataset": "toy"})
 
 
 @pytest.fixture(scope="session")
 def toy_store_256(tmp_path_factory) -> SliceStore:
     """A 256-px store (ProxyAno's size) for the contract suite: every method must run on it as well."""
-    return write_store(tmp_path_factory.mktemp("toy256") / "store", toy_slices(4, 2, 4, size=256),
+    return write_store(tmp_path_factory.mktemp("toy256") / "store", with_aux(toy_slices(4, 2, 4, size=256)),
                        {"recipe": "toy@v1", "dataset": "toy256"})

@@ -128,7 +128,7 @@ def test_setup_prepares_official_split(tmp_path):
     write_brats(tmp_path, train_id, shape=(24, 24, 100), lesion_z=0.6, lesion_r2=0.03)
     write_brats(tmp_path, test_id, shape=(24, 24, 100), lesion_z=0.6, seed=2, lesion_r2=0.03)
     write_brats(tmp_path, "BraTS2021_99999", shape=(24, 24, 100))  # in no list: left out
-    store = SETUPS["itermask2-brats2021-flair"].prepare(tmp_path, cache_dir=tmp_path / "c")
+    store = SETUPS["itermask2-brats2021-flair"].prepare(tmp_path, cache_dir=tmp_path / "c", subset=True)
     m = store.manifest
     assert set(m.subject) == {train_id, test_id}
     assert (m[m.split == "train"].label == 0).all() and (m.split == "test").sum() == 1

@@ -15,8 +15,8 @@ from benchmark.contract import DataSpec, SliceBatch
 from benchmark.models import model_spec
 from benchmark.profiles import configure, get_profile
 from benchmark.trainer import StepContext, Trainer
-from methods.anoddpm import AnoDDPM, AnoDDPMConfig, RespacedSchedule, respaced_timesteps
-from methods.blocks.diffusion import DiffusionSchedule
+from methods.anoddpm import AnoDDPM, AnoDDPMConfig
+from methods.blocks.diffusion import DiffusionSchedule, RespacedSchedule, respaced_timesteps
 from methods.blocks.noise import generator_from, slice_generators
 from methods.blocks.simplex import simplex_noise
 from methods.blocks.unet import AttentionBlock, GroupNorm32, ResBlock

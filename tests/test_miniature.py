@@ -309,3 +309,53 @@ def test_phanes_setups_prepare(phanes, tmp_path):
     assert merged.manifest["split"].value_counts().to_dict() == {"train": 14, "test": 6, "val": 3}
     fast = SETUPS["ra-fastmri"].prepare(phanes, cache_dir=tmp_path)
     assert fast.manifest["split"].value_counts().to_dict() == {"test": 19, "train": 6, "val": 3}
+
+
+# ---------------------------------------------------------------------------------------------------
+# IterMask2: BraTS2021
+
+
+@pytest.fixture(scope="module")
+def itermask2(cache) -> Path:
+    return M.miniature_root("itermask2", cache_dir=cache)
+
+
+def test_brats_ids_are_in_the_official_lists_they_play():
+    for split, cases in M.ITERMASK2_BRATS.items():
+        listed = {r["subject_id"] for r in read_csv(f"itermask2/brats2021_{split}.csv")}
+        assert set(cases) <= listed, split
+
+
+def test_brats_release_layout_labels_and_bytes(itermask2, tmp_path):
+    import nibabel as nib
+
+    from benchmark.registry import get_dataset
+
+    assert itermask2.name == f"itermask2-v{M.BRATS_VERSION}"
+    summary = json.loads((itermask2 / "miniature.json").read_text())
+    cases = [c for cs in M.ITERMASK2_BRATS.values() for c in cs]
+    assert sorted(p.name for p in itermask2.iterdir() if p.is_dir()) == sorted(cases)
+    for case in cases:
+        assert sorted(p.name for p in (itermask2 / case).iterdir()) == sorted(
+            f"{case}_{m}.nii.gz" for m in ("flair", "seg", "t1", "t1ce", "t2"))
+    seg = np.asarray(nib.load(itermask2 / "BraTS2021_00123" / "BraTS2021_00123_seg.nii.gz").dataobj)
+    assert set(np.unique(seg)) == {0, 1, 2, 4} and seg.shape[2] == M.BRATS_SLICES
+    # test cases have tumour in IterMask2's slices 70-89; training / validation cases none
+    assert all((summary["lesion_voxels_z70_89"][c] > 0) == (c in M.ITERMASK2_BRATS["test"]) for c in cases)
+    subjects = {s.id for s in get_dataset("brats")(itermask2).subjects()}
+    assert subjects == set(cases)
+    M.write_itermask2_release(tmp_path / "again")
+    assert digest(tmp_path / "again") == digest(itermask2)
+
+
+def test_brats_setups_prepare(itermask2, tmp_path):
+    from datasets.recipes_paper import SETUPS
+
+    store = SETUPS["itermask2-brats2021-flair"].prepare(itermask2, cache_dir=tmp_path, subset=True)
+    m = store.manifest
+    by_split = m.groupby("split")["subject"].agg(lambda s: sorted(set(s))).to_dict()
+    assert by_split == {k: sorted(v) for k, v in M.ITERMASK2_BRATS.items()}
+    assert (m[m.split != "test"].groupby("subject").size() == 20).all()  # every slice 70-89 is tumour-free
+    test = m[m.split == "test"]
+    assert len(test) == 3 and test["slice"].between(70, 89).all()
+    assert all(np.asarray(store.lesion[i]).any() for i in test.index)

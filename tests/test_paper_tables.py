@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from benchmark.cli import main
-from benchmark.errors import PhbenchError
+from benchmark.errors import DataError, PhbenchError
 from benchmark.runner import run_table
 from tests.layouts import write_brats
 
@@ -28,14 +28,26 @@ def brats_root(tmp_path_factory):
 
 
 def test_paper_table_needs_a_root(tmp_path):
+    # the smoke profile falls back on the miniature release; every other profile needs the user's copy
     with pytest.raises(PhbenchError, match="--root"):
-        run_table("itermask2-table1", profile="smoke", store=tmp_path / "runs", out=tmp_path / "out",
+        run_table("itermask2-table1", profile="default", store=tmp_path / "runs", out=tmp_path / "out",
                   methods=["ae"], progress=False)
+
+
+def test_a_root_with_part_of_the_official_lists_says_how_many_and_what_to_do(brats_root, tmp_path, capsys):
+    with pytest.raises(DataError, match=r"6 of the 1251 subjects of IterMask2's official BraTS2021 lists .*"
+                                        r"train 3/990, val 1/128, test 2/133; 0 subject\(s\) outside .*--subset"):
+        run_table("itermask2-table1", profile="smoke", store=tmp_path / "runs", out=tmp_path / "out",
+                  methods=["ae"], progress=False, root=brats_root)
+    assert main(["table", "itermask2-table1", "--profile", "smoke", "--store", str(tmp_path / "runs"),
+                 "--root", str(brats_root), "--methods", "ae"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"phbench: {brats_root}: 6 of the 1251 subjects")
 
 
 def test_itermask2_table1_runs_per_modality_with_paper_numbers(brats_root, tmp_path):
     res = run_table("itermask2-table1", profile="smoke", store=tmp_path / "runs", out=tmp_path / "out",
-                    methods=["ae"], progress=False, root=brats_root)
+                    methods=["ae"], progress=False, root=brats_root, subset=True)
     assert not res.failures, res.failures
     rows = res.rows
     assert set(rows["column_group"]) == {"FLAIR", "T1CE", "T2", "T1"}
@@ -50,13 +62,13 @@ def test_itermask2_table1_runs_per_modality_with_paper_numbers(brats_root, tmp_p
     assert "ddpm" in md and "No results yet" in md
     # the CLI re-renders from the finished runs without training anything
     assert main(["render", "itermask2-table1", "--profile", "smoke", "--store", str(tmp_path / "runs"),
-                 "--out", str(tmp_path / "out2"), "--root", str(brats_root), "--methods", "ae"]) == 0
+                 "--out", str(tmp_path / "out2"), "--root", str(brats_root), "--methods", "ae", "--subset"]) == 0
 
 
 def test_itermask2_table3_ablations_share_the_flair_store(brats_root, tmp_path):
     res = run_table("itermask2-table3", profile="smoke", store=tmp_path / "runs", out=tmp_path / "out",
-                    progress=False, root=brats_root)
+                    progress=False, root=brats_root, subset=True)
     assert not res.failures, res.failures
-    assert set(res.rows["variant"].fillna("")) == {"-freq", "-spat", ""}
+    assert set(res.rows["variant"].fillna("")) == {"-freq", "-spat", "", "noise[0,+inf]", "oracle"}
     assert {"dice_small", "dice_medium", "dice_large"} <= set(res.rows["metric"])
     assert set(res.rows["column_group"]) == {"BraTS FLAIR"}

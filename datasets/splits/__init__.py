@@ -8,6 +8,7 @@ never changes when code or data order does. ``None`` means "not used by this set
 from __future__ import annotations
 
 import csv
+import logging
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +18,8 @@ import numpy as np
 
 from benchmark.errors import DataError
 from datasets.base import Subject
+
+log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 SplitFn = Callable[[list[Subject]], dict[str, "str | None"]]
@@ -67,6 +70,33 @@ def from_lists(lists: dict[str, Iterable[str]], *, key: Callable[[Subject], str]
     fn = lambda subjects: {s.id: lookup.get(key(s)) for s in subjects}  # noqa: E731
     fn.listed = lookup  # type: ignore[attr-defined]  # id → split, for summaries without subjects
     return fn
+
+
+def require_listed(fn: SplitFn, lists: str, root: Path | str, *, subset: bool = False) -> SplitFn:
+    """``fn`` (a :func:`from_lists` split) that stops with one line when ``root`` holds only part of the subjects
+    of its lists: a paper's table is the paper's only on all of them. ``subset=True`` runs on the listed subjects
+    found (logged with the counts); subjects outside the lists are never used either way."""
+    listed: dict[str, str] = fn.listed  # type: ignore[attr-defined]
+
+    def check(subjects: list[Subject]) -> dict[str, "str | None"]:
+        found = {s.id for s in subjects}
+        per: dict[str, list[int]] = {}
+        for sid, split in listed.items():
+            got = per.setdefault(split, [0, 0])
+            got[0] += sid in found
+            got[1] += 1
+        n_found = sum(g for g, _ in per.values())
+        counts = ", ".join(f"{sp} {g}/{n}" for sp, (g, n) in per.items())
+        outside = len(found - set(listed))
+        if n_found < len(listed):
+            what = (f"{n_found} of the {len(listed)} subjects of {lists} are here ({counts}; {outside} subject(s) "
+                    "outside the lists, never used)")
+            if not subset:
+                raise DataError(root, f"{what}. The paper's table needs them all; to run on the listed subjects you "
+                                      "have, add --subset (the table is then yours, not the paper's)")
+            log.warning("%s: %s: running on this subset (--subset)", root, what)
+        return fn(subjects)
+    return sourced(check, split_source(fn))
 
 
 def union(*fns: SplitFn) -> SplitFn:

@@ -16,7 +16,8 @@ Conventions (MONAI/ci-ber scheduler, which the specs follow):
   ``torch.Generator`` or a list with one generator per batch row; with a list, row i consumes only its own
   generator, so a slice's result does not depend on the batch it is in (given a per-row model, e.g.
   GroupNorm and no batch statistics). Draws are made on the generator's device and moved to the data.
-No DDIM and no cosine schedule: none of §18–21 uses them.
+No DDIM and no cosine schedule: none of §18–21 uses them. :class:`RespacedSchedule` (a schedule restricted to a
+subset of its timesteps) only serves the CPU profiles, which stride the reverse chains.
 """
 
 from __future__ import annotations
@@ -291,8 +292,12 @@ class DiffusionSchedule:
         if not 1 <= t < self.num_timesteps:
             raise ValueError("resample_jump needs 1 <= t < T")
         x = _work(x)
-        beta = self._coef("betas", t - 1, x)
+        beta = self._coef("betas", self._jump_index(t), x)
         return (1.0 - beta).sqrt() * x + beta.sqrt() * self._draw(noise_fn, x, generator)
+
+    def _jump_index(self, t: int) -> int:
+        """Index of the β that ``resample_jump`` after the step at t uses: t − 1 (ci-ber)."""
+        return t - 1
 
     def repaint_step(
         self,
@@ -358,3 +363,60 @@ class DiffusionSchedule:
                 if u < repeats - 1:
                     x = self.resample_jump(x, t, noise_fn, generator)
         return x
+
+
+# ---------------------------------------------------------------------------------------------------- respacing
+def respaced_timesteps(t_start: int, steps: int) -> list[int]:
+    """``steps`` timesteps from 0 to ``t_start`` (increasing, both ends kept, evenly spaced and rounded); every
+    timestep 0..t_start when ``steps`` ≥ t_start + 1, and just [t_start] for one step (x̂₀ predicted in one go)."""
+    if steps < 1:
+        raise ValueError(f"the number of reverse steps must be ≥ 1, got {steps}")
+    if steps >= t_start + 1:
+        return list(range(t_start + 1))
+    if steps == 1:
+        return [int(t_start)]
+    # spacing t_start/(steps − 1) ≥ 1, so the rounded values stay distinct
+    return [round(i * t_start / (steps - 1)) for i in range(steps)]
+
+
+class RespacedSchedule(DiffusionSchedule):
+    """A linear-β DDPM schedule restricted to the kept timesteps τ_0 < … < τ_{K−1} (Nichol & Dhariwal 2021 §4).
+
+    Index k of this schedule is timestep τ_k of the full one: ᾱ'_k = ᾱ_{τ_k}, β'_k = 1 − ᾱ_{τ_k} / ᾱ_{τ_{k−1}}
+    (ᾱ_{τ_{−1}} = 1), and every posterior coefficient follows from those with the formulas of the full schedule, so
+    one ancestral step k → k − 1 is the exact DDPM posterior q(x_{τ_{k−1}} | x_{τ_k}, x̂₀). Keeping every timestep
+    gives the full schedule back. The model must be called with ``timesteps[k]`` (:meth:`wrap`), not k.
+    RePaint's re-noising after the step at k uses β'_k, the exact forward transition τ_{k−1} → τ_k (the full
+    schedule keeps ci-ber's β_{t−1}, which differs from β_t by 2e-5; between strided steps β'_{k−1} and β'_k
+    differ by far more).
+    """
+
+    def __init__(self, timesteps: Sequence[int], num_timesteps: int = 1000, beta_start: float = 1e-4,
+                 beta_end: float = 2e-2, device: torch.device | str | None = None) -> None:
+        ts = [int(t) for t in timesteps]
+        if not ts or any(b <= a for a, b in zip(ts, ts[1:])) or ts[0] < 0 or ts[-1] >= num_timesteps:
+            raise ValueError(f"timesteps must increase within [0, {num_timesteps}), got {ts[:5]}…")
+        super().__init__(len(ts), beta_start, beta_end, device)  # buffers replaced below
+        full = torch.cumprod(1.0 - torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64), dim=0)
+        abar = full[torch.tensor(ts)]
+        abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+        for name, value in schedule_tables(1.0 - abar / abar_prev, abar).items():
+            setattr(self, name, value.to(device=self.device, dtype=torch.float32))
+        self.timesteps = torch.tensor(ts, dtype=torch.long, device=self.device)
+
+    def to(self, device: torch.device | str) -> "RespacedSchedule":
+        super().to(device)
+        self.timesteps = self.timesteps.to(device)
+        return self
+
+    def _jump_index(self, t: int) -> int:
+        return t
+
+    def wrap(self, model: Model) -> Model:
+        """``model(x, t)`` called with the full schedule's timesteps τ_k for this schedule's indices k."""
+
+        def respaced_model(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+            return model(x, self.timesteps.to(k.device)[k])
+
+        return respaced_model
+

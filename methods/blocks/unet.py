@@ -9,8 +9,11 @@ with skip concatenation; output head norm → SiLU → zero-initialised conv3×3
 prediction (no activation).
 
 Reuse: width (``model_channels``), ``channel_mult``, in/out channels, norm (``batch`` for IterMask2,
-``group`` for DDPM-style models) and an optional timestep embedding (``time_embedding=True``: sinusoidal
-embedding → MLP → scale-shift of the second norm) are configurable, so DDPM, DAE and Cyclic-UNet can share it.
+``group`` for DDPM-style models, with ``norm_groups`` groups: 32 as in guided diffusion, 16 in MMCCD's
+``models/nn.py``) and an optional timestep embedding (``time_embedding=True``: sinusoidal embedding → MLP →
+scale-shift of the second norm) are configurable, so DDPM, DAE and Cyclic-UNet can share it. Without a
+timestep embedding, guided diffusion's ``use_scale_shift_norm`` changes nothing (its out-layers are then
+norm → SiLU → dropout → zero conv either way), which is what this block does.
 """
 
 from __future__ import annotations
@@ -44,11 +47,11 @@ class GroupNorm32(nn.GroupNorm):
         return super().forward(x.float()).to(x.dtype)
 
 
-def make_norm(kind: str, channels: int) -> nn.Module:
+def make_norm(kind: str, channels: int, groups: int = 32) -> nn.Module:
     if kind == "batch":
         return BatchNorm32(channels, eps=1e-5)
     if kind == "group":
-        groups = math.gcd(32, channels)  # 32 groups as in guided diffusion, fewer for narrow test widths
+        groups = math.gcd(groups, channels)  # `groups` (guided diffusion: 32), fewer for narrow test widths
         return GroupNorm32(groups, channels)
     raise ValueError(f"unknown norm {kind!r} (batch | group)")
 
@@ -66,14 +69,14 @@ class ResBlock(nn.Module):
     """[norm → SiLU → resample → conv3×3] → [norm (± emb scale-shift) → SiLU → dropout → zero conv3×3] + skip."""
 
     def __init__(self, channels: int, out_channels: int | None = None, *, dropout: float = 0.0, norm: str = "batch",
-                 emb_channels: int | None = None, up: bool = False, down: bool = False):
+                 emb_channels: int | None = None, up: bool = False, down: bool = False, norm_groups: int = 32):
         super().__init__()
         out_channels = out_channels or channels
-        self.in_norm = make_norm(norm, channels)
+        self.in_norm = make_norm(norm, channels, norm_groups)
         self.in_conv = nn.Conv2d(channels, out_channels, 3, padding=1)
         self.up, self.down = up, down
         self.emb = None if emb_channels is None else nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels))
-        self.out_norm = make_norm(norm, out_channels)
+        self.out_norm = make_norm(norm, out_channels, norm_groups)
         self.dropout = nn.Dropout(dropout)
         self.out_conv = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
@@ -100,12 +103,12 @@ class ResBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Spatial self-attention with a residual; qkv split per head as in the official (legacy) ordering."""
 
-    def __init__(self, channels: int, num_heads: int = 1, norm: str = "batch"):
+    def __init__(self, channels: int, num_heads: int = 1, norm: str = "batch", norm_groups: int = 32):
         super().__init__()
         if channels % num_heads:
             raise ValueError(f"channels {channels} not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
-        self.norm = make_norm(norm, channels)
+        self.norm = make_norm(norm, channels, norm_groups)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = zero_module(nn.Conv1d(channels, channels, 1))
 
@@ -132,13 +135,14 @@ class UNet(nn.Module):
     """Guided-diffusion UNet; IterMask2 defaults (base 32, mult 1,1,2,3,4, attention at ×4, ×8, ×16, BatchNorm).
 
     ``attention_ds``: downsampling factors with attention (IterMask2: resolutions 32,16,8 at 128 px → 4, 8, 16).
-    ``forward(x, t=None)``: ``t`` is only used when ``time_embedding=True``.
+    ``forward(x, t=None)``: ``t`` is only used when ``time_embedding=True``. ``norm_groups``: groups of
+    ``norm="group"`` (at most; fewer where a width is not divisible), 32 by default, 16 for MMCCD/Cyclic-UNet.
     """
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, model_channels: int = 32,
                  channel_mult: Sequence[int] = (1, 1, 2, 3, 4), num_res_blocks: int = 2,
                  attention_ds: Sequence[int] = (4, 8, 16), dropout: float = 0.1, num_heads: int = 1,
-                 norm: str = "batch", time_embedding: bool = False):
+                 norm: str = "batch", time_embedding: bool = False, norm_groups: int = 32):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.model_channels = model_channels
@@ -147,7 +151,7 @@ class UNet(nn.Module):
         if time_embedding:
             emb_ch = 4 * model_channels
             self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
-        rb = dict(dropout=dropout, norm=norm, emb_channels=emb_ch)
+        rb = dict(dropout=dropout, norm=norm, emb_channels=emb_ch, norm_groups=norm_groups)
 
         ch = input_ch = int(channel_mult[0] * model_channels)
         self.stem = nn.Conv2d(in_channels, ch, 3, padding=1)
@@ -159,26 +163,27 @@ class UNet(nn.Module):
                 layers: list[nn.Module] = [ResBlock(ch, int(mult * model_channels), **rb)]
                 ch = int(mult * model_channels)
                 if ds in attention_ds:
-                    layers.append(AttentionBlock(ch, num_heads, norm))
+                    layers.append(AttentionBlock(ch, num_heads, norm, norm_groups))
                 self.input_blocks.append(_Stage(layers))
                 skip_chans.append(ch)
             if level != len(channel_mult) - 1:
                 self.input_blocks.append(_Stage([ResBlock(ch, ch, down=True, **rb)]))
                 skip_chans.append(ch)
                 ds *= 2
-        self.middle = _Stage([ResBlock(ch, ch, **rb), AttentionBlock(ch, num_heads, norm), ResBlock(ch, ch, **rb)])
+        self.middle = _Stage([ResBlock(ch, ch, **rb), AttentionBlock(ch, num_heads, norm, norm_groups),
+                              ResBlock(ch, ch, **rb)])
         self.output_blocks = nn.ModuleList()
         for level, mult in list(enumerate(channel_mult))[::-1]:
             for i in range(num_res_blocks + 1):
                 layers = [ResBlock(ch + skip_chans.pop(), int(mult * model_channels), **rb)]
                 ch = int(mult * model_channels)
                 if ds in attention_ds:
-                    layers.append(AttentionBlock(ch, num_heads, norm))
+                    layers.append(AttentionBlock(ch, num_heads, norm, norm_groups))
                 if level and i == num_res_blocks:
                     layers.append(ResBlock(ch, ch, up=True, **rb))
                     ds //= 2
                 self.output_blocks.append(_Stage(layers))
-        self.out = nn.Sequential(make_norm(norm, ch), nn.SiLU(),
+        self.out = nn.Sequential(make_norm(norm, ch, norm_groups), nn.SiLU(),
                                  zero_module(nn.Conv2d(input_ch, out_channels, 3, padding=1)))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
