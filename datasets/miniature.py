@@ -8,7 +8,7 @@ split lists (the split functions select subjects by id), but its images are MNI 
 ~16 MB), built in seconds, byte-identical for a given version and seed, and cached under
 ``<cache>/miniature/<name>-v<version>`` (:func:`miniature_root`, :func:`release_version`).
 
-Releases (``RELEASES``):
+Releases (``RELEASES``; every one holds a few subjects of each list, so the tables read it with ``subset``):
 
 ``ra``  RA's data in one root (the IXI and fastMRI+ adapters both search their root recursively)::
 
@@ -37,6 +37,15 @@ head: 128 px is the store size, so slice 95 is padded but not resized and a mask
 is its count in the store (a real 197 × 233 slice is shrunk, which turns one lesion pixel into four). Each
 volume holds one hypo-intense stroke lesion (``PHANES_ATLAS``); one of them shows a single lesion pixel on
 slice 95 and one none (the official evaluation scores only slices with more than one).
+
+``itermask2``  IterMask2's three tables in one root::
+
+    <root>/BraTS2021_XXXXX/BraTS2021_XXXXX_{flair,t1,t1ce,t2,seg}.nii.gz
+                                                      9 cases of the official lists (4 train, 2 val, 3 test),
+                                                      int16, 155 axial slices; test tumours cross z 70–89
+    <root>/SISS2015_Training/<n>/VSD.Brain.XX.O.MR_{Flair,T1,T2,DWI}.<id>/….nii and …OT.<id>/….nii
+                                                      all 28 ISLES 2015 SISS cases (the 4-fold CV tests each once)
+    <root>/ATLAS_2/Training/R001/sub-r001s…/ses-1/anat/…   9 ATLAS v2.0 subjects of the suite split
 
 Nothing here reads real data at run time: the ids, label texts and slices are written out below.
 """

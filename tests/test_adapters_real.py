@@ -72,6 +72,9 @@ def test_brats_2023_cases_labels_alignment_and_releases(shared_data):
     test = rec.slices(v0, s0, "test")
     assert len(test) == 1 and 70 <= test[0].slice < 90 and test[0].label == 1
     assert np.isclose(test[0].image.min(), -3.0, atol=1e-3)  # IterMask2 map: background → −3
+    # Cyclic-UNet's intermediate modality (T1 for FLAIR) rides along, normalised by the same rule on its own volume
+    assert test[0].aux is not None and test[0].aux.shape == (1, *test[0].image.shape[1:])
+    assert np.isclose(test[0].aux.min(), -3.0, atol=1e-3) and not np.allclose(test[0].aux, test[0].image)
     with pytest.raises(DataError) as e:
         rec.slices(a.load(s1), s1, "train")
     assert "no lesion mask" in str(e.value) and "BraTS-GLI-00001-000" in str(e.value)

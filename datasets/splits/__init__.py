@@ -72,6 +72,9 @@ def from_lists(lists: dict[str, Iterable[str]], *, key: Callable[[Subject], str]
     return fn
 
 
+_SUBSET_NOTED: set[tuple[str, str]] = set()
+
+
 def require_listed(fn: SplitFn, lists: str, root: Path | str, *, subset: bool = False) -> SplitFn:
     """``fn`` (a :func:`from_lists` split) that stops with one line when ``root`` holds only part of the subjects
     of its lists: a paper's table is the paper's only on all of them. ``subset=True`` runs on the listed subjects
@@ -94,7 +97,9 @@ def require_listed(fn: SplitFn, lists: str, root: Path | str, *, subset: bool = 
             if not subset:
                 raise DataError(root, f"{what}. The paper's table needs them all; to run on the listed subjects you "
                                       "have, add --subset (the table is then yours, not the paper's)")
-            log.warning("%s: %s: running on this subset (--subset)", root, what)
+            if (str(root), lists) not in _SUBSET_NOTED:  # once per root and lists, not once per store
+                _SUBSET_NOTED.add((str(root), lists))
+                log.warning("%s: %s: running on this subset (--subset)", root, what)
         return fn(subjects)
     return sourced(check, split_source(fn))
 
