@@ -334,7 +334,7 @@ def test_brats_release_layout_labels_and_bytes(itermask2, tmp_path):
     assert itermask2.name == f"itermask2-v{M.BRATS_VERSION}"
     summary = json.loads((itermask2 / "miniature.json").read_text())
     cases = [c for cs in M.ITERMASK2_BRATS.values() for c in cs]
-    assert sorted(p.name for p in itermask2.iterdir() if p.is_dir()) == sorted(cases)
+    assert sorted(p.name for p in itermask2.iterdir() if p.is_dir()) == sorted(cases + ["ATLAS_2", "SISS2015_Training"])
     for case in cases:
         assert sorted(p.name for p in (itermask2 / case).iterdir()) == sorted(
             f"{case}_{m}.nii.gz" for m in ("flair", "seg", "t1", "t1ce", "t2"))
@@ -344,6 +344,12 @@ def test_brats_release_layout_labels_and_bytes(itermask2, tmp_path):
     assert all((summary["lesion_voxels_z70_89"][c] > 0) == (c in M.ITERMASK2_BRATS["test"]) for c in cases)
     subjects = {s.id for s in get_dataset("brats")(itermask2).subjects()}
     assert subjects == set(cases)
+    isles = {s.id: s for s in get_dataset("isles2015")(itermask2).subjects()}
+    assert sorted(isles) == [f"training{i:02d}" for i in range(1, 29)]
+    assert all(set(s.files) == {"flair", "t1", "t2", "dwi", "seg"} for s in isles.values())
+    assert all(str(f).endswith(".nii") for s in isles.values() for f in s.files.values())  # uncompressed, as shipped
+    atlas = {s.id for s in get_dataset("atlas2")(itermask2).subjects()}
+    assert atlas == {sub for subs in M.ITERMASK2_ATLAS.values() for sub in subs}
     M.write_itermask2_release(tmp_path / "again")
     assert digest(tmp_path / "again") == digest(itermask2)
 
