@@ -307,6 +307,13 @@ class Method(ABC):
         """Trained methods this one builds on, by the name ``self.upstream`` uses. Default: none."""
         return {}
 
+    def upstream_method(self, name: str) -> "Method":
+        """The trained upstream ``name``; built without it (a bare constructor call), one line that says how."""
+        if name not in self.upstream:
+            raise RuntimeError(f"{self.name}: no {name} upstream; build with upstream={{'{name}': <trained {name}>}} "
+                               "(the runner and benchmark.models.obtain do)")
+        return self.upstream[name]
+
     @property
     def uses_lesion_mask(self) -> bool:
         return bool(self.variant and self.variants[self.variant].uses_lesion_mask)

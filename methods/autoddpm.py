@@ -162,10 +162,7 @@ class AutoDDPM(Method):
 
     @property
     def ddpm(self) -> DDPM:
-        if "ddpm" not in self.upstream:
-            raise RuntimeError("autoddpm: no DDPM upstream; build with upstream={'ddpm': <trained ddpm>} (the runner "
-                               "and benchmark.models.obtain do)")
-        return self.upstream["ddpm"]  # type: ignore[return-value]
+        return self.upstream_method("ddpm")  # type: ignore[return-value]
 
     @property
     def lpips(self) -> Any:

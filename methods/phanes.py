@@ -263,10 +263,7 @@ class Phanes(Method, Trainable):
 
     @property
     def ra(self) -> Method:
-        if "ra" not in self.upstream:
-            raise RuntimeError("phanes: no RA upstream; build with upstream={'ra': <trained RA>} (the runner and "
-                               "benchmark.models.obtain do)")
-        return self.upstream["ra"]
+        return self.upstream_method("ra")
 
     @property
     def lpips(self) -> Any:

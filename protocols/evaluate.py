@@ -108,10 +108,13 @@ class MetricContext:
     """What the metric builders share for one scored test set: labels, thresholds and sorted counts are
     computed once, lazily, and only for the ids a table asks for."""
 
-    def __init__(self, test: ScoreSet, healthy_val: ScoreSet | None, *, fpr: float = 0.05,
+    def __init__(self, test: ScoreSet, healthy_val: ScoreSet | Callable[[], ScoreSet | None] | None, *,
+                 fpr: float = 0.05,
                  clean: torch.Tensor | None = None, lpips_net: Callable | None = None,
                  train: ScoreSet | None = None, per_image_oracle: bool = False):
-        self.test, self.val, self.fpr = test, healthy_val, fpr
+        # the healthy validation scores, or how to get them: scored only when an id needs them (a diffusion model's
+        # hundreds of passes per slice are not spent on validation slices that no metric of the table reads)
+        self.test, self._val, self.fpr = test, healthy_val, fpr
         # a grey row (variant hint threshold=per_image_best): IterMask2's ids take each image's own best instead
         # of the one global θ
         self.per_image_oracle = per_image_oracle
@@ -121,6 +124,12 @@ class MetricContext:
         self._cache: dict[str, Any] = {}
         self.subjects = test.manifest["subject"].astype(str).to_numpy() if len(test) else np.array([], str)
         self.n = len(test)
+
+    @property
+    def val(self) -> ScoreSet | None:
+        if callable(self._val):
+            self._val = self._val()
+        return self._val
 
     def cached(self, key: str, make: Callable[[], Any]) -> Any:
         if key not in self._cache:

@@ -116,7 +116,7 @@ def run_standard(method: Scorer | Method, test, val, metric_ids: Sequence[str], 
     train = options.get("train")  # scored only for ids whose threshold comes from the training normals
     needs_train = any("train_normal" in m for m in metric_ids)
     scored_train = collect(method, train, progress=progress) if needs_train and train is not None else None
-    ctx = MetricContext(scored, _score_val(method, val, progress), fpr=FPR, train=scored_train,
+    ctx = MetricContext(scored, lambda: _score_val(method, val, progress), fpr=FPR, train=scored_train,
                         per_image_oracle=options.get("variant", {}).get("threshold") == "per_image_best")
     est = [(mid, "", build_estimate(ctx, mid)) for mid in metric_ids]
     out = estimate_rows(ctx.subjects, est, n=ctx.n, n_boot=n_boot)

@@ -101,7 +101,7 @@ def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="channel"):
         AutoDDPM(AutoDDPMConfig(**TINY), data=DataSpec(32, 3))
     lonely = AutoDDPM(AutoDDPMConfig(**TINY, threshold_rule="per_image"), data=D32)
-    with pytest.raises(RuntimeError, match="no DDPM upstream"):
+    with pytest.raises(RuntimeError, match="no ddpm upstream"):
         lonely.score(images(1))
     with pytest.raises(RuntimeError, match="not calibrated"):
         tiny().score(images(1))

@@ -369,3 +369,18 @@ def test_ra_code_box_ids_use_ra_grid_search_and_log_precision(phantom):
     v = rows[rows.column_group == ""].set_index("metric_id")["value"]
     assert 0.0 <= v["precision|per_box|fpr@5%_healthy_image|ra_code"] <= 1.0
     assert PROTOCOLS["localisation"].version == 4
+
+
+def test_validation_slices_are_scored_only_when_an_id_needs_them():
+    test, val = _score_set(), _healthy_val()
+    calls = []
+
+    def lazy():
+        calls.append(1)
+        return val
+    metric_rows(MetricContext(test, lazy), ["auroc|image", "dice|per_image|oracle_test|itermask2"], n_boot=0)
+    assert calls == []  # IterMask2's ids and image AUROC read the test set only
+    by = {r["metric_id"]: r for r in metric_rows(MetricContext(test, lazy), ["dice|fpr@5%_healthy_image"],
+                                                 n_boot=0).rows}
+    assert calls == [1] and by["dice|fpr@5%_healthy_image"]["value"] == metric_rows(
+        MetricContext(test, val), ["dice|fpr@5%_healthy_image"], n_boot=0).rows[0]["value"]
