@@ -515,8 +515,8 @@ LGG_DEV = register_table(TableSpec(
     title="Development benchmark — TCGA-LGG FLAIR (kaggle_3m, 128 px), held-out patients",
     dataset="lgg-flair",
     protocol="standard",
-    # table1's methods plus the baselines that need real anatomy to say anything (diffusion, feature banks)
-    methods=TABLE1.methods + (("anoddpm", ""), ("patchcore", "")),
+    # table1's methods plus the baselines that need real anatomy to say anything (diffusion, feature banks, DAE)
+    methods=TABLE1.methods + (("anoddpm", ""), ("patchcore", ""), ("ddpm", ""), ("autoddpm", ""), ("dae", "")),
     metrics=TABLE1.metrics,
     store=_lgg_store,
     footnotes=(
