@@ -194,26 +194,27 @@ class MetricContext:
                                                 "precision": r["precision"], **{k: r[f"dice_{k}"] for k in M.SIZE_BINS}},
                    "note": f"oracle θ {r['theta']:.4g} (IterMask2 grid) chosen on the test set; {how}"}
             if self.per_image_oracle:
-                out.update(self._itermask2_per_image(err, how))
+                out.update(self._itermask2_per_image(r, how))
             return out
         return self.cached("itermask2", make)
 
-    def _itermask2_per_image(self, err: torch.Tensor, how: str) -> dict[str, Any]:
+    def _itermask2_per_image(self, white: dict[str, Any], how: str) -> dict[str, Any]:
+        """A grey row from the white row's search (``M.itermask2_code_metrics``): its normalised maps and every
+        image's Dice at every θ of the grid, so nothing is recomputed."""
         ex = self.test.extras
         if "oracle_dice" in ex and "oracle_mask" in ex:
             dice = ex["oracle_dice"].to(torch.float64).reshape(-1).cpu()
             pred = ex["oracle_mask"]
             note = "grey row: each image's best mask of the method's own search (oracle)"
         else:
-            mn = M.itermask2_normalise(err, self.test.brain)
-            d_all = M.mean_dice_at(mn, self.gt, self.test.brain)
+            mn, d_all = white["normalised"], white["dice_per_theta"]
             best = torch.nan_to_num(d_all, nan=-1.0).argmax(1)
             dice = d_all.gather(1, best[:, None])[:, 0].cpu()
             th = M.threshold_grid("itermask2", 1.0).to(mn.device)[best].view(-1, *([1] * (mn.ndim - 1)))
             pred = M.itermask2_prediction(mn, self.test.brain, 0.0) * (mn > th)
             note = f"grey row: each image at its own best θ of the IterMask2 grid (oracle); {how}"
         sens, prec = M.sensitivity_precision_per_image(pred, self.gt, empty_gt="zero")
-        area = self.gt.flatten(1).sum(1).cpu().double()
+        area = white["area"]
         bins = {k: float(np.nanmean(dice[(area >= lo) & (area < hi)].numpy())) if bool(((area >= lo) & (area < hi))
                 .any()) else math.nan for k, (lo, hi) in M.SIZE_BINS.items()}
         return {"dice": dice, "sens": sens.cpu(), "prec": prec.cpu(), "note": note,

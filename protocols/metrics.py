@@ -830,30 +830,26 @@ def itermask2_code_metrics(error_maps: Any, gt: Any, brain: Any, *, grid: str | 
     mean = _sequential_mean(d_all)
     k = int(np.argmax(mean))
     theta = float(th[k].item())
-    pred = itermask2_prediction(mn, b, theta)
-    dice = d_all[:, k].cpu()
-    sens, prec = sensitivity_precision_per_image(pred, g, empty_gt="zero")
-    area = g.reshape(g.shape[0], -1).sum(1).cpu().to(torch.float64)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # an empty size bin is NaN here; its reason is the caller's to report
         warnings.simplefilter("ignore", RuntimeWarning)
-        bins = size_stratified_dice(dice, g, lesion_free="small")
-    return {"dice": float(mean[k]), "theta": theta, "theta_index": k, "mean_dice_per_theta": mean,
-            "sensitivity": float(_sequential_mean(sens[:, None])[0]),
-            "precision": float(_sequential_mean(prec[:, None])[0]), **bins,
-            "dice_per_image": dice, "sensitivity_per_image": sens.cpu(), "precision_per_image": prec.cpu(),
-            "area": area, "n": int(m.shape[0])}
+        at = itermask2_scores(mn, g, b, theta)
+    return {**at, "dice": float(mean[k]), "theta": theta, "theta_index": k, "mean_dice_per_theta": mean,
+            "dice_per_theta": d_all, "normalised": mn}
 
 
-def itermask2_scores(maps_n: Any, gt: Any, brain: Any, theta: float) -> dict[str, float]:
+def itermask2_scores(maps_n: Any, gt: Any, brain: Any, theta: float) -> dict[str, Any]:
     """All IterMask2 white-row metrics at one θ on normalised maps, as the code computes them: DSC (int cast of
-    the prediction), Sens. (``!= 0``; 0.0 without lesion), Prec., DS_s/m/l (lesion-free images are 'small')."""
+    the prediction), Sens. (``!= 0``; 0.0 without lesion), Prec., DS_s/m/l (lesion-free images are 'small');
+    means summed image by image, and the per-image values and lesion areas behind them."""
     m, g = _pair_images(maps_n, gt)
     b = _scores(brain, "brain").to(device=m.device, dtype=torch.float64)
     pred = itermask2_prediction(m.to(torch.float64), b, theta)
-    d = itermask2_dice_code(pred, g)
-    sens, prec = sensitivity_precision_per_image(pred, g, empty_gt="zero")
+    d = itermask2_dice_code(pred, g).cpu()
+    sens, prec = (v.cpu() for v in sensitivity_precision_per_image(pred, g, empty_gt="zero"))
     out = {"dice": float(_sequential_mean(d[:, None])[0]), "sensitivity": float(_sequential_mean(sens[:, None])[0]),
-           "precision": float(_sequential_mean(prec[:, None])[0]), "n": int(m.shape[0])}
+           "precision": float(_sequential_mean(prec[:, None])[0]), "n": int(m.shape[0]),
+           "dice_per_image": d, "sensitivity_per_image": sens, "precision_per_image": prec,
+           "area": g.reshape(g.shape[0], -1).sum(1).cpu().to(torch.float64)}
     out.update(size_stratified_dice(d, g, lesion_free="small"))
     return out
 
