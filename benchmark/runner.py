@@ -77,7 +77,7 @@ def planned_runs(spec_table, profile: str, root: str | Path | None = None, metho
     for part in spec_table.all_parts:
         data = part.store(profile, None if root is None else Path(root), skip_bad=skip_bad, subset=subset)
         for method_name, variant in spec_table.methods:
-            if (methods and method_name not in methods) or method_name in part.skip_methods:
+            if (methods and method_name not in methods) or part.skips(method_name, variant):
                 continue
             for seed in seeds if seeds is not None else prof.seeds:
                 label = "".join([f"{part.column_group}: " if part.column_group else "", method_name,
@@ -107,7 +107,12 @@ def plan_run(spec_table, method_name: str, variant: str, seed: int, profile: Pro
     if profile.max_test_slices:
         test = test.take(profile.max_test_slices)
     extra = overrides or {}
-    model = model_spec(method_name, variant, lambda cls: configure(cls, profile, **extra.get(cls.name, {})), train,
+
+    def part_overrides(cls: type) -> Mapping[str, Any]:  # a mapping, or profile name → mapping (paper-only budgets)
+        o = extra.get(cls.name, {})
+        return o(profile.name) if callable(o) else o
+
+    model = model_spec(method_name, variant, lambda cls: configure(cls, profile, **part_overrides(cls)), train,
                        val, seed)
     run = RunSpec(method_name, variant, model.config.to_dict(), store_data.fingerprint, spec_table.protocol_id,
                   seed, model.train_key, model.score_key, table_id=spec_table.table_id,
@@ -226,7 +231,7 @@ def render_from_rows(spec_table, rows: pd.DataFrame, subjects: pd.DataFrame, cho
 
     notes = list(spec_table.footnotes) + _deviation_notes(chosen)
     notes += [f"{part.column_group or 'All columns'}: no `{m}` ({why})." for part in spec_table.all_parts
-              for m, why in part.skip_methods.items() if m in {m for m, _ in chosen}]
+              for m, why in part.skip_methods.items() if m.split("/")[0] in {m for m, _ in chosen}]
     paper = load_paper(PAPER_TABLES_CSV) if PAPER_TABLES_CSV.is_file() else None
     if paper is not None and spec_table.paper_rows:
         paper = paper.copy()

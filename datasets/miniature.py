@@ -47,6 +47,27 @@ slice 95 and one none (the official evaluation scores only slices with more than
                                                       all 28 ISLES 2015 SISS cases (the 4-fold CV tests each once)
     <root>/ATLAS_2/Training/R001/sub-r001s…/ses-1/anat/…   9 ATLAS v2.0 subjects of the suite split
 
+``afsc``  AFSC's three datasets in one root, one folder each (the HCP adapter finds ``*/MNINonLinear`` one or two
+levels under the root, the BraTS and MS-SEG adapters match their own file names anywhere under it, so each setup
+reads only its own files; every table runs with this folder as its root)::
+
+    <root>/HCP/<id>/MNINonLinear/T{1,2}w_restore_brain.nii.gz
+                                                      6 healthy subjects (S500 ids), uint8, the real 260 × 311 × 260
+                                                      0.7 mm MNI grid stored L-A-S (afsc_t2 resamples it to 1 mm)
+    <root>/MICCAI_BraTS17_Data_Training/{HGG,LGG}/Brats17_<inst>_<n>_1/Brats17_…_{flair,t1,t1ce,t2,seg}.nii.gz
+                                                      3 HGG (labels 1, 2, 4) + 2 LGG (1, 2), uint8, 240 × 240 × 155
+    <root>/ISBI2015/training/trainingNN/preprocessed/trainingNN_TT_{flair,mprage,pd,t2}_pp.nii
+    <root>/ISBI2015/training/trainingNN/masks/trainingNN_TT_mask{1,2}.nii
+                                                      2 patients × 2 time points, uncompressed uint8, the real
+                                                      181 × 217 in-plane grid but 12 of the 181 axial slices
+
+The brains keep their real size in mm (the phantom's 2 mm voxels are blocks of 0.7 / 1 mm voxels in plane, linear
+along z; the uncompressed ISBI files are linear in every axis), so the three datasets fill their 128 px slices
+alike. Where the files differ from the real ones, to stay small (~35 MB): 8-bit voxels (the real HCP and ISBI files
+are float32, BraTS int16) and the ISBI slab (z = +2 … +13 mm, through the lateral ventricles' bodies: 12 slices,
+some with periventricular lesions and some without; the full 181 would be 24 × 7 MB uncompressed). Both time points
+of a patient share one anatomy and lesion load (own gain and bias field); rater 2 redraws rater 1's lesion borders.
+
 Nothing here reads real data at run time: the ids, label texts and slices are written out below.
 """
 
@@ -59,12 +80,15 @@ import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from scipy import ndimage
 
 from benchmark.io import atomic_dir
+
+if TYPE_CHECKING:
+    from datasets.phantom import PhantomSubject
 
 MINIATURE_VERSION = 1  # bump on any change to RA's written bytes: it is part of the cache folder name
 ATLAS_VERSION = 1  # bump on any change to the ATLAS files the phanes release adds to RA's
@@ -634,15 +658,287 @@ def write_itermask2_release(root: Path, *, seed: int = 0) -> dict:
     return summary
 
 
+# ---------------------------------------------------------------------------------------------------
+# AFSC: HCP T2w (training), BraTS2017 and ISBI 2015 = MS-SEG2015 (tests), each under its own folder of one root
+
+AFSC_VERSION = 1  # bump on any change to the afsc release's written bytes
+AFSC_DIRS = {"hcp": "HCP", "brats2017": "MICCAI_BraTS17_Data_Training", "isbi2015": "ISBI2015"}
+# real S500 ids; the suite's seeded 5 % hold-out (setup afsc-hcp) puts one of the six in val
+AFSC_HCP = ("100307", "100408", "101107", "101309", "101915", "103111")
+AFSC_BRATS = {"HGG": ("Brats17_2013_10_1", "Brats17_CBICA_AAB_1", "Brats17_TCIA_105_1"),
+              "LGG": ("Brats17_2013_0_1", "Brats17_TCIA_101_1")}
+AFSC_ISBI = {1: (1, 2), 2: (1, 2)}  # patient → time points: training01_01, _02 and training02_01, _02
+# HCP MNINonLinear at 0.7 mm: FSL's MNI152 0.7 mm grid, stored L-A-S (x flipped), the real 260 × 311 × 260
+HCP_SHAPE = (260, 311, 260)
+HCP_AFFINE = np.array([[-0.7, 0.0, 0.0, 90.0], [0.0, 0.7, 0.0, -126.0], [0.0, 0.0, 0.7, -72.0], [0.0, 0.0, 0.0, 1.0]])
+# BraTS2017: 240 × 240 × 155 at 1 mm, stored L-P-S with BraTS's affine diag(-1, -1, 1); the phantom's MNI brain is
+# placed by the sampling affine below (file voxel → MNI mm, same axis directions): brain centred in plane, z -70…+84
+BRATS2017_SHAPE = (240, 240, 155)
+BRATS2017_AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
+_BRATS2017_MNI = np.array([[-1.0, 0.0, 0.0, 118.0], [0.0, -1.0, 0.0, 103.0], [0.0, 0.0, 1.0, -70.0],
+                           [0.0, 0.0, 0.0, 1.0]])
+# phantom labels (core, oedema, rim) → BraTS 2017 (1 NCR/NET, 2 ED, 4 ET); the LGG rim is non-enhancing core
+_BRATS2017_LABEL = {"HGG": {1: 1, 2: 2, 3: 4}, "LGG": {1: 1, 2: 2, 3: 1}}
+# ISBI 2015 preprocessed: the MNI 181 × 217 × 181 1 mm grid (RAS, voxel 0 at (-90, -126, -72) mm); the files are
+# uncompressed like the release, so the miniature keeps the real in-plane grid but only ISBI_SLAB axial slices from
+# z = ISBI_Z0 mm (through the lateral ventricles' bodies, where the phantom puts periventricular MS lesions)
+ISBI_GRID = (181, 217, 181)
+ISBI_SLAB = 12
+ISBI_Z0 = 2.0
+ISBI_AFFINE = np.array([[1.0, 0.0, 0.0, -90.0], [0.0, 1.0, 0.0, -126.0], [0.0, 0.0, 1.0, ISBI_Z0],
+                        [0.0, 0.0, 0.0, 1.0]])
+_ISBI_PHANTOM_SLAB = 24  # 2 mm planes around the brain centre (48 mm): lesions fall in and out of the 12 mm slab
+_U8_TOP = (110.0, 130.0)  # a volume's 99.5th brain percentile lands here: 8-bit files (half the bytes of
+# int16), ~120 grey levels in the brain (a quarter fewer gzip bytes than ~220)
+
+
+def _regrid(vol: np.ndarray, src: np.ndarray, dst: np.ndarray, shape: tuple[int, ...],
+            linear: tuple[bool, bool, bool], dtype: type | None = None) -> np.ndarray:
+    """``vol`` (voxel → mm by the axis-aligned affine ``src``) sampled on the axis-aligned grid ``dst`` × ``shape``,
+    one axis at a time: linear along the axes marked in ``linear`` (done first, while the array is small), nearest
+    (half up) along the others; 0 outside. ``dtype``: the result is rounded to it before the nearest axes (cheap
+    gathers of small values). Nearest in plane keeps a 2 mm phantom voxel a block of equal values: gzip stores
+    those cheaply."""
+    for a in (src, dst):
+        if not np.allclose(a[:3, :3], np.diag(np.diag(a[:3, :3]))):
+            raise ValueError("miniature: _regrid needs axis-aligned affines")
+    out = np.asarray(vol, dtype=np.float32)
+    coords = [(dst[ax, 3] + dst[ax, ax] * np.arange(shape[ax]) - src[ax, 3]) / src[ax, ax] for ax in range(3)]
+    for ax in (a for a in range(3) if linear[a]):
+        n, c = out.shape[ax], coords[ax]
+        bcast = [1, 1, 1]
+        bcast[ax] = -1
+        i0 = np.floor(c).astype(np.int64)
+        w = (c - i0).astype(np.float32)
+        acc = np.zeros(1, np.float32)
+        for i, wt in ((i0, 1.0 - w), (i0 + 1, w)):
+            ok = (i >= 0) & (i < n)
+            acc = acc + np.take(out, np.clip(i, 0, n - 1), axis=ax) * (wt * ok).reshape(bcast)
+        out = acc
+    if dtype is not None:
+        info = np.iinfo(dtype)
+        out = np.round(np.clip(out, info.min, info.max)).astype(dtype)
+    for ax in (a for a in range(3) if not linear[a]):
+        n, i = out.shape[ax], np.floor(coords[ax] + 0.5).astype(np.int64)
+        pad = [(0, 0)] * 3
+        pad[ax] = (1, 0)  # index 0: a plane of zeros for every voxel outside the source
+        out = np.take(np.pad(out, pad), np.where((i >= 0) & (i < n), i + 1, 0), axis=ax)
+    return out
+
+
+def _regrid_labels(seg: np.ndarray, src: np.ndarray, dst: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A label map on another grid: nearest along every axis (exact for upsampling: no label is lost)."""
+    return _regrid(seg, src, dst, shape, (False, False, False), np.uint8)
+
+
+def _u8_scale(v: np.ndarray, rng: np.random.Generator) -> np.float32:
+    """Gain that puts the 99.5th percentile of a volume's voxels > 0 at a random level in ``_U8_TOP`` (8-bit files)."""
+    return np.float32(rng.uniform(*_U8_TOP) / float(np.percentile(v[v > 0], 99.5)))
+
+
+def _write_gz(path: Path, arr: np.ndarray, affine: np.ndarray) -> None:
+    """``phantom._write_nifti`` at gzip level 6 (mtime 0: byte-stable): ~10 % smaller than its level 1 on these
+    blocky 8-bit volumes, which are most of the afsc release's bytes."""
+    import gzip
+
+    import nibabel as nib
+
+    img = nib.Nifti1Image(arr, affine)
+    img.header.set_xyzt_units("mm")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(img.to_bytes(), compresslevel=6, mtime=0))
+
+
+def _edge_clear(a: np.ndarray, what: str, axes: tuple[int, ...] = (0, 1, 2)) -> None:
+    """The brain must fit the grid: nothing on the outer faces of ``axes``."""
+    for ax in axes:
+        if np.take(a, [0, -1], axis=ax).any():
+            raise ValueError(f"miniature: the {what} brain touches the edge of its grid (axis {ax})")
+
+
+def hcp_paths(sid: str) -> tuple[str, str]:
+    """(T1w, T2w) of an HCP subject, relative to the afsc root."""
+    base = f"{AFSC_DIRS['hcp']}/{sid}/MNINonLinear"
+    return f"{base}/T1w_restore_brain.nii.gz", f"{base}/T2w_restore_brain.nii.gz"
+
+
+def brats2017_paths(case: str) -> dict[str, str]:
+    """{flair, t1, t1ce, t2, seg}: a BraTS 2017 case's files, relative to the afsc root."""
+    grade = next(g for g, cases in AFSC_BRATS.items() if case in cases)
+    return {m: f"{AFSC_DIRS['brats2017']}/{grade}/{case}/{case}_{m}.nii.gz"
+            for m in ("flair", "t1", "t1ce", "t2", "seg")}
+
+
+def isbi_scan(patient: int, tp: int) -> str:
+    return f"training{patient:02d}_{tp:02d}"
+
+
+def isbi_paths(patient: int, tp: int) -> dict[str, str]:
+    """{flair, mprage, pd, t2, mask1, mask2}: one ISBI 2015 training scan's files, relative to the afsc root."""
+    base, scan = f"{AFSC_DIRS['isbi2015']}/training/training{patient:02d}", isbi_scan(patient, tp)
+    out = {m: f"{base}/preprocessed/{scan}_{m}_pp.nii" for m in ("flair", "mprage", "pd", "t2")}
+    return {**out, **{f"mask{r}": f"{base}/masks/{scan}_mask{r}.nii" for r in (1, 2)}}
+
+
+def _hcp_subject(index: int, seed: int) -> dict[str, np.ndarray]:
+    """{T1w, T2w}: uint8 [260, 311, 260] on the HCP grid: a healthy phantom brain (all 94 axial 2 mm planes), nearest
+    in plane (2 mm blocks) and linear along z."""
+    from datasets.phantom import synth_subject
+
+    subj = synth_subject("train", 600 + index, "healthy", 94, seed)
+    rng = _rng(seed, f"HCP/{AFSC_HCP[index]}")
+    out = {}
+    for name, ch in (("T1w", "t1"), ("T2w", "t2")):
+        v = subj.channels[ch]
+        out[name] = _regrid(v * _u8_scale(v, rng), subj.affine, HCP_AFFINE, HCP_SHAPE, (False, False, True), np.uint8)
+    _edge_clear(out["T2w"], f"HCP {AFSC_HCP[index]}", axes=(0, 1))  # z: the grid starts where the template does
+    return out
+
+
+def _brats2017_case(case: str, grade: str, index: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """({flair, t1, t1ce, t2}: uint8 [240, 240, 155], uint8 seg): a skull-stripped phantom brain with a tumour at its
+    real size (2 mm blocks in plane, linear along z); HGG: labels 1, 2, 4 (enhancing rim in t1ce), LGG: 1, 2."""
+    from datasets.phantom import synth_subject
+
+    subj = synth_subject("test", 700 + index, "tumour", 94, seed)
+    seg2 = subj.seg
+    rng = _rng(seed, f"BraTS2017/{case}")
+    hgg = grade == "HGG"
+    enhance = np.where(seg2 == 3, rng.uniform(1.6, 2.0) if hgg else 1.0, np.where(seg2 == 1, 0.6 if hgg else 0.9, 1.0))
+    mods = {"flair": subj.channels["flair"], "t1": subj.channels["t1"],
+            "t1ce": subj.channels["t1"] * enhance.astype(np.float32), "t2": subj.channels["t2"]}
+    vols = {m: _regrid(v * _u8_scale(v, rng), subj.affine, _BRATS2017_MNI, BRATS2017_SHAPE, (False, False, True),
+                       np.uint8) for m, v in mods.items()}
+    _edge_clear(vols["t2"], f"BraTS {case}", axes=(0, 1))
+    table = _BRATS2017_LABEL[grade]
+    lab2 = np.zeros_like(seg2)
+    for v, b in table.items():
+        lab2[seg2 == v] = b
+    seg = _regrid_labels(lab2, subj.affine, _BRATS2017_MNI, BRATS2017_SHAPE)
+    have = [int(v) for v in np.flatnonzero(np.bincount(seg.ravel(), minlength=5)[1:]) + 1]
+    want = [1, 2, 4] if hgg else [1, 2]
+    if have != want:
+        raise ValueError(f"miniature: {case} ({grade}) has labels {have}, not {want}")
+    return vols, seg
+
+
+def _isbi_patient(patient: int, seed: int) -> tuple["PhantomSubject", np.ndarray]:
+    """(the MS phantom subject, its rater-1 mask on the ISBI slab): the first draw whose lesions cross the slab and
+    leave at least a quarter of its slices lesion-free (AFSC scores slices: both kinds are needed)."""
+    from datasets.phantom import synth_subject
+
+    shape = (*ISBI_GRID[:2], ISBI_SLAB)
+    for attempt in range(40):
+        subj = synth_subject("test", 800 + 40 * attempt + patient, "ms", _ISBI_PHANTOM_SLAB, seed)
+        mask = _regrid_labels((subj.seg > 0).astype(np.uint8), subj.affine, ISBI_AFFINE, shape)
+        per_z = mask.reshape(-1, ISBI_SLAB).any(axis=0)
+        if per_z.sum() >= 3 and (~per_z).sum() >= ISBI_SLAB // 4:
+            return subj, mask
+    raise ValueError(f"miniature: no MS phantom for ISBI patient {patient} with lesions in part of the slab")
+
+
+def _rater2(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A second rater: the same lesions with their borders redrawn (grown by a voxel where a smooth random field is
+    high, shrunk where it is low)."""
+    from datasets.phantom import _smooth_field
+
+    m = mask > 0
+    field = _smooth_field(rng, m.shape, 4.0)
+    grow = ndimage.binary_dilation(m) & ~m & (field > 0.4)
+    shrink = m & ~ndimage.binary_erosion(m) & (field < -0.4)
+    return ((m & ~shrink) | grow).astype(np.uint8)
+
+
+def _isbi_scans(patient: int, tps: tuple[int, ...], seed: int
+                ) -> dict[int, tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]:
+    """{time point: ({flair, mprage, pd, t2}: uint8 [181, 217, ISBI_SLAB], mask1, mask2)} of one patient: one phantom
+    anatomy and lesion load, each time point its own gain and smooth bias field; linear interpolation (uncompressed
+    files: blocks would save nothing). PD is a T1/T2 mix (CSF ≳ GM > WM, lesions bright)."""
+    from datasets.phantom import _smooth_field
+
+    subj, mask1 = _isbi_patient(patient, seed)
+    shape = (*ISBI_GRID[:2], ISBI_SLAB)
+    ch = subj.channels
+    brain = subj.brain
+    unit = {k: v / np.float32(np.percentile(v[brain], 99.5)) for k, v in ch.items()}
+    base = {"flair": unit["flair"], "mprage": unit["t1"], "t2": unit["t2"],
+            "pd": np.where(brain, 0.35 * unit["t1"] + 0.65 * unit["t2"], 0.0).astype(np.float32)}
+    out = {}
+    for tp in tps:
+        rng = _rng(seed, f"ISBI/{isbi_scan(patient, tp)}")
+        vols = {}
+        for m, v in base.items():
+            bias = np.exp(0.06 * _smooth_field(rng, v.shape, 16.0)).astype(np.float32)
+            v = v * bias
+            vols[m] = _regrid(v * _u8_scale(v, rng), subj.affine, ISBI_AFFINE, shape, (True, True, True), np.uint8)
+        _edge_clear(vols["t2"], f"ISBI {isbi_scan(patient, tp)}", axes=(0, 1))
+        mask2 = _rater2(mask1, rng)
+        out[tp] = (vols, mask1, mask2)
+    return out
+
+
+def write_afsc_release(root: Path, *, seed: int = 0) -> dict:
+    """Write AFSC's miniature into ``root`` (layout in the module docstring): HCP (:data:`AFSC_HCP`,
+    :func:`hcp_paths`), BraTS 2017 (:data:`AFSC_BRATS`, :func:`brats2017_paths`) and ISBI 2015 (:data:`AFSC_ISBI`,
+    :func:`isbi_paths`), each under its folder of :data:`AFSC_DIRS`; return the summary (ids, grids, BraTS labels
+    and tumour slices, ISBI lesion voxels per rater) that is also written to ``root/miniature.json``."""
+    from datasets.phantom import _write_nifti
+
+    root = Path(root)
+    hcp = {}
+    for i, sid in enumerate(AFSC_HCP):
+        vols = _hcp_subject(i, seed)
+        for rel, name in zip(hcp_paths(sid), ("T1w", "T2w")):
+            _write_gz(root / rel, vols[name], HCP_AFFINE)
+        hcp[sid] = int((vols["T2w"] > 0).sum())
+    brats, labels, tumour_slices = {}, {}, {}
+    index = 0
+    for grade, cases in AFSC_BRATS.items():
+        for case in cases:
+            vols, seg = _brats2017_case(case, grade, index, seed)
+            index += 1
+            paths = brats2017_paths(case)
+            for m, arr in (*vols.items(), ("seg", seg)):
+                _write_gz(root / paths[m], arr, BRATS2017_AFFINE)
+            brats[case] = grade
+            labels[case] = [int(v) for v in np.flatnonzero(np.bincount(seg.ravel(), minlength=5)[1:]) + 1]
+            tumour_slices[case] = int(seg.reshape(-1, seg.shape[2]).any(axis=0).sum())
+    isbi, lesion = {}, {}
+    for patient, tps in AFSC_ISBI.items():
+        for tp, (vols, mask1, mask2) in _isbi_scans(patient, tps, seed).items():
+            paths, scan = isbi_paths(patient, tp), isbi_scan(patient, tp)
+            for m, arr in (*vols.items(), ("mask1", mask1), ("mask2", mask2)):
+                (root / paths[m]).parent.mkdir(parents=True, exist_ok=True)
+                _write_nifti(root / paths[m], arr, ISBI_AFFINE)
+            isbi[scan] = f"training{patient:02d}"
+            lesion[scan] = {"mask1": int(mask1.sum()), "mask2": int(mask2.sum()),
+                            "slices_mask1": int(mask1.reshape(-1, ISBI_SLAB).any(axis=0).sum())}
+    summary = {
+        "release": "afsc", "version": release_version("afsc"), "seed": seed, "folders": dict(AFSC_DIRS),
+        "counts": {"hcp": len(hcp), "brats2017": len(brats), "brats2017_hgg": len(AFSC_BRATS["HGG"]),
+                   "brats2017_lgg": len(AFSC_BRATS["LGG"]), "isbi2015_scans": len(isbi),
+                   "isbi2015_patients": len(set(isbi.values()))},
+        "hcp": {"subjects": list(hcp), "shape": list(HCP_SHAPE), "spacing_mm": 0.7, "brain_voxels": hcp},
+        "brats2017": {"grades": brats, "shape": list(BRATS2017_SHAPE), "labels": labels,
+                      "tumour_slices": tumour_slices},
+        "isbi2015": {"scans": isbi, "shape": [*ISBI_GRID[:2], ISBI_SLAB], "full_grid": list(ISBI_GRID),
+                     "z0_mm": ISBI_Z0, "lesion": lesion},
+    }
+    (root / "miniature.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
 RELEASES: dict[str, Callable[[Path], dict]] = {"ra": write_ra_release, "phanes": write_phanes_release,
-                                              "itermask2": write_itermask2_release}
+                                              "itermask2": write_itermask2_release, "afsc": write_afsc_release}
 
 
 def release_version(name: str) -> str:
     """The version in release ``name``'s folder name: ``MINIATURE_VERSION`` for ``ra``; ``phanes`` holds RA's files
     and its own, so ``<MINIATURE_VERSION>.<ATLAS_VERSION>``: a change to either rebuilds it."""
-    return {"phanes": f"{MINIATURE_VERSION}.{ATLAS_VERSION}", "itermask2": str(BRATS_VERSION)}.get(
-        name, str(MINIATURE_VERSION))
+    return {"phanes": f"{MINIATURE_VERSION}.{ATLAS_VERSION}", "itermask2": str(BRATS_VERSION),
+            "afsc": str(AFSC_VERSION)}.get(name, str(MINIATURE_VERSION))
 
 
 def miniature_root(name: str, cache_dir: Path | None = None) -> Path:

@@ -359,3 +359,37 @@ class SliceSet:
         sel = sel.to(image.device)
         return SliceBatch(image[sel], brain[sel], lesion[sel], label[sel], index[sel],
                           None if aux is None else aux[sel])
+
+
+class CrossDatasetStore:
+    """Train and validation splits from one store, the test split from another: AFSC's cross-dataset protocol (every
+    model trained on healthy HCP only, tested on BraTS2017 or MS-SEG2015 without adaptation, protocols/afsc.md §1).
+
+    It answers what a table's runner asks of a store (``split``, ``fingerprint``, ``path``, ``meta``); the models'
+    train keys depend on the training slices only, so every test set of one training store shares its models."""
+
+    def __init__(self, train: SliceStore, test: SliceStore, name: str = ""):
+        if train.images.shape[1:] != test.images.shape[1:]:
+            raise DataError(test.path, f"test slices {tuple(test.images.shape[1:])} differ from the training slices "
+                                       f"{tuple(train.images.shape[1:])} of {train.path}; prepare both with one size")
+        self.train_store, self.test_store, self.name = train, test, name
+        skipped = dict.fromkeys([*train.meta.get("skipped", []), *test.meta.get("skipped", [])])
+        self.meta = {"name": name, "train_store": str(train.path), "test_store": str(test.path),
+                     "skipped": list(skipped)}
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(f"{self.train_store.fingerprint}\n{self.test_store.fingerprint}".encode()).hexdigest()[:20]
+
+    @property
+    def path(self) -> Path:
+        return self.test_store.path  # where a protocol may cache what it derives from the test slices
+
+    def split(self, name: str, *, label: int | None = None, pathology: str | None = None) -> "SliceSet":
+        store = self.test_store if name == "test" else self.train_store
+        return store.split(name, label=label, pathology=pathology)
+
+    def counts(self) -> pd.DataFrame:
+        train = self.train_store.counts()
+        return pd.concat([train[train["split"] != "test"], self.test_store.counts().query("split == 'test'")],
+                         ignore_index=True)

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from benchmark.contract import Method, MethodConfig, MethodInfo, ScoreOutput, SliceBatch, Trainable
+from benchmark.contract import Method, MethodInfo, ScoreOutput, SliceBatch, Trainable, Variant
 from benchmark.device import autocast
 from benchmark.registry import register_method
 from benchmark.trainer import StepContext
+from methods.blocks.afscm import AFSCmConfig, AFSCmHost, with_afscm
 from methods.blocks.baur import BaurDecoder, BaurEncoder, DenseBottleneck
 from methods.blocks.reconstruction import INPUT_RANGES, UnitRange, residual_output
 
@@ -31,8 +32,9 @@ class DenseAutoencoder(nn.Module):
 
 
 @dataclass
-class AEConfig(MethodConfig):
-    """Defaults: specs/baselines.md §1 (phbench default: Adam 5e-4, batch 8, ≤1500 epochs, patience 500)."""
+class AEConfig(AFSCmConfig):
+    """Defaults: specs/baselines.md §1 (phbench default: Adam 5e-4, batch 8, ≤1500 epochs, patience 500). The AFSC
+    module fields (``afscm`` …) serve the ``w/ AFSCm s=0.9`` row of the AFSC tables (methods/blocks/afscm.py)."""
 
     epochs: int = 1500
     batch_size: int = 8
@@ -46,10 +48,15 @@ class AEConfig(MethodConfig):
 
 
 @register_method
-class AE(Method, Trainable):
+class AE(AFSCmHost, Method, Trainable):
     name = "ae"
     Config = AEConfig
     version = 2  # v2: contract v2 (size and channels from the store)
+    variants = {
+        "w/ AFSCm s=0.9": Variant({"afscm": "learned", "afscm_keep": 0.9},
+                                  description="AFSC Tables 1–2: the AE sees its healthy input through the AFSC module "
+                                              "(learned masks keeping 90 %), afsc.md §9"),
+    }
     min_size_multiple = 16  # four stride-2 stages down to the dense bottleneck
     info = MethodInfo(
         paper="Baur et al., MedIA 69:101952, 2021 (AE-D)",
@@ -65,6 +72,10 @@ class AE(Method, Trainable):
             "to [0, 1] before the sigmoid network and back after; background pixels below the brain's range keep "
             "the input as their reconstruction [assumption: baselines.md §0.1, the paper does not say how its "
             "baselines were fed IterMask2's ±3 intensities].",
+            "w/ AFSCm s=0.9 (AFSC tables): the AFSC module in front of the encoder (methods/blocks/afscm.py): soft "
+            "masks + δ·L_M for all epochs but the last, binarised to 90 % of the coefficients, one epoch with the "
+            "binary masks; masks tied under k ↔ −k so the compressed image is real [assumption: the paper's masks "
+            "are free H×W maps and it takes the real part].",
             "CPU profiles: 'default' trains 9 epochs with no early stopping, 'smoke' 1 epoch [assumption: compute "
             "budget].",
         ),
@@ -79,7 +90,8 @@ class AE(Method, Trainable):
         c = self.config
         if getattr(c, "input_range", "unit") not in INPUT_RANGES:
             raise ValueError(f"{self.name}: input_range must be one of {INPUT_RANGES}, got {c.input_range!r}")
-        self.net = DenseAutoencoder(self.data.channels, self.data.image_size, c.z_dim, c.dropout).to(self.device)
+        self.net = with_afscm(DenseAutoencoder(self.data.channels, self.data.image_size, c.z_dim, c.dropout)
+                              .to(self.device), c, self.data)
 
     def networks(self) -> dict[str, nn.Module]:
         return {"net": self.net}
@@ -98,7 +110,7 @@ class AE(Method, Trainable):
     def training_step(self, batch: SliceBatch, step: StepContext) -> dict[str, float]:
         x = self.unit_range(batch).to_unit(batch.image)
         with step.autocast():
-            loss = self._l1(x, self.net(x).float())
+            loss = self._l1(x, self.net(x).float()) + self.afscm_penalty()  # δ·L_M: 0 unless w/ AFSCm
         return {"l1": step.optimize("net", loss)}
 
     def validation_loss(self, batch: SliceBatch) -> float:

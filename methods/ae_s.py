@@ -89,6 +89,7 @@ class AES(AE):
 
     name = "ae-s"
     Config = AESConfig
+    variants: dict = {}  # AE's AFSC-table row is AE-D's only
     version = 1
     min_size_multiple = 16  # ≥ 1 stage down to the 8×8 latent; the size must be 8·2^k (checked at build)
     info = MethodInfo(

@@ -3,24 +3,39 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from benchmark.contract import ScoreOutput
 
+IMAGE_SCORE_RULES = ("mean", "max", "max_mean21")
+
+
+def max_of_mean_filtered(amap: torch.Tensor, size: int = 21) -> torch.Tensor:
+    """DRAEM's image score (AFSC's slice score): the maximum of the ``size``×``size`` mean-filtered map, zero padded
+    (``count_include_pad``), [B]. The protocol id ``auroc|image|afsc_max21`` computes the same from stored maps."""
+    return F.avg_pool2d(amap.float(), size, stride=1, padding=size // 2).flatten(1).amax(dim=1)
+
+
+def image_score_of(amap: torch.Tensor, rule: str) -> torch.Tensor:
+    """A method's native image score from its [B, 1, H, W] map: ``mean``, ``max`` or ``max_mean21``."""
+    if rule == "mean":
+        return amap.flatten(1).mean(dim=1)
+    if rule == "max":
+        return amap.flatten(1).amax(dim=1)
+    if rule == "max_mean21":
+        return max_of_mean_filtered(amap, 21)
+    raise ValueError(f"unknown image_score rule {rule!r} (one of {IMAGE_SCORE_RULES})")
+
 
 def residual_output(x: torch.Tensor, x_hat: torch.Tensor, *, power: int = 1, image_score: str = "mean") -> ScoreOutput:
-    """|x − x̂|^power summed over channels; image score = mean (RA/PHANES convention) or max of the map.
+    """|x − x̂|^power summed over channels; image score = mean (RA/PHANES convention), max, or max of the 21×21
+    mean-filtered map (AFSC / DRAEM, ``max_mean21``).
 
     Per-paper conventions that need the reconstruction (AFSC's 21×21 max, IterMask2's normalised squared
     error) are applied by the protocols from ``reconstruction``, so methods only return their native map.
     """
     amap = (x - x_hat).abs().pow(power).sum(dim=1, keepdim=True)
-    if image_score == "mean":
-        score = amap.flatten(1).mean(dim=1)
-    elif image_score == "max":
-        score = amap.flatten(1).amax(dim=1)
-    else:
-        raise ValueError(f"unknown image_score rule {image_score!r}")
-    return ScoreOutput(anomaly_map=amap, image_score=score, reconstruction=x_hat)
+    return ScoreOutput(anomaly_map=amap, image_score=image_score_of(amap, image_score), reconstruction=x_hat)
 
 
 INPUT_RANGES = ("unit", "brain_minmax")
