@@ -10,12 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmark.cli import main
 from benchmark.registry import get_table
-from benchmark.runner import run_table
 from benchmark.runstore import RunStore
-from protocols.stats import as_text
 from protocols.tables import PAPER_TABLES_CSV
+from tests.table_runs import assert_smoke_references_guard, run_smoke_tables, table_rows as _rows
 
 TABLES = ("itermask2-table1", "itermask2-table2", "itermask2-table3")
 REPO = Path(__file__).resolve().parents[1]
@@ -23,13 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("itermask2")
-    return tmp, {t: run_table(t, profile="smoke", store=tmp / "runs", out=tmp / "out", progress=False)
-                 for t in TABLES}
-
-
-def _rows(res) -> pd.DataFrame:
-    return res.rows.assign(variant=as_text(res.rows["variant"]), column_group=as_text(res.rows["column_group"]))
+    return run_smoke_tables(tmp_path_factory.mktemp("itermask2"), TABLES)
 
 
 def test_every_paper_cell_has_a_computed_number(runs):
@@ -78,8 +70,4 @@ def test_grey_rows_are_labelled_and_each_image_gets_its_own_best(runs):
 
 
 def test_stored_smoke_references_guard_all_three_tables(runs):
-    tmp, _ = runs
-    for t in TABLES:
-        assert (REPO / "results" / "smoke" / f"{t}.csv").is_file(), f"create it with `phbench check {t} --update`"
-    assert main(["check", *TABLES, "--profile", "smoke", "--store", str(tmp / "runs"),
-                 "--out", str(tmp / "out-check")]) == 0
+    assert_smoke_references_guard(runs[0], TABLES)

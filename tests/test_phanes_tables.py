@@ -8,11 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmark.cli import main
 from benchmark.registry import get_table
-from benchmark.runner import run_table
-from protocols.stats import as_text
 from protocols.tables import PAPER_TABLES_CSV
+from tests.table_runs import assert_smoke_references_guard, run_smoke_tables, table_rows
 
 PHANES_TABLES = ("phanes-table1", "phanes-table2")
 REPO = Path(__file__).resolve().parents[1]
@@ -20,9 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def phanes_runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("phanes")
-    return tmp, {t: run_table(t, profile="smoke", store=tmp / "runs", out=tmp / "out", progress=False)
-                 for t in PHANES_TABLES}
+    return run_smoke_tables(tmp_path_factory.mktemp("phanes"), PHANES_TABLES)
 
 
 def test_every_paper_row_and_column_is_computed(phanes_runs):
@@ -32,7 +28,7 @@ def test_every_paper_row_and_column_is_computed(phanes_runs):
         assert not res.failures, (table_id, res.failures)
         spec = get_table(table_id)
         want = paper[paper.table_id == table_id]
-        rows = res.rows.assign(variant=as_text(res.rows["variant"]), column_group=as_text(res.rows["column_group"]))
+        rows = table_rows(res)
         assert set(zip(want.method, want.variant)) == set(zip(rows.method, rows.variant)), table_id
         for p in want.itertuples():
             ids = spec.paper_metric_ids[p.metric]
@@ -56,8 +52,4 @@ def test_table2_scores_atlas_slice_95_only(phanes_runs):
 
 
 def test_stored_smoke_references_guard_both_tables(phanes_runs):
-    tmp, _ = phanes_runs
-    for t in PHANES_TABLES:
-        assert (REPO / "results" / "smoke" / f"{t}.csv").is_file(), f"create it with `phbench check {t} --update`"
-    assert main(["check", *PHANES_TABLES, "--profile", "smoke", "--store", str(tmp / "runs"),
-                 "--out", str(tmp / "out-check")]) == 0
+    assert_smoke_references_guard(phanes_runs[0], PHANES_TABLES)

@@ -14,11 +14,11 @@ import pytest
 from benchmark.cli import main
 from benchmark.errors import DataError
 from benchmark.registry import get_table
-from benchmark.runner import run_table
 from datasets.miniature import miniature_root
 from datasets.recipes_paper import SETUPS
 from protocols.stats import as_text
 from protocols.tables import PAPER_TABLES_CSV
+from tests.table_runs import assert_smoke_references_guard, run_smoke_tables
 
 RA_TABLES = ("ra-table1a", "ra-table1b", "ra-table2a", "ra-table2b", "ra-table3a", "ra-table3b")
 REPO = Path(__file__).resolve().parents[1]
@@ -26,9 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def ra_runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ra")
-    return tmp, {t: run_table(t, profile="smoke", store=tmp / "runs", out=tmp / "out", progress=False)
-                 for t in RA_TABLES}
+    return run_smoke_tables(tmp_path_factory.mktemp("ra"), RA_TABLES)
 
 
 def test_every_paper_row_and_column_is_computed(ra_runs):
@@ -66,11 +64,7 @@ def test_box_table_uses_ra_lists_and_its_threshold_search(ra_runs):
 
 def test_stored_smoke_references_guard_the_six_tables(ra_runs):
     """The CI regression check as a user runs it, on the finished runs of the fixture."""
-    tmp, _ = ra_runs
-    for t in RA_TABLES:
-        assert (REPO / "results" / "smoke" / f"{t}.csv").is_file(), f"create it with `phbench check {t} --update`"
-    assert main(["check", *RA_TABLES, "--profile", "smoke", "--store", str(tmp / "runs"),
-                 "--out", str(tmp / "out-check")]) == 0
+    assert_smoke_references_guard(ra_runs[0], RA_TABLES)
 
 
 # ---------------------------------------------------------------------------------------------------
