@@ -33,10 +33,15 @@ class TablePart:
 
     column_group: str
     store: Callable[..., Any]  # (profile, root, skip_bad=False, subset=False) -> SliceStore | Folds
-    # methods this part's data cannot serve (the paper's "–"), with why: e.g. Cyclic-UNet on single-modality ATLAS
+    # rows this part's data cannot serve (the paper's "–"), with why: a method name (every variant, e.g. Cyclic-UNet
+    # on single-modality ATLAS) or "method/variant" (one row: DAE's hypo-intense noise on FLAIR ISLES)
     skip_methods: Mapping[str, str] = field(default_factory=dict)
-    # config fields per method name this part's data needs (IterMask2's τ percentile 70 on ATLAS): part of the keys
-    overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # config fields per method name this part's data needs (IterMask2's τ percentile 70 on ATLAS): part of the keys;
+    # a value may be a function of the profile name (a paper's budget that only its paper profile should take)
+    overrides: Mapping[str, Mapping[str, Any] | Callable[[str], Mapping[str, Any]]] = field(default_factory=dict)
+
+    def skips(self, method: str, variant: str) -> bool:
+        return method in self.skip_methods or f"{method}/{variant}" in self.skip_methods
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,7 @@ TABLE1 = register_table(TableSpec(
     title="Table 1 — MNI phantom (FLAIR, 128 px): tumour, stroke, MS-like lesions and atrophy",
     dataset="phantom-flair",
     protocol="standard",
-    methods=(("ae", ""), ("ra", ""), ("itermask2", ""), ("phanes", ""), ("intensity", "")),
+    methods=(("ae", ""), ("ra", ""), ("itermask2", ""), ("phanes", ""), ("afsc", ""), ("intensity", "")),
     metrics=CORE_METRIC_IDS,
     store=_phantom_store,
     footnotes=(
@@ -265,9 +270,13 @@ ITERMASK2_TABLE2 = register_table(TableSpec(
     dataset="stroke",
     protocol="standard",
     methods=(("ae", ""), ("ddpm", ""), ("autoddpm", ""), ("cyclic-unet", ""), ("dae", "noise[0,+inf]"),
-             ("itermask2", ""), ("dae", "oracle"), ("itermask2", "oracle")),
+             ("dae", "noise[-inf,0]"), ("dae", "noise[-inf,+inf]"), ("itermask2", ""), ("dae", "oracle"),
+             ("itermask2", "oracle")),
     metrics=ITERMASK2_METRIC_IDS,
-    parts=(TablePart("ISLES FLAIR", _isles_folds, overrides=_itermask2_overrides("isles2015")),
+    parts=(TablePart("ISLES FLAIR", _isles_folds, overrides=_itermask2_overrides("isles2015"),
+                     skip_methods={f"dae/{v}": "the paper's DAE on FLAIR ISLES is one row; hypo-intense noise is "
+                                               "reported for ATLAS T1 only (protocols/itermask2.md §6.5)"
+                                   for v in ("noise[-inf,0]", "noise[-inf,+inf]")}),
            TablePart("ATLAS T1", _setup_store("itermask2-atlas2", "itermask2-table2", ATLAS_NEEDS,
                                               miniature="itermask2"),
                      skip_methods={"cyclic-unet": "ATLAS has T1 only: no intermediate modality (the paper's '–')"},
@@ -286,7 +295,9 @@ ITERMASK2_TABLE2 = register_table(TableSpec(
         "ISLES, 70 ATLAS (paper §3). ATLAS is not skull-stripped here (the paper skull-stripped it; no tool "
         "offline): its brain mask is a head mask.",
         "DAE: the paper does not say which noise; the row is dae/noise[0,+inf] (hyper-intense lesions), beside the "
-        "paper's plain DAE row. Cyclic-UNet's intermediate modality on ISLES: T1.",
+        "paper's plain DAE row; on ATLAS T1 (hypo-intense lesions) the [−∞,0] and [−∞,+∞] rows are reported as "
+        "well, without paper numbers (protocols/itermask2.md §6.5). Cyclic-UNet's intermediate modality on ISLES: "
+        "T1.",
         "Smoke profile without --root: the layout-faithful ISLES 2015 and ATLAS v2.0 miniatures of "
         "datasets/miniature.py (phantom volumes under the real ids), not real data.",
         ITERMASK2_PROTOCOL_NOTE, ITERMASK2_GREY_NOTE),
@@ -309,6 +320,97 @@ ITERMASK2_TABLE3 = register_table(TableSpec(
                "code, which puts a lesion-free slice in 'small'). Every row reuses the FLAIR models of "
                "itermask2-table1; -freq and -spat are retrained."),
 ))
+
+
+# ----------------------------------------------------------------------------------------------------
+# AFSC: trained on healthy HCP T2 only, tested on BraTS2017 (Table 1) and MS-SEG2015 (Table 2) (protocols/afsc.md)
+
+AFSC_ROWS = (("anogan", ""), ("ae", ""), ("ae", "w/ AFSCm s=0.9"), ("draem", ""), ("draem", "w/ AFSCm s=0.5"),
+             ("draem_g", ""), ("draem_g", "w/ AFSCm s=0.5"), ("afsc", "w/o AFSCm"), ("afsc", "random mask s=0.5"),
+             ("afsc", ""))
+AFSC_METRIC_IDS = ("auroc|image|afsc_max21", "ap|image|afsc_max21", "dice|oracle_test|pr_exact", "auroc_pixel|pooled",
+                   "ap_pixel|pooled")
+AFSC_PAPER_IDS = {"auroc": "auroc|image|afsc_max21", "ap": "ap|image|afsc_max21", "dice": "dice|oracle_test|pr_exact",
+                  "auroc_pixel": "auroc_pixel|pooled", "ap_pixel": "ap_pixel|pooled"}
+HCP_NEEDS = "HCP S500 structural preprocessed (<id>/MNINonLinear/T2w_restore_brain.nii.gz)"
+BRATS2017_NEEDS = "the BraTS2017 training set (HGG/ and LGG/ Brats17_*/Brats17_*_{t2,seg}.nii.gz)"
+MSSEG_NEEDS = ("the ISBI 2015 longitudinal MS training set (training/trainingNN/preprocessed/trainingNN_TT_t2_pp.nii "
+               "and masks/trainingNN_TT_mask1.nii)")
+
+
+def _ae_on_afsc_budget(profile: str) -> dict[str, Any]:
+    """AFSC's "AE" = the suite's AE-D trained on AFSC's budget (specs README resolution 3: L1, Adam 1e-4, batch 8,
+    no early stopping; 10 epochs in the paper profile, the smaller profiles keep their own epoch budgets)."""
+    return {"lr": 1e-4, "batch_size": 8, "early_stop_patience": None, **({"epochs": 10} if profile == "paper" else {})}
+
+
+def _cross_dataset(test_setup: str, table_id: str, needs: str) -> Callable[..., Any]:
+    """HCP's train / val splits with the test split of ``test_setup`` (both from one --root holding both releases)."""
+    train_store = _setup_store("afsc-hcp", table_id, HCP_NEEDS, miniature="afsc")
+    test_store = _setup_store(test_setup, table_id, needs, miniature="afsc")
+
+    def load(profile: str, root: Path | None, skip_bad: bool = False, subset: bool = False):
+        from datasets.store import CrossDatasetStore
+
+        return CrossDatasetStore(train_store(profile, root, skip_bad, subset),
+                                 test_store(profile, root, skip_bad, subset), name=f"HCP → {test_setup}")
+    return load
+
+
+AFSC_PROTOCOL_NOTE = (
+    "Metrics as protocols/afsc.md §6 reconstructs the paper's (no AFSC evaluation code exists): slice score = max of "
+    "the 21×21 mean-filtered anomaly map, image AUROC / AP over every test slice pooled (a slice is anomalous with ≥ 1 "
+    "lesion pixel); pixel AUROC / AP over every pixel of every test slice, no brain mask; Dice = the best pooled Dice "
+    "over the exact PR curve of the test set (oracle). Maps: |x − pseudo-healthy| for every row except DRAEM and "
+    "DRAEM w/ AFSCm (their segmentation output); DRAEM_G rows re-score the DRAEM models (no second training).")
+AFSC_DATA_NOTE = (
+    "Data: every model trained on healthy HCP T2w only (all subjects, a seeded 5 % subject hold-out for validation) "
+    "and tested without adaptation; per-volume 99.5th-percentile scaling of brain voxels, HCP resampled 0.7 → 1 mm, "
+    "padded square, 128 px, every axial slice (recipe afsc_t2). AE = AE-D on AFSC's budget (Adam 1e-4, batch 8, no "
+    "early stopping).")
+AFSC_SMOKE_NOTE = ("Smoke profile without --root: the layout-faithful HCP / BraTS2017 / ISBI 2015 miniature of "
+                   "datasets/miniature.py (phantom volumes in the real layouts), not real data.")
+
+
+def _afsc_table(table_id: str, title: str, dataset: str, test_setup: str, needs: str, test_note: str) -> TableSpec:
+    return register_table(TableSpec(
+        table_id=table_id, title=title, dataset=dataset, protocol="standard", methods=AFSC_ROWS,
+        metrics=AFSC_METRIC_IDS,
+        parts=(TablePart("", _cross_dataset(test_setup, table_id, needs), overrides={"ae": _ae_on_afsc_budget}),),
+        needs_root=f"one folder holding {HCP_NEEDS} and {needs}", reference_method="afsc",
+        metric_groups={m: "Metrics" for m in AFSC_METRIC_IDS}, paper_metric_ids=AFSC_PAPER_IDS,
+        footnotes=(AFSC_DATA_NOTE, test_note, AFSC_PROTOCOL_NOTE, AFSC_SMOKE_NOTE)))
+
+
+AFSC_TABLE1 = _afsc_table(
+    "afsc-table1", "AFSC Table 1 — HCP → BraTS2017 T2 (cross-dataset tumour detection)", "brats2017",
+    "afsc-brats2017", BRATS2017_NEEDS,
+    "Test: the 285 BraTS2017 training subjects (210 HGG + 75 LGG), every axial slice; anomaly = whole tumour "
+    "(label > 0) [assumption, protocols/afsc.md §2].")
+AFSC_TABLE2 = _afsc_table(
+    "afsc-table2", "AFSC Table 2 — HCP → MS-SEG2015 T2 (cross-dataset MS lesion detection)", "msseg2015",
+    "afsc-msseg2015", MSSEG_NEEDS,
+    "Test: the 21 ISBI 2015 training scans (5 patients, 4–5 time points), preprocessed T2, every axial slice; "
+    "anomaly = rater 1's mask [assumption, protocols/afsc.md §2].")
+
+
+def _phantom_t2_part(profile: str, root: Path | None = None, skip_bad: bool = False, subset: bool = False):
+    from datasets.phantom import phantom_store
+
+    return phantom_store(profile, modality="t2")
+
+
+AFSC_DEV = register_table(TableSpec(
+    table_id="afsc-dev",
+    title="Development benchmark — every AFSC-table row on the MNI phantom T2 (128 px)",
+    dataset="phantom-t2", protocol="standard", methods=AFSC_ROWS, metrics=AFSC_METRIC_IDS,
+    parts=(TablePart("", _phantom_t2_part, overrides={"ae": _ae_on_afsc_budget}),),
+    reference_method="afsc", metric_groups={m: "Metrics" for m in AFSC_METRIC_IDS},
+    footnotes=(
+        "Data: the MNI phantom's T2 contrast (train / val healthy; test: healthy, tumour, stroke, MS-like, atrophy "
+        "subjects; every brain slice of an axial slab, 98th-percentile normalised), one store for training and "
+        "test (not AFSC's cross-dataset setting); no paper numbers beside these.",
+        AFSC_PROTOCOL_NOTE)))
 
 
 # ----------------------------------------------------------------------------------------------------
