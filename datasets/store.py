@@ -379,7 +379,8 @@ class CrossDatasetStore:
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.sha256(f"{self.train_store.fingerprint}\n{self.test_store.fingerprint}".encode()).hexdigest()[:20]
+        pair = f"{self.train_store.fingerprint}\n{self.test_store.fingerprint}"
+        return hashlib.sha256(pair.encode()).hexdigest()[:20]
 
     @property
     def path(self) -> Path:
