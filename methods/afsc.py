@@ -19,7 +19,7 @@ from benchmark.device import autocast
 from benchmark.registry import register_method
 from benchmark.trainer import StepContext
 from methods.blocks.afscm import AFSCmConfig, AFSCmHost, with_afscm
-from methods.blocks.draem import DiscriminativeUNet
+from methods.blocks.draem import DiscriminativeUNet, draem_lr_schedules
 from methods.blocks.encdec import EncoderDecoder
 from methods.blocks.gan import lsgan_discriminator_loss, lsgan_generator_loss
 from methods.blocks.perlin import DraemAnomalies
@@ -106,8 +106,7 @@ class AFSC(AFSCmHost, Method, Trainable):
 
     def schedulers(self, optimizers: dict[str, torch.optim.Optimizer]) -> list:
         c = self.config
-        milestones = sorted({max(1, int(f * c.epochs)) for f in c.lr_milestones})
-        return [torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=c.lr_gamma) for opt in optimizers.values()]
+        return draem_lr_schedules(optimizers, c.epochs, c.lr_milestones, c.lr_gamma)
 
     def training_step(self, batch: SliceBatch, step: StepContext) -> dict[str, float]:
         clean = batch.image.float()

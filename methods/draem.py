@@ -25,7 +25,7 @@ from benchmark.device import autocast
 from benchmark.registry import register_method
 from benchmark.trainer import StepContext
 from methods.blocks.afscm import AFSCmConfig, AFSCmHost, with_afscm
-from methods.blocks.draem import DiscriminativeUNet, focal_loss, ssim_loss
+from methods.blocks.draem import DiscriminativeUNet, draem_lr_schedules, focal_loss, ssim_loss
 from methods.blocks.encdec import EncoderDecoder
 from methods.blocks.perlin import DraemAnomalies
 from methods.blocks.reconstruction import max_of_mean_filtered
@@ -126,8 +126,7 @@ class Draem(AFSCmHost, Method, Trainable):
 
     def schedulers(self, optimizers: dict[str, torch.optim.Optimizer]) -> list:
         c = self.config
-        milestones = sorted({max(1, int(f * c.epochs)) for f in c.lr_milestones})
-        return [torch.optim.lr_scheduler.MultiStepLR(optimizers["net"], milestones, gamma=c.lr_gamma)]
+        return draem_lr_schedules(optimizers, c.epochs, c.lr_milestones, c.lr_gamma)
 
     def segment(self, reconstruction: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Segmentation logits [B, 2, H, W] from concat(reconstruction, image) (DRAEM's order)."""
