@@ -50,7 +50,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
 
     res = run_table(args.table_id, profile=args.profile, store=args.store, out=args.out, methods=args.methods,
                     device=args.device, seeds=args.seeds, progress=not args.quiet, root=args.root,
-                    skip_bad=args.skip_bad, subset=args.subset)
+                    skip_bad=args.skip_bad, subset=args.subset, parts=args.parts)
     for line in res.skipped_subjects:
         print(f"skipped (bad input): {line}", file=sys.stderr)
     if res.outputs.get("md"):
@@ -143,7 +143,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     spec = get_table(args.table_id)
     rows, subjects, missing = collect_finished(args.table_id, profile=args.profile, store=args.store,
                                                methods=args.methods, root=args.root, skip_bad=args.skip_bad,
-                                               subset=args.subset)
+                                               subset=args.subset, parts=args.parts)
     for m in missing:
         print(f"not finished: {m} (run `phbench table {args.table_id} --profile {args.profile}`)", file=sys.stderr)
     if rows.empty:
@@ -206,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("table_id")
     run_opts(t, "default")
     t.add_argument("--methods", nargs="+", default=None, help="only these methods")
+    t.add_argument("--parts", nargs="+", default=None,
+                   help="only these column groups of a multi-dataset table (a part's name or a word of it, e.g. brain)")
     t.add_argument("--seeds", nargs="+", type=int, default=None, help="override the profile's seeds")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=_cmd_table)
@@ -228,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("table_id")
     run_opts(r, "default")
     r.add_argument("--methods", nargs="+", default=None, help="only these methods")
+    r.add_argument("--parts", nargs="+", default=None, help="only these column groups (as for table)")
     r.set_defaults(func=_cmd_render)
 
     f = sub.add_parser("figure", help="qualitative figure (input, ground truth, reconstruction, map per method)")

@@ -467,6 +467,10 @@ class Trainable(ABC):
         validates with it and leaves it in the networks at the end (diffusion models). Default: none."""
         return {}
 
+    def on_fit_start(self, train: "SliceSource", val: "SliceSource | None") -> None:
+        """Called by the trainer before the first step with the slice sets it trains on: per-slice data a method
+        derives once (ProxyAno's and Cycle-GAN's superpixel proxies, cached on disk). Default: nothing."""
+
     def on_epoch_end(self, step: "StepContext") -> None:
         """Called after each epoch (before validation): e.g. AFSC binarises its masks at a given epoch."""
 

@@ -69,12 +69,33 @@ def _group(part: str, own: str) -> str:
     return " / ".join(x for x in (part, own) if x)
 
 
+def selected_parts(spec_table, parts: list[str] | None = None) -> list:
+    """The table parts (column groups) a run asks for: all, or those whose column group equals or contains (case
+    aside) one of ``parts`` -- e.g. ``brain`` picks ProxyAno Table I's "Brain MRI [28]" columns. A name that picks
+    no part is an error that lists the table's parts."""
+    every = list(spec_table.all_parts)
+    if not parts:
+        return every
+    from benchmark.errors import PhbenchError
+
+    chosen = []
+    for name in parts:
+        hits = [p for p in every if name == p.column_group or name.lower() in p.column_group.lower()]
+        if not hits:
+            names = ", ".join(repr(p.column_group) for p in every if p.column_group) or "(one unnamed part)"
+            raise PhbenchError(f"{spec_table.table_id}: no part matches {name!r}; its parts: {names}")
+        chosen += [p for p in hits if p not in chosen]
+    return [p for p in every if p in chosen]
+
+
 def planned_runs(spec_table, profile: str, root: str | Path | None = None, methods: list[str] | None = None,
-                 seeds: list[int] | None = None, skip_bad: bool = False, subset: bool = False):
+                 seeds: list[int] | None = None, skip_bad: bool = False, subset: bool = False,
+                 parts: list[str] | None = None):
     """Every (part, method, variant, seed) of a table with its prepared data, in table order; each part's
-    store is prepared (or opened) once; ``skip_bad`` leaves subjects with bad files out (listed in the store)."""
+    store is prepared (or opened) once; ``skip_bad`` leaves subjects with bad files out (listed in the store);
+    ``parts`` runs only some column groups (:func:`selected_parts`)."""
     prof = get_profile(profile)
-    for part in spec_table.all_parts:
+    for part in selected_parts(spec_table, parts):
         data = part.store(profile, None if root is None else Path(root), skip_bad=skip_bad, subset=subset)
         for method_name, variant in spec_table.methods:
             if (methods and method_name not in methods) or part.skips(method_name, variant):
@@ -86,13 +107,15 @@ def planned_runs(spec_table, profile: str, root: str | Path | None = None, metho
 
 
 def plan_run(spec_table, method_name: str, variant: str, seed: int, profile: Profile, store_data,
-             overrides: Mapping[str, Mapping[str, Any]] | None = None) -> PlannedRun:
+             overrides: Mapping[str, Mapping[str, Any]] | None = None,
+             metrics: tuple[str, ...] | None = None) -> PlannedRun:
     """The resolved config (profile, then variant), data splits and keys of one run -- the same for training
     it, scoring it and reading it back. On :class:`~benchmark.folds.Folds` one plan per fold, and the run's keys
     are digests of the folds' keys. ``overrides``: config fields per method name that the table part sets (e.g.
     IterMask2's τ percentile on ATLAS), applied after the profile's, to the method and to it as an upstream."""
     if isinstance(store_data, Folds):
-        plans = [plan_run(spec_table, method_name, variant, seed, profile, s, overrides) for s in store_data.stores]
+        plans = [plan_run(spec_table, method_name, variant, seed, profile, s, overrides, metrics)
+                 for s in store_data.stores]
         first = plans[0].spec
         run = RunSpec(method_name, variant, first.config, store_data.fingerprint, first.protocol, seed,
                       key_digest([p.spec.train_key for p in plans]), key_digest([p.spec.score_key for p in plans]),
@@ -116,7 +139,7 @@ def plan_run(spec_table, method_name: str, variant: str, seed: int, profile: Pro
                        val, seed)
     run = RunSpec(method_name, variant, model.config.to_dict(), store_data.fingerprint, spec_table.protocol_id,
                   seed, model.train_key, model.score_key, table_id=spec_table.table_id,
-                  metrics=tuple(spec_table.metrics), options=dict(spec_table.options))
+                  metrics=tuple(metrics or spec_table.metrics), options=dict(spec_table.options))
     return PlannedRun(run, model, train, val, test)
 
 
@@ -128,13 +151,15 @@ def load_trained(plan: PlannedRun, run_store: RunStore, device: torch.device):
 
 def run_one(spec_table, method_name: str, variant: str, seed: int, profile: Profile, store_data, run_store: RunStore,
             device: torch.device, progress: bool = True, column_group: str = "",
-            memo: dict | None = None, overrides: Mapping[str, Mapping[str, Any]] | None = None
+            memo: dict | None = None, overrides: Mapping[str, Mapping[str, Any]] | None = None,
+            metrics: tuple[str, ...] | None = None, dataset: str = ""
             ) -> tuple[RunSpec, bool, list[str]]:
     """Train (or reuse) and evaluate one (method, variant, seed); returns (run spec, evaluated now, labels of
-    the models trained now -- upstreams included)."""
+    the models trained now -- upstreams included). ``metrics`` / ``dataset``: a table part's own (default the
+    table's)."""
     from protocols.suites import get_protocol
 
-    plan = plan_run(spec_table, method_name, variant, seed, profile, store_data, overrides)
+    plan = plan_run(spec_table, method_name, variant, seed, profile, store_data, overrides, metrics)
     run = plan.spec
     if run_store.is_finished(run):
         return run, False, []
@@ -152,11 +177,12 @@ def run_one(spec_table, method_name: str, variant: str, seed: int, profile: Prof
     variant_hints = dict(plan.method_cls.variants[variant].protocol) if variant else {}
     options = {**spec_table.options, "cache_dir": Path(store_data.path) / "synthetic", "train": plan.train,
                "variant": variant_hints}  # e.g. itermask2/oracle: per-image best threshold
-    evaluation = get_protocol(spec_table.protocol).run(scorer, plan.test, plan.val, spec_table.metrics, options,
+    evaluation = get_protocol(spec_table.protocol).run(scorer, plan.test, plan.val, run.metrics, options,
                                                        progress=progress)
     prov = provenance(device)
     common = {
-        "table_id": spec_table.table_id, "method": method_name, "variant": variant, "dataset": spec_table.dataset,
+        "table_id": spec_table.table_id, "method": method_name, "variant": variant,
+        "dataset": dataset or spec_table.dataset,
         "seed": seed, "dataset_fingerprint": store_data.fingerprint, "protocol": run.protocol,
         "git_sha": prov["git_sha"], "phbench_version": prov["phbench_version"], "torch": prov["torch"],
         "device": prov["device"], "train_wall_s": training.get("train_wall_s"),
@@ -183,7 +209,7 @@ def run_one(spec_table, method_name: str, variant: str, seed: int, profile: Prof
 def run_table(table_id: str, *, profile: str = "default", store: str | Path = "runs", out: str | Path = "out/tables",
               methods: list[str] | None = None, device: str | None = None, seeds: list[int] | None = None,
               progress: bool = True, render: bool = True, root: str | Path | None = None,
-              skip_bad: bool = False, subset: bool = False) -> TableRun:
+              skip_bad: bool = False, subset: bool = False, parts: list[str] | None = None) -> TableRun:
     """Train (or reuse), evaluate and render every run of ``table_id``; ``root`` is the user's data folder
     for tables on a downloaded release (``TableSpec.needs_root`` says which); ``skip_bad`` runs on the
     subjects whose files are good and lists the others in ``TableRun.skipped_subjects``; ``subset`` runs on the
@@ -199,11 +225,12 @@ def run_table(table_id: str, *, profile: str = "default", store: str | Path = "r
     keys: list[str] = []
     memo: dict = {}  # trained methods of this call by score key: an upstream shared by two methods loads once
     for part, method_name, variant, seed, data, label in planned_runs(spec_table, profile, root, methods, seeds,
-                                                                     skip_bad, subset):
+                                                                     skip_bad, subset, parts):
         result.skipped_subjects.update(dict.fromkeys(data.meta.get("skipped", [])))
         try:
             run, ran, trained = run_one(spec_table, method_name, variant, seed, prof, data, run_store, dev,
-                                        progress, part.column_group, memo, part.overrides)
+                                        progress, part.column_group, memo, part.overrides, part.metrics or None,
+                                        part.dataset)
         except Exception as err:  # one failing run must not lose the others
             log.debug("run failed", exc_info=True)
             result.failures.append(f"{label}: {type(err).__name__}: {err}")
@@ -248,8 +275,8 @@ def render_from_rows(spec_table, rows: pd.DataFrame, subjects: pd.DataFrame, cho
 
 def collect_finished(table_id: str, *, profile: str = "default", store: str | Path = "runs",
                      methods: list[str] | None = None, seeds: list[int] | None = None,
-                     root: str | Path | None = None, skip_bad: bool = False, subset: bool = False
-                     ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+                     root: str | Path | None = None, skip_bad: bool = False, subset: bool = False,
+                     parts: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """The rows and per-subject values of a table's finished runs (no training, no scoring), and the
     labels of the runs not finished yet -- for re-rendering and for ``phbench render``."""
     spec_table = get_table(table_id)
@@ -257,8 +284,8 @@ def collect_finished(table_id: str, *, profile: str = "default", store: str | Pa
     run_store = RunStore(Path(store) / profile)
     rows, subjects, missing = [], [], []
     for part, method_name, variant, seed, data, label in planned_runs(spec_table, profile, root, methods, seeds,
-                                                                     skip_bad, subset):
-        run = plan_run(spec_table, method_name, variant, seed, prof, data, part.overrides).spec
+                                                                     skip_bad, subset, parts):
+        run = plan_run(spec_table, method_name, variant, seed, prof, data, part.overrides, part.metrics or None).spec
         if run_store.is_finished(run):
             rows.append(run_store.read_rows(run))
             subjects.append(run_store.read_subjects(run))

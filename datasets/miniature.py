@@ -68,6 +68,34 @@ are float32, BraTS int16) and the ISBI slab (z = +2 … +13 mm, through the late
 some with periventricular lesions and some without; the full 181 would be 24 × 7 MB uncompressed). Both time points
 of a patient share one anatomy and lesion load (own gain and bias field); rater 2 redraws rater 1's lesion borders.
 
+``proxyano``  ProxyAno's three datasets in one root, one folder each; all three setups (``proxyano-brain``,
+``proxyano-oct2017``, ``proxyano-idrid``) prepare from the root itself (:func:`proxyano_roots`: the merged brain
+adapter finds both Kaggle sets one level under it, the OCT2017 adapter its ``OCT2017/`` folder, the IDRiD adapter
+its folder one level down; none of them reads another's files)::
+
+    <root>/brain-mri-images-for-brain-tumor-detection/{yes,no}/…   navoneel's set: 8 tumour, 7 normal images under
+                                                      real names, each with its real format and mode (JPEG RGB / L,
+                                                      PNG data in .jpg files as RGBA or palette, .png)
+    <root>/brain-tumor-classification-mri/{Training,Testing}/{glioma,meningioma,pituitary,no}_tumor/…
+                                                      Bhuvaji's set: RGB JPEG; 7 + 7 normals, 2 + 2 per tumour class
+    <root>/OCT2017/{train,test,val}/{NORMAL,CNV,DME,DRUSEN}/<CLASS>-<patient>-<n>.jpeg
+                                                      the Kaggle mirror: grey JPEG B-scans, 496 px high, 512 or 768
+                                                      wide; train 14 NORMAL + 1 per disease, test 2 and val 1 per class
+    <root>/idrid/A. Segmentation/{1. Original Images,2. All Segmentation Groundtruths}/{a. Training,b. Testing} Set/…
+                                                      5 fundus images (3 + 2) with 1-bit palette TIFF masks (MA, HE, EX,
+                                                      SE, OD; SE or HE missing for some, as in IDRiD)
+    <root>/idrid/B. Disease Grading/{1. Original Images/{a. Training Set,b. Testing Set},2. Groundtruths}/…
+                                                      8 grade-0 and 2 graded training images, 2 test images, the two
+                                                      grading CSVs (CRLF; the training one with its 9 empty columns)
+
+The brain images are elliptic MRI phantoms (scalp/skull ring, folded grey/white matter, ventricles; T1-, T2- or
+FLAIR-like), 96-300 px, tumours painted as bright or ring-enhancing blobs; every pair is ≥ 12 pHash bits apart (the
+split merges ≤ 4) except one planted near-duplicate (a rescaled, re-encoded copy of ``no/N1.JPG`` among the Testing
+normals) that the ``bt_default`` split's de-duplication drops: 20 distinct normals → 13 train, 7 test + 7 tumour
+images. The OCT scans are layered retina bands with a foveal pit (CNV: raised RPE and fluid, DME: cysts in a
+thickened retina, DRUSEN: RPE domes); the fundus images are 536 × 356 (1/8 of the real 4288 × 2848 frame), their
+masks written as IDRiD ships them (the writer reproduces the real masks byte for byte). ~2 MB in all.
+
 Nothing here reads real data at run time: the ids, label texts and slices are written out below.
 """
 
@@ -930,15 +958,539 @@ def write_afsc_release(root: Path, *, seed: int = 0) -> dict:
     return summary
 
 
+# ---------------------------------------------------------------------------------------------------
+# ProxyAno: the two Kaggle brain-tumour sets (merged into one dataset), Kermany OCT2017 and IDRiD, one folder each
+
+PROXYANO_VERSION = 1  # bump on any change to the proxyano release's written bytes
+PROXYANO_DIRS = {"brain_tumor_detection": "brain-mri-images-for-brain-tumor-detection",
+                 "brain_tumor_classification": "brain-tumor-classification-mri", "oct2017": "OCT2017",
+                 "idrid": "idrid"}
+PROXYANO_SETUPS = ("proxyano-brain", "proxyano-oct2017", "proxyano-idrid")
+
+
+@dataclass(frozen=True)
+class KaggleImage:
+    """One file of the Kaggle brain sets: its path under the release root, what its bytes are (``fmt``, ``mode``: the
+    extension may lie, as in the real ``yes/``/``no/`` set) and what it shows (``finding``: "" for a normal)."""
+
+    rel: str
+    fmt: str  # JPEG | PNG
+    mode: str  # L | RGB | RGBA | P
+    finding: str = ""  # "" | tumour (yes/) | glioma | meningioma | pituitary
+
+
+def _kaggle_images() -> tuple[KaggleImage, ...]:
+    yn, fc = PROXYANO_DIRS["brain_tumor_detection"], PROXYANO_DIRS["brain_tumor_classification"]
+    # navoneel yes/no: real file names, each with its real format and mode (README §2a of the shared data)
+    out = [KaggleImage(f"{yn}/no/{name}", fmt, mode) for name, fmt, mode in (
+        ("1 no.jpeg", "JPEG", "L"), ("N1.JPG", "JPEG", "RGB"), ("N15.jpg", "JPEG", "L"), ("No15.jpg", "PNG", "RGBA"),
+        ("no 9.png", "PNG", "RGB"), ("no 91.jpeg", "JPEG", "RGB"), ("no 98.jpg", "PNG", "P"))]
+    out += [KaggleImage(f"{yn}/yes/{name}", fmt, mode, "tumour") for name, fmt, mode in (
+        ("Y1.jpg", "JPEG", "RGB"), ("Y10.jpg", "JPEG", "L"), ("Y100.JPG", "JPEG", "RGB"), ("Y109.JPG", "JPEG", "RGB"),
+        ("Y12.jpg", "JPEG", "L"), ("Y146.JPG", "JPEG", "RGB"), ("Y33.jpg", "JPEG", "RGB"), ("Y92.png", "PNG", "L"))]
+    # Bhuvaji's four classes: RGB JPEG throughout, the real naming of each folder
+    names = {("Training", "no_tumor"): ("1.jpg", "2.jpg", "3.jpg", "4.jpg", "image (10).jpg", "image (11).jpg",
+                                        "image (12).jpg"),
+             ("Testing", "no_tumor"): ("image(1).jpg", "image(10).jpg", "image(100).jpg", "image(11).jpg",
+                                       "image(12).jpg", "image(13).jpg", "image(14).jpg")}
+    for cls, prefix in (("glioma", "gg"), ("meningioma", "m"), ("pituitary", "p")):
+        names[("Training", f"{cls}_tumor")] = (f"{prefix} (1).jpg", f"{prefix} (2).jpg")
+        names[("Testing", f"{cls}_tumor")] = ("image(1).jpg", "image(2).jpg")
+    for (part, folder), files in names.items():
+        finding = "" if folder == "no_tumor" else folder.split("_")[0]
+        out += [KaggleImage(f"{fc}/{part}/{folder}/{n}", "JPEG", "RGB", finding) for n in files]
+    return tuple(out)
+
+
+PROXYANO_BRAIN = _kaggle_images()
+# the planted near-duplicate across the two sets: a 1.2× rescaled, re-encoded copy of a yes/no normal among the
+# four-class test normals; both normal, so the split's pHash de-duplication keeps the first by subject id (the copy,
+# four_class/…) and leaves out yes_no/no/N1
+PROXYANO_BRAIN_DUPLICATE = (f"{PROXYANO_DIRS['brain_tumor_detection']}/no/N1.JPG",
+                            f"{PROXYANO_DIRS['brain_tumor_classification']}/Testing/no_tumor/image(14).jpg")
+_PHASH_APART = 12  # every other pair of brain images differs in at least this many pHash bits (the split's rule: ≤ 4)
+
+
+def kaggle_subject_id(rel: str) -> str:
+    """The ``brain_mri_tumor`` subject id of a file of :data:`PROXYANO_BRAIN` (its path under the release root)."""
+    parts = Path(rel).parts
+    stem = Path(rel).stem
+    if parts[0] == PROXYANO_DIRS["brain_tumor_detection"]:
+        return f"yes_no/{parts[1]}/{stem}"
+    return f"four_class/{parts[1]}/{parts[2]}/{stem}"
+
+
+# OCT2017 as the Kaggle mirror ships it: <CLASS>-<patient>-<n>.jpeg; the val names are real (8 per class in the
+# mirror), the train and test patient ids made up
+PROXYANO_OCT: dict[str, dict[str, tuple[str, ...]]] = {
+    "train": {"NORMAL": ("NORMAL-1017237-1", "NORMAL-1017237-2", "NORMAL-1025642-1", "NORMAL-1048771-1",
+                         "NORMAL-1048771-2", "NORMAL-1048771-3", "NORMAL-1101356-1", "NORMAL-1129844-1",
+                         "NORMAL-1163089-1", "NORMAL-1163089-2", "NORMAL-1207519-1", "NORMAL-1238863-1",
+                         "NORMAL-1238863-2", "NORMAL-1260417-1"),
+              "CNV": ("CNV-1016042-1",), "DME": ("DME-1072015-1",), "DRUSEN": ("DRUSEN-1083159-1",)},
+    "test": {"NORMAL": ("NORMAL-1384-1", "NORMAL-2362-1"), "CNV": ("CNV-103044-1", "CNV-172472-1"),
+             "DME": ("DME-111660-1", "DME-30521-1"), "DRUSEN": ("DRUSEN-228939-1", "DRUSEN-95633-1")},
+    "val": {"NORMAL": ("NORMAL-4872585-1",), "CNV": ("CNV-6294785-1",), "DME": ("DME-9583225-1",),
+            "DRUSEN": ("DRUSEN-9800172-2",)},
+}
+OCT_HEIGHT, OCT_WIDTHS = 496, (512, 768)  # the Spectralis B-scans of the set: 512 × 496 mostly, some 768 × 496
+
+# IDRiD at 1/8 of the real 4288 × 2848 frame (3:2, like the release); part A: real ids of both sets, the masks each
+# has (MA, HE, EX, SE, OD; a missing file = no lesion of that type, as IDRiD ships 01 and 02 without SE);
+# part B: real ids with their real (grade, macular-oedema risk) rows of the grading CSVs
+IDRID_SHAPE = (356, 536)  # (height, width)
+IDRID_MASK_DIRS = {"MA": "1. Microaneurysms", "HE": "2. Haemorrhages", "EX": "3. Hard Exudates",
+                   "SE": "4. Soft Exudates", "OD": "5. Optic Disc"}
+IDRID_SETS = {"train": "a. Training Set", "test": "b. Testing Set"}
+PROXYANO_IDRID_A: dict[str, dict[str, tuple[str, ...]]] = {
+    "train": {"IDRiD_01": ("MA", "HE", "EX", "OD"), "IDRiD_02": ("MA", "HE", "EX", "OD"),
+              "IDRiD_03": ("MA", "HE", "EX", "SE", "OD")},
+    "test": {"IDRiD_55": ("MA", "HE", "EX", "SE", "OD"), "IDRiD_56": ("MA", "EX", "OD")},
+}
+PROXYANO_IDRID_B: dict[str, dict[str, tuple[int, int]]] = {
+    "train": {"IDRiD_001": (3, 2), "IDRiD_003": (2, 2), "IDRiD_118": (0, 0), "IDRiD_138": (0, 0),
+              "IDRiD_139": (0, 0), "IDRiD_140": (0, 0), "IDRiD_141": (0, 0), "IDRiD_142": (0, 0),
+              "IDRiD_143": (0, 0), "IDRiD_144": (0, 0)},
+    "test": {"IDRiD_001": (4, 0), "IDRiD_029": (0, 0)},
+}
+IDRID_CSV = {"train": "a. IDRiD_Disease Grading_Training Labels.csv",
+             "test": "b. IDRiD_Disease Grading_Testing Labels.csv"}
+
+
+def idrid_paths(part: str, split: str, image: str) -> dict[str, str]:
+    """{image, <mask type>…}: an IDRiD image and its masks (part A), relative to the proxyano root."""
+    base = f"{PROXYANO_DIRS['idrid']}/{'A. Segmentation' if part == 'A' else 'B. Disease Grading'}"
+    out = {"image": f"{base}/1. Original Images/{IDRID_SETS[split]}/{image}.jpg"}
+    if part == "A":
+        gt = f"{base}/2. All Segmentation Groundtruths/{IDRID_SETS[split]}"
+        out |= {t: f"{gt}/{IDRID_MASK_DIRS[t]}/{image}_{t}.tif" for t in PROXYANO_IDRID_A[split][image]}
+    return out
+
+
+def proxyano_roots(root: Path) -> dict[str, Path]:
+    """The root each ProxyAno setup's ``prepare`` takes: the release root itself for all three (the merged brain
+    adapter finds both Kaggle sets one level under it, OCT2017 finds ``OCT2017/``, IDRiD its folder one level down)."""
+    return {sid: Path(root) for sid in PROXYANO_SETUPS}
+
+
+def _save_image(path: Path, grey: np.ndarray | None, fmt: str, mode: str, *, rgb: np.ndarray | None = None,
+                quality: int = 90) -> None:
+    """An 8-bit image file with the given container format and PIL mode (grey data stored as RGB/RGBA/palette like
+    the Kaggle files); ``rgb`` instead of ``grey`` for colour pictures. Byte-stable: no timestamps, fixed settings."""
+    from PIL import Image
+
+    if rgb is not None:
+        im = Image.fromarray(rgb)
+    elif mode == "L":
+        im = Image.fromarray(grey)
+    elif mode == "RGB":
+        im = Image.fromarray(np.ascontiguousarray(np.dstack([grey] * 3)))
+    elif mode == "RGBA":
+        im = Image.fromarray(np.ascontiguousarray(np.dstack([grey] * 3 + [np.full_like(grey, 255)])))
+    elif mode == "P":  # a grey palette: index = level
+        im = Image.frombytes("P", (grey.shape[1], grey.shape[0]), np.ascontiguousarray(grey).tobytes())
+        im.putpalette([v for i in range(256) for v in (i, i, i)])
+    else:
+        raise ValueError(f"miniature: unknown image mode {mode!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    if fmt == "JPEG":
+        im.save(buf, format="JPEG", quality=quality)
+    else:
+        im.save(buf, format="PNG", compress_level=6)
+    path.write_bytes(buf.getvalue())
+
+
+def _to_u8(a: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(a, 0.0, 255.0)).astype(np.uint8)
+
+
+def _brain_mri(finding: str, rng: np.random.Generator) -> np.ndarray:
+    """uint8 [H, W] (each side 96-300 px): an axial brain MRI phantom: a rotated elliptic head with a scalp/skull ring,
+    folded grey/white matter, ventricles and a midline, in T1-, T2- or FLAIR-like contrast; a tumour for ``finding``
+    (glioma: intra-axial mass with oedema, maybe ring-enhancing; meningioma: round, bright, against the skull;
+    pituitary: small, bright, low in the midline; tumour: any of them)."""
+    w = int(rng.integers(120, 301))
+    h = int(np.clip(round(w * rng.uniform(0.85, 1.25)), 96, 300))
+    yy, xx = np.mgrid[:h, :w].astype(np.float32) + 0.5
+    cx, cy = w * rng.uniform(0.46, 0.54), h * rng.uniform(0.46, 0.54)
+    a, b = w * rng.uniform(0.34, 0.45), h * rng.uniform(0.36, 0.46)
+    th = rng.uniform(-0.3, 0.3)
+    u = ((xx - cx) * np.cos(th) + (yy - cy) * np.sin(th)) / a
+    v = (-(xx - cx) * np.sin(th) + (yy - cy) * np.cos(th)) / b
+    r, phi = np.hypot(u, v), np.arctan2(v, u)
+    weighting = str(rng.choice(["t1", "t2", "flair"]))
+    level = {"t1": dict(scalp=210, skull=25, csf=30, gm=105, wm=150),
+             "t2": dict(scalp=150, skull=20, csf=225, gm=125, wm=85),
+             "flair": dict(scalp=170, skull=20, csf=25, gm=135, wm=105)}[weighting]
+    level = {k: val * rng.uniform(0.85, 1.15) for k, val in level.items()}
+    ring = rng.uniform(0.06, 0.10)
+    img = np.zeros((h, w), np.float32)
+    img[r < 1.0] = level["scalp"]
+    img[r < 1.0 - ring * 0.45] = level["skull"]
+    brain = r < 1.0 - ring
+    img[brain] = level["csf"]
+    k, ph = int(rng.integers(7, 13)), rng.uniform(0, 2 * np.pi)
+    cortex = r < (1.0 - ring - 0.03) * (1.0 + 0.025 * np.sin(k * phi + ph))
+    img[cortex] = level["gm"]
+    wm = r < (0.74 + rng.uniform(-0.06, 0.04)) * (1.0 + 0.07 * np.sin(k * phi + ph + 0.5)
+                                                   + 0.04 * np.sin(2 * k * phi))
+    img[wm & cortex] = level["wm"]
+    # lateral ventricles (two ellipses, closer at the front: anterior is up) and the interhemispheric fissure
+    vs, vt = rng.uniform(0.7, 1.3), -rng.uniform(0.15, 0.35)
+    for side in (-1.0, 1.0):
+        du, dv = u - side * 0.11 * vs, v + 0.04
+        q = ((du * np.cos(side * vt) + dv * np.sin(side * vt)) / (0.055 * vs)) ** 2 + \
+            ((-du * np.sin(side * vt) + dv * np.cos(side * vt)) / (0.24 * vs)) ** 2
+        img[(q < 1.0) & cortex] = level["csf"]
+    img[(np.abs(u) < 0.012 * (1 + vs)) & (np.abs(v + 0.55) < 0.3) & brain] = level["csf"]
+    field = ndimage.gaussian_filter(rng.standard_normal((h, w)).astype(np.float32), 2.5)
+    img += np.where(brain, 45.0 * field, 0.0)
+
+    kind = str(rng.choice(["glioma", "meningioma", "pituitary"])) if finding == "tumour" else finding
+    if kind:
+        if kind == "pituitary":
+            tu, tv, rad = rng.uniform(-0.06, 0.06), rng.uniform(0.42, 0.55), rng.uniform(0.08, 0.13)
+        elif kind == "meningioma":
+            ang = rng.uniform(0, 2 * np.pi)
+            rad = rng.uniform(0.13, 0.22)
+            tu, tv = (0.93 - ring - rad) * np.cos(ang), (0.93 - ring - rad) * np.sin(ang)
+        else:
+            ang, dist = rng.uniform(0, 2 * np.pi), rng.uniform(0.15, 0.5)
+            tu, tv, rad = dist * np.cos(ang), dist * np.sin(ang), rng.uniform(0.14, 0.26)
+        lobes = 1.0 + 0.18 * np.sin(int(rng.integers(2, 5)) * np.arctan2(v - tv, u - tu) + rng.uniform(0, 6.3))
+        q = np.hypot((u - tu) / rng.uniform(0.8, 1.2), v - tv) / (rad * lobes)
+        bright = {"t1": 235.0, "t2": 240.0, "flair": 230.0}[weighting]
+        if kind == "glioma":  # oedema (bright in T2/FLAIR, darker in T1), an enhancing rim, a solid or necrotic core
+            oedema = level["wm"] * 0.8 if weighting == "t1" else 0.75 * bright
+            img = np.where((q < 1.7) & cortex, oedema, img)
+            img = np.where(q < 1.0, 0.95 * bright, img)
+            img = np.where(q < 0.7, bright * (0.8 if rng.random() < 0.5 else 0.3), img)
+        else:
+            img = np.where(q < 1.0, bright * rng.uniform(0.85, 1.0), img)
+    img = ndimage.gaussian_filter(img, 0.7) + rng.normal(0.0, 3.0, (h, w)).astype(np.float32)
+    return _to_u8(img)
+
+
+def _oct_bscan(cls: str, width: int, rng: np.random.Generator) -> np.ndarray:
+    """uint8 [496, width]: a Spectralis-like OCT B-scan: dark speckled vitreous, a retina band of alternating bright
+    and dark layers (NFL, plexiform and nuclear layers, IS/OS, RPE) with a foveal pit, a fading choroid; NORMAL as
+    is, CNV a raised irregular RPE with subretinal fluid, DME intraretinal cysts in a thickened retina, DRUSEN small
+    RPE domes. Some scans have the white wedge of the registration fill at the top, as the real ones."""
+    h = OCT_HEIGHT
+    x = np.arange(width, dtype=np.float32)
+    y = np.arange(h, dtype=np.float32)[:, None]
+    xf = width * rng.uniform(0.4, 0.6)
+    sw = width * rng.uniform(0.05, 0.08)
+    bump = np.exp(-0.5 * ((x - xf) / sw) ** 2)
+    base = h * rng.uniform(0.38, 0.5) + rng.uniform(-0.08, 0.08) * (x - width / 2) \
+        + rng.uniform(-1.0, 1.0) * 1e-4 * (x - width / 2) ** 2
+    pit = rng.uniform(18, 28) * bump
+    if cls == "DME":  # the oedematous retina bulges inwards (up) instead of dipping at the fovea
+        pit = -rng.uniform(20, 40) * np.exp(-0.5 * ((x - xf) / (1.5 * sw)) ** 2)
+    rpe = base + rng.uniform(62, 78)
+    ilm = base + pit
+    if cls == "CNV":
+        at, wide = xf + rng.uniform(-20, 20), sw * rng.uniform(0.8, 1.4)
+        hump = rng.uniform(30, 55) * np.exp(-0.5 * ((x - at) / wide) ** 2)
+        hump *= 1.0 + 0.15 * np.sin(x / rng.uniform(4, 8))
+        rpe = rpe - hump
+        ilm = ilm - 0.6 * hump - 0.3 * pit
+    if cls == "DRUSEN":
+        for _ in range(int(rng.integers(3, 7))):
+            c, wd = rng.uniform(0.2, 0.8) * width, rng.uniform(10, 22)
+            rpe = rpe - rng.uniform(6, 14) * np.exp(-0.5 * ((x - c) / wd) ** 2)
+    s = (y - ilm) / np.maximum(rpe - ilm, 8.0)  # 0 at the inner surface, 1 at the RPE
+    stops = np.array([0.0, 0.1, 0.35, 0.45, 0.52, 0.8, 0.86, 0.92, 1.0])
+    vals = np.array([170, 115, 70, 125, 55, 175, 80, 235, 235], np.float32) * rng.uniform(0.85, 1.1)
+    img = np.interp(s, stops, vals).astype(np.float32)
+    img = np.where(s < 0.0, 12.0, img)
+    below = y - rpe
+    choroid = 150.0 * np.exp(-np.maximum(below, 0.0) / rng.uniform(35, 55))
+    choroid *= 1.0 + 0.35 * ndimage.gaussian_filter1d(rng.standard_normal(width).astype(np.float32), 3.0)[None, :]
+    img = np.where(s > 1.0, choroid + 10.0, img)
+    if cls == "CNV":  # dark subretinal fluid above the hump
+        fluid = (s > 0.7) & (s < 0.9) & (bump[None, :] > 0.35)
+        img = np.where(fluid, 25.0, img)
+    if cls == "DME":
+        for _ in range(int(rng.integers(3, 8))):
+            c, sd = xf + rng.normal(0.0, sw), rng.uniform(0.4, 0.72)
+            a, b = rng.uniform(6, 18), rng.uniform(0.05, 0.1)
+            img = np.where(((x - c) / a) ** 2 + ((s - sd) / b) ** 2 < 1.0, 22.0, img)
+    speckle = rng.gamma(4.0, 1.0 / 4.0, (h, width)).astype(np.float32)
+    img = ndimage.gaussian_filter(img * speckle, (0.9, 1.4)) + rng.normal(0.0, 3.0, (h, width)).astype(np.float32)
+    if rng.random() < 0.35:
+        edge = rng.uniform(0.02, 0.12) * h + rng.uniform(-0.06, 0.06) * x
+        img = np.where(y < edge, 255.0, img)
+    return _to_u8(img)
+
+
+def _disc(weight: np.ndarray, cy: float, cx: float, ry: float, rx: float, soft: float = 1.0) -> None:
+    """Raise ``weight`` [H, W] to a soft ellipse's (1 inside, a ``soft``-pixel ramp at the border) around (cy, cx),
+    in place, over the ellipse's bounding box only."""
+    h, w = weight.shape
+    y0, y1 = max(0, int(cy - ry - soft - 1)), min(h, int(cy + ry + soft + 2))
+    x0, x1 = max(0, int(cx - rx - soft - 1)), min(w, int(cx + rx + soft + 2))
+    if y0 >= y1 or x0 >= x1:
+        return
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
+    d = np.hypot((yy - cy) / ry, (xx - cx) / rx) - 1.0
+    np.maximum(weight[y0:y1, x0:x1], np.clip(0.5 - d * min(ry, rx) / soft, 0.0, 1.0), out=weight[y0:y1, x0:x1])
+
+
+def _fundus(lesions: tuple[str, ...], rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(uint8 RGB [H, W, 3], {type: uint8 {0, 1} mask}) on :data:`IDRID_SHAPE`: a fundus photograph phantom: an
+    orange-red field of view clipped at top and bottom, vignetted, with an optic disc on the nasal side, a darker
+    macula, branching vessels; ``lesions`` painted with masks (MA dark dots, HE dark red blotches, EX bright yellow
+    clusters around the macula, SE pale fuzzy patches; OD: the optic disc mask)."""
+    from PIL import Image, ImageDraw
+
+    h, w = IDRID_SHAPE
+    yy, xx = np.mgrid[:h, :w].astype(np.float32) + 0.5
+    cx, cy, R = w * rng.uniform(0.45, 0.5), h * rng.uniform(0.48, 0.52), h * rng.uniform(0.58, 0.62)
+    dist = np.hypot(xx - cx, yy - cy)
+    fov = dist < R
+    side = 1.0 if rng.random() < 0.5 else -1.0  # optic disc right (left eye) or left (right eye) of the centre
+    ody, odx = cy + rng.uniform(-0.1, 0.1) * R, cx + side * rng.uniform(0.55, 0.66) * R
+    odr = h * rng.uniform(0.06, 0.07)
+    fvy, fvx = cy + rng.uniform(-0.05, 0.05) * R, odx - side * 5.0 * odr
+    colour = np.array([rng.uniform(165, 195), rng.uniform(75, 100), rng.uniform(20, 38)], np.float32)
+    shade = (1.0 - 0.35 * (dist / R) ** 2) * (1.0 + 0.07 * ndimage.gaussian_filter(
+        rng.standard_normal((h, w)).astype(np.float32), 12.0) * 12.0)
+    shade *= 1.0 - 0.3 * np.exp(-0.5 * (np.hypot(yy - fvy, xx - fvx) / (2.2 * odr)) ** 2)
+    img = shade[..., None] * colour
+    od = np.zeros((h, w), np.float32)
+    _disc(od, ody, odx, odr * rng.uniform(1.0, 1.12), odr, 2.0)
+    img = img * (1 - od[..., None]) + od[..., None] * np.array([245, 195, 120], np.float32)
+    # vessels, drawn at 2× and shrunk (smooth edges): four arcades out of the disc, the temporal pair bending around
+    # the macula, the nasal pair short; side branches turn away from the macula
+    canvas = Image.new("L", (2 * w, 2 * h), 0)
+    draw = ImageDraw.Draw(canvas)
+    to_fovea = float(np.arctan2(fvy - ody, fvx - odx))
+
+    def vessel(px: float, py: float, ang: float, turn: float, steps: int, width: float, branches: bool) -> None:
+        for k in range(steps):
+            ang += turn + rng.normal(0.0, 0.06)
+            nx, ny = px + 6.0 * np.cos(ang), py + 6.0 * np.sin(ang)
+            draw.line([(2 * px, 2 * py), (2 * nx, 2 * ny)], fill=255, width=max(1, int(round(2 * width))))
+            px, py, width = nx, ny, max(0.8, width * 0.985)
+            if np.hypot(px - cx, py - cy) > R:
+                return
+            if branches and k > 3 and rng.random() < 0.12:
+                fovea = np.arctan2(fvy - py, fvx - px)
+                away = 1.0 if np.cos(ang + 0.7 - fovea) < np.cos(ang - 0.7 - fovea) else -1.0  # the side off the macula
+                vessel(px, py, ang + away * rng.uniform(0.5, 0.9), rng.normal(0.0, 0.02),
+                       int(rng.integers(6, 14)), width * 0.6, False)
+
+    for sgn in (-1.0, 1.0):  # superior / inferior
+        vessel(odx, ody, to_fovea + sgn * rng.uniform(1.0, 1.3), -sgn * rng.uniform(0.035, 0.05),
+               int(rng.integers(40, 55)), rng.uniform(2.2, 2.8), True)
+        vessel(odx, ody, to_fovea + np.pi - sgn * rng.uniform(0.4, 0.8), sgn * rng.uniform(0.0, 0.03),
+               int(rng.integers(12, 22)), rng.uniform(1.6, 2.0), True)
+    vessel = np.asarray(canvas.resize((w, h), Image.Resampling.BOX), np.float32) / 255.0
+    img = img * (1.0 - vessel[..., None] * np.array([0.3, 0.55, 0.5], np.float32))
+
+    masks: dict[str, np.ndarray] = {}
+    if "OD" in lesions:
+        masks["OD"] = (od >= 0.5).astype(np.uint8)
+    inside = (dist < 0.88 * R) & (od < 0.01)
+    cand = np.argwhere(inside)
+    paint = {"MA": (np.array([95, 25, 20], np.float32), (12, 26), (1.0, 1.8), 0.6),
+             "HE": (np.array([110, 30, 25], np.float32), (3, 8), (3.0, 7.0), 1.0),
+             "EX": (np.array([250, 215, 80], np.float32), (4, 8), (1.0, 3.2), 0.8),
+             "SE": (np.array([235, 205, 165], np.float32), (1, 3), (6.0, 10.0), 3.0)}
+    for t in ("MA", "HE", "EX", "SE"):
+        if t not in lesions:
+            continue
+        rgb, (n_lo, n_hi), (r_lo, r_hi), soft = paint[t]
+        weight = np.zeros((h, w), np.float32)
+        for _ in range(int(rng.integers(n_lo, n_hi + 1))):
+            if t == "EX":  # a cluster around the macula
+                ang, rr = rng.uniform(0, 2 * np.pi), rng.uniform(0.3, 3.5) * odr
+                ccy, ccx = fvy + rr * np.sin(ang), fvx + rr * np.cos(ang)
+                spots = [(ccy + rng.normal(0, 5), ccx + rng.normal(0, 5)) for _ in range(int(rng.integers(3, 9)))]
+            else:
+                spots = [tuple(cand[rng.integers(len(cand))].astype(np.float32) + 0.5)]
+            for sy, sx in spots:
+                rad = rng.uniform(r_lo, r_hi)
+                _disc(weight, sy, sx, rad * rng.uniform(0.7, 1.3), rad, soft)
+        weight *= inside
+        img = img * (1.0 - weight[..., None]) + weight[..., None] * rgb
+        masks[t] = (weight >= 0.5).astype(np.uint8)
+        if not masks[t].any():
+            raise ValueError(f"miniature: a fundus phantom's {t} lesions fell outside the field of view")
+    img = img + rng.normal(0.0, 2.0, img.shape).astype(np.float32)
+    img = np.where(fov[..., None], img, rng.uniform(0.0, 3.0, img.shape).astype(np.float32))
+    return _to_u8(img), {t: masks[t] for t in lesions}
+
+
+def _tif_1bit(mask: np.ndarray) -> bytes:
+    """A {0, 1} mask as IDRiD ships its lesion masks: 1-bit palette TIFF (index 0 black, 1 red), Deflate (zlib level
+    9) in 64-row strips, the strips first and then the 11 baseline tags (reproduces the real files byte for byte)."""
+    import struct
+
+    h, w = mask.shape
+    rows = 64
+    packed = np.packbits(mask.astype(bool), axis=1)
+    strips = [zlib.compress(packed[r:r + rows].tobytes(), 9) for r in range(0, h, rows)]
+    out = bytearray(b"II*\x00\x00\x00\x00\x00")
+    offsets = []
+    for s in strips:
+        offsets.append(len(out))
+        out += s
+    if len(out) % 2:
+        out += b"\x00"
+    ifd = len(out)
+    n_tags = 11
+    extra_at = ifd + 2 + 12 * n_tags + 4
+    extra = bytearray()
+
+    def out_of_line(data: bytes) -> int:
+        at = extra_at + len(extra)
+        extra.extend(data)
+        if len(extra) % 2:
+            extra.append(0)
+        return at
+
+    def longs(vals: list[int]) -> tuple[int, int, int]:
+        return (4, 1, vals[0]) if len(vals) == 1 else (4, len(vals), out_of_line(struct.pack(f"<{len(vals)}I", *vals)))
+
+    tags = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 1, 1), (259, 3, 1, 8), (262, 3, 1, 3), (273, *longs(offsets)),
+            (277, 3, 1, 1), (278, 4, 1, rows), (279, *longs([len(s) for s in strips])), (284, 3, 1, 1),
+            (320, 3, 6, out_of_line(struct.pack("<6H", 0, 65535, 0, 0, 0, 0)))]
+    struct.pack_into("<I", out, 4, ifd)
+    out += struct.pack("<H", n_tags)
+    for tag, typ, count, value in tags:
+        out += struct.pack("<HHIHH", tag, typ, count, value, 0) if typ == 3 and count == 1 else \
+            struct.pack("<HHII", tag, typ, count, value)
+    out += struct.pack("<I", 0) + extra
+    return bytes(out)
+
+
+def write_kaggle_brain_release(root: Path, *, seed: int = 0) -> dict:
+    """The two Kaggle brain-tumour sets under their folders of :data:`PROXYANO_DIRS` (files of
+    :data:`PROXYANO_BRAIN`, the planted :data:`PROXYANO_BRAIN_DUPLICATE`); every other pair of images at least
+    ``_PHASH_APART`` pHash bits apart (a draw too close to an earlier image is redrawn). Returns the summary part."""
+    from PIL import Image
+
+    from datasets.images import read_grey
+    from datasets.splits import phash
+
+    root = Path(root)
+    source, copy = PROXYANO_BRAIN_DUPLICATE
+    hashes: dict[str, int] = {}
+    files: dict[str, list] = {}
+    for f in PROXYANO_BRAIN:
+        if f.rel == copy:
+            continue
+        for attempt in range(20):
+            img = _brain_mri(f.finding, _rng(seed, f"Kaggle/{f.rel}/{attempt}"))
+            _save_image(root / f.rel, img, f.fmt, f.mode)
+            hv = phash(root / f.rel)
+            if all(int(np.bitwise_count(np.uint64(hv ^ o))) >= _PHASH_APART for o in hashes.values()):
+                break
+        else:
+            raise ValueError(f"miniature: no brain image {f.rel} {_PHASH_APART} pHash bits away from the others")
+        hashes[f.rel] = hv
+        files[f.rel] = [f.fmt, f.mode, *img.shape]
+    dup = next(f for f in PROXYANO_BRAIN if f.rel == copy)
+    grey = read_grey(root / source, colour="convert").astype(np.uint8)
+    big = Image.fromarray(grey).resize((round(grey.shape[1] * 1.2), round(grey.shape[0] * 1.2)),
+                                       Image.Resampling.BILINEAR)
+    _save_image(root / copy, np.asarray(big), dup.fmt, dup.mode, quality=80)
+    dist = int(np.bitwise_count(np.uint64(phash(root / copy) ^ hashes[source])))
+    if dist > 2:
+        raise ValueError(f"miniature: the planted duplicate is {dist} pHash bits from its source (want ≤ 2)")
+    files[copy] = [dup.fmt, dup.mode, big.height, big.width]
+    normals = [f.rel for f in PROXYANO_BRAIN if not f.finding]
+    return {"files": files, "normals": len(normals) - 1, "abnormals": len(PROXYANO_BRAIN) - len(normals),
+            "duplicate": {"source": source, "copy": copy, "subject_ids": [kaggle_subject_id(p) for p in (source, copy)],
+                          "phash_bits": dist},
+            "phash_min_bits_apart": min(int(np.bitwise_count(np.uint64(a ^ b)))
+                                        for i, a in enumerate(hashes.values()) for b in list(hashes.values())[i + 1:])}
+
+
+def write_oct2017_release(root: Path, *, seed: int = 0) -> dict:
+    """OCT2017 as the Kaggle mirror ships it (``OCT2017/{train,test,val}/<CLASS>/<CLASS>-<patient>-<n>.jpeg``, grey
+    JPEG, 496 px high, 512 or 768 wide), the files of :data:`PROXYANO_OCT`. Returns the summary part."""
+    widths: dict[str, int] = {}
+    for split, classes in PROXYANO_OCT.items():
+        for cls, names in classes.items():
+            for name in names:
+                rel = f"{PROXYANO_DIRS['oct2017']}/{split}/{cls}/{name}.jpeg"
+                rng = _rng(seed, f"OCT2017/{rel}")
+                width = OCT_WIDTHS[1] if rng.random() < 0.2 else OCT_WIDTHS[0]
+                _save_image(Path(root) / rel, _oct_bscan(cls, width, rng), "JPEG", "L", quality=70)
+                widths[rel] = width
+    return {"counts": {split: {cls: len(n) for cls, n in classes.items()} for split, classes in PROXYANO_OCT.items()},
+            "widths": widths}
+
+
+def _grading_csv(split: str) -> str:
+    """A grading CSV as IDRiD ships it (CRLF; the training one with nine trailing empty columns), the rows of the
+    images written."""
+    tail = "," * 9 if split == "train" else ""
+    rows = ["Image name,Retinopathy grade,Risk of macular edema" + tail]
+    rows += [f"{img},{g},{m}{tail}" for img, (g, m) in PROXYANO_IDRID_B[split].items()]
+    return "".join(r + "\r\n" for r in rows)
+
+
+def write_idrid_release(root: Path, *, seed: int = 0) -> dict:
+    """IDRiD in the release's folders (``idrid/A. Segmentation/…``, ``idrid/B. Disease Grading/…``), the images of
+    :data:`PROXYANO_IDRID_A` (with their masks, :func:`idrid_paths`) and :data:`PROXYANO_IDRID_B` (grades in the
+    two CSVs; DR grade > 0 images show lesions, unmasked as in part B). Returns the summary part."""
+    root = Path(root)
+    lesion: dict[str, dict[str, int]] = {}
+    for split, images in PROXYANO_IDRID_A.items():
+        for image, types in images.items():
+            paths = idrid_paths("A", split, image)
+            rgb, masks = _fundus(types, _rng(seed, f"IDRiD/A/{image}"))
+            _save_image(root / paths["image"], None, "JPEG", "RGB", rgb=rgb, quality=85)
+            for t, m in masks.items():
+                (root / paths[t]).parent.mkdir(parents=True, exist_ok=True)
+                (root / paths[t]).write_bytes(_tif_1bit(m))
+            lesion[image] = {t: int(m.sum()) for t, m in masks.items()}
+    for split, images in PROXYANO_IDRID_B.items():
+        for image, (grade, _) in images.items():
+            shown = () if grade == 0 else ("MA", "HE", "EX") if grade < 3 else ("MA", "HE", "EX", "SE")
+            rgb, _ = _fundus(shown, _rng(seed, f"IDRiD/B/{split}/{image}"))
+            _save_image(root / idrid_paths("B", split, image)["image"], None, "JPEG", "RGB", rgb=rgb, quality=85)
+    truths = root / PROXYANO_DIRS["idrid"] / "B. Disease Grading" / "2. Groundtruths"
+    truths.mkdir(parents=True, exist_ok=True)
+    for split, name in IDRID_CSV.items():
+        (truths / name).write_bytes(_grading_csv(split).encode())
+    return {"shape": list(IDRID_SHAPE), "part_a": {split: {i: list(t) for i, t in images.items()}
+                                                    for split, images in PROXYANO_IDRID_A.items()},
+            "lesion_pixels": lesion,
+            "part_b": {split: {i: {"grade": g, "macular_edema": m} for i, (g, m) in images.items()}
+                       for split, images in PROXYANO_IDRID_B.items()},
+            "grade0_train": [i for i, (g, _) in PROXYANO_IDRID_B["train"].items() if g == 0]}
+
+
+def write_proxyano_release(root: Path, *, seed: int = 0) -> dict:
+    """Write ProxyAno's miniature into ``root``: the two Kaggle brain sets (:func:`write_kaggle_brain_release`),
+    OCT2017 (:func:`write_oct2017_release`) and IDRiD (:func:`write_idrid_release`), each under its folder of
+    :data:`PROXYANO_DIRS`; every setup of :data:`PROXYANO_SETUPS` prepares from ``root`` itself
+    (:func:`proxyano_roots`). Returns the summary also written to ``root/miniature.json``."""
+    root = Path(root)
+    summary = {"release": "proxyano", "version": release_version("proxyano"), "seed": seed,
+               "folders": dict(PROXYANO_DIRS), "setup_roots": {sid: "." for sid in PROXYANO_SETUPS},
+               "brain": write_kaggle_brain_release(root, seed=seed), "oct2017": write_oct2017_release(root, seed=seed),
+               "idrid": write_idrid_release(root, seed=seed)}
+    (root / "miniature.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
 RELEASES: dict[str, Callable[[Path], dict]] = {"ra": write_ra_release, "phanes": write_phanes_release,
-                                              "itermask2": write_itermask2_release, "afsc": write_afsc_release}
+                                              "itermask2": write_itermask2_release, "afsc": write_afsc_release,
+                                              "proxyano": write_proxyano_release}
 
 
 def release_version(name: str) -> str:
     """The version in release ``name``'s folder name: ``MINIATURE_VERSION`` for ``ra``; ``phanes`` holds RA's files
     and its own, so ``<MINIATURE_VERSION>.<ATLAS_VERSION>``: a change to either rebuilds it."""
     return {"phanes": f"{MINIATURE_VERSION}.{ATLAS_VERSION}", "itermask2": str(BRATS_VERSION),
-            "afsc": str(AFSC_VERSION)}.get(name, str(MINIATURE_VERSION))
+            "afsc": str(AFSC_VERSION), "proxyano": str(PROXYANO_VERSION)}.get(name, str(MINIATURE_VERSION))
 
 
 def miniature_root(name: str, cache_dir: Path | None = None) -> Path:

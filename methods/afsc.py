@@ -17,9 +17,9 @@ from torch import nn
 from benchmark.contract import Method, MethodInfo, ScoreOutput, SliceBatch, Trainable, Variant, scoring
 from benchmark.device import autocast
 from benchmark.registry import register_method
-from benchmark.trainer import StepContext
+from benchmark.trainer import StepContext, milestone_schedules
 from methods.blocks.afscm import AFSCmConfig, AFSCmHost, with_afscm
-from methods.blocks.draem import DiscriminativeUNet, draem_lr_schedules
+from methods.blocks.draem import DiscriminativeUNet
 from methods.blocks.encdec import EncoderDecoder
 from methods.blocks.gan import lsgan_discriminator_loss, lsgan_generator_loss
 from methods.blocks.perlin import DraemAnomalies
@@ -106,7 +106,7 @@ class AFSC(AFSCmHost, Method, Trainable):
 
     def schedulers(self, optimizers: dict[str, torch.optim.Optimizer]) -> list:
         c = self.config
-        return draem_lr_schedules(optimizers, c.epochs, c.lr_milestones, c.lr_gamma)
+        return milestone_schedules(optimizers, c.epochs, c.lr_milestones, c.lr_gamma)
 
     def training_step(self, batch: SliceBatch, step: StepContext) -> dict[str, float]:
         clean = batch.image.float()

@@ -23,9 +23,9 @@ from torch import nn
 from benchmark.contract import Method, MethodInfo, ScoreOutput, SliceBatch, Trainable, Variant
 from benchmark.device import autocast
 from benchmark.registry import register_method
-from benchmark.trainer import StepContext
+from benchmark.trainer import StepContext, milestone_schedules
 from methods.blocks.afscm import AFSCmConfig, AFSCmHost, with_afscm
-from methods.blocks.draem import DiscriminativeUNet, draem_lr_schedules, focal_loss, ssim_loss
+from methods.blocks.draem import DiscriminativeUNet, focal_loss, ssim_loss
 from methods.blocks.encdec import EncoderDecoder
 from methods.blocks.perlin import DraemAnomalies
 from methods.blocks.reconstruction import max_of_mean_filtered
@@ -126,7 +126,7 @@ class Draem(AFSCmHost, Method, Trainable):
 
     def schedulers(self, optimizers: dict[str, torch.optim.Optimizer]) -> list:
         c = self.config
-        return draem_lr_schedules(optimizers, c.epochs, c.lr_milestones, c.lr_gamma)
+        return milestone_schedules(optimizers, c.epochs, c.lr_milestones, c.lr_gamma)
 
     def segment(self, reconstruction: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Segmentation logits [B, 2, H, W] from concat(reconstruction, image) (DRAEM's order)."""

@@ -39,6 +39,10 @@ class TablePart:
     # config fields per method name this part's data needs (IterMask2's τ percentile 70 on ATLAS): part of the keys;
     # a value may be a function of the profile name (a paper's budget that only its paper profile should take)
     overrides: Mapping[str, Mapping[str, Any] | Callable[[str], Mapping[str, Any]]] = field(default_factory=dict)
+    # a part on another dataset than the table's (ProxyAno Table I: brain jpgs, OCT, fundus), with its own metric ids
+    # (image-level on the first two, pixel-level on the fundus); empty = the table's
+    dataset: str = ""
+    metrics: tuple[str, ...] = ()
 
     def skips(self, method: str, variant: str) -> bool:
         return method in self.skip_methods or f"{method}/{variant}" in self.skip_methods
@@ -80,6 +84,9 @@ class TableSpec:
 
     def __post_init__(self) -> None:
         validate(get_protocol(self.protocol), self.metrics)
+        for part in self.parts:
+            if part.metrics:
+                validate(get_protocol(self.protocol), part.metrics)
         if (self.store is None) == (not self.parts):
             raise ValueError(f"{self.table_id}: give either store or parts")
 
@@ -597,6 +604,134 @@ RA_IXI_DEV = register_table(TableSpec(
         _RA_SYNTH_NOTE.replace("the 30 normal test slices", "the 88 test slices"),
         "Metrics as in ra-table1a/1b; the paper's numbers (fastMRI+) are not shown beside these.",
     ),
+))
+
+
+# ----------------------------------------------------------------------------------------------------
+# ProxyAno (Zhou et al., IEEE TMI): brain MRI jpgs, OCT2017 and IDRiD at 256 px (protocols/proxyano.md)
+
+PROXYANO_BRAIN_NEEDS = ("one folder holding both Kaggle brain sets: <name>/{yes,no}/* (Brain MRI Images for Brain "
+                        "Tumor Detection) and <name>/{Training,Testing}/<class>/*.jpg (Brain Tumor Classification)")
+PROXYANO_OCT_NEEDS = "OCT2017 (Kermany): OCT2017/{train,test,val}/{NORMAL,CNV,DME,DRUSEN}/*.jpeg"
+PROXYANO_IDRID_NEEDS = "IDRiD: 'A. Segmentation/…' and 'B. Disease Grading/…' as released"
+PROXYANO_IMAGE_IDS = ("auroc|image", "acc|image|p75_train_normal", "f1|image|p75_train_normal")
+PROXYANO_PIXEL_IDS = ("auroc_pixel|pooled", "acc_pixel|pooled|paper_fixed", "f1_pixel|pooled|paper_fixed")
+PROXYANO_GAP_IDS = ("mean_score_normal|normal_minmax", "mean_score_abnormal|normal_minmax", "score_gap|normal_minmax")
+PROXYANO_PAPER_IDS = {"auroc": "auroc|image", "acc": "acc|image|p75_train_normal", "f1": "f1|image|p75_train_normal",
+                      "auroc_pixel": "auroc_pixel|pooled", "acc_pixel": "acc_pixel|pooled|paper_fixed",
+                      "f1_pixel": "f1_pixel|pooled|paper_fixed"}
+PROXYANO_FINAL = ("proxyano", "2xEncDec+SI+mem+rep+lat")
+PROXYANO_T1_ROWS = (("ae-proxy", ""), ("memae", ""), ("anogan", ""), ("f-anogan", ""), ("ganomaly", ""),
+                    ("sparse-gan", ""), ("pix2pix", ""), ("cycle-gan", ""), PROXYANO_FINAL)
+# Table II scores every model with eq. 13 through its own encoder (protocols/proxyano.md §2.4)
+PROXYANO_LATENT = {"ae-proxy": {"score_space": "latent"}, "f-anogan": {"image_score": "latent"},
+                   "ganomaly": {"image_score": "latent"}, "sparse-gan": {"image_score": "latent"}}
+
+
+def _proxyano_part(group: str, setup: str, needs: str, dataset: str, metrics: tuple[str, ...],
+                   overrides: Mapping[str, Any] | None = None) -> TablePart:
+    return TablePart(group, _setup_store(setup, "proxyano tables", needs, miniature="proxyano"), dataset=dataset,
+                     metrics=metrics, overrides=overrides or {})
+
+
+def _brain(group: str = "Brain MRI [28]") -> TablePart:
+    return _proxyano_part(group, "proxyano-brain", PROXYANO_BRAIN_NEEDS, "brain_mri_tumor", PROXYANO_IMAGE_IDS)
+
+
+def _oct(group: str = "Retinal OCT [54]", metrics: tuple[str, ...] = PROXYANO_IMAGE_IDS,
+         overrides: Mapping[str, Any] | None = None) -> TablePart:
+    return _proxyano_part(group, "proxyano-oct2017", PROXYANO_OCT_NEEDS, "oct2017", metrics, overrides)
+
+
+PROXYANO_NOTES = (
+    "Data (every row, 256 px grey in [0, 1], direct resize): brain = both Kaggle brain sets pooled, pHash "
+    "de-duplicated, 400 training normals (× n/598 with fewer), test = the other normals + as many tumour images "
+    "(split bt_default, a reconstruction: the paper's 500/500/500 cannot be built from the 598 normals that exist); "
+    "OCT2017 = the NORMAL scans of the official train split, test = the 1,000 official test images (Kaggle test ∪ "
+    "val); IDRiD = the grade-0 images of B's training set, test = all 81 part-A images (paper: 69), each cut into "
+    "3×3 tiles, masks = union of MA / HE / EX / SE (nearest resize).",
+    "Scores: each method's own image score (ProxyAno: eq. 13 latent distance; image-space rows ‖I − Î‖_F; the "
+    "baselines' native scores, baselines.md); ACC / F1 at the 75th-percentile element of the training normals' "
+    "scores (P-Net's rule, abnormal = positive: the paper's printed pairs fit no single threshold, "
+    "protocols/proxyano.md §2.2, so they are soft targets); fundus pixel AUROC over every pixel of every tile, "
+    "ACC / F1 at A_pix ≥ 0.5 over every pixel (raw; the paper's aggregation is unknown).",
+    "Smoke profile without --root: the layout-faithful miniature releases of datasets/miniature.py (synthetic "
+    "images in the real layouts), not real data.",
+)
+PROXYANO_NEEDS = f"{PROXYANO_BRAIN_NEEDS}; {PROXYANO_OCT_NEEDS}; {PROXYANO_IDRID_NEEDS} (each under the one root)"
+
+PROXYANO_TABLE1 = register_table(TableSpec(
+    table_id="proxyano-table1",
+    title="ProxyAno Table I — image-level detection (brain MRI, OCT) and fundus lesion localisation",
+    dataset="brain_mri_tumor", protocol="standard", methods=PROXYANO_T1_ROWS,
+    metrics=PROXYANO_IMAGE_IDS + PROXYANO_PIXEL_IDS,
+    parts=(_brain(), _oct(),
+           _proxyano_part("Retinal Fundus [55]", "proxyano-idrid", PROXYANO_IDRID_NEEDS, "idrid", PROXYANO_PIXEL_IDS)),
+    needs_root=PROXYANO_NEEDS, reference_method="proxyano", paper_metric_ids=PROXYANO_PAPER_IDS,
+    paper_rows={("ae-proxy", ""): ("ae", "")},
+    footnotes=PROXYANO_NOTES,
+))
+
+PROXYANO_TABLE2 = register_table(TableSpec(
+    table_id="proxyano-table2",
+    title="ProxyAno Table II — mean eq. 13 anomaly scores of normal and abnormal OCT test images",
+    dataset="oct2017", protocol="standard",
+    methods=(("ae-proxy", ""), ("f-anogan", ""), ("ganomaly", ""), ("sparse-gan", ""), ("proxyano", "2xEncDec+SI+lat"),
+             PROXYANO_FINAL),
+    metrics=PROXYANO_GAP_IDS, parts=(_oct("Anomaly Score", PROXYANO_GAP_IDS, PROXYANO_LATENT),),
+    needs_root=PROXYANO_OCT_NEEDS, reference_method="proxyano",
+    paper_rows={("ae-proxy", ""): ("ae", ""), ("proxyano", "2xEncDec+SI+lat"): ("proxyano", "2xEncDec+SI")},
+    footnotes=(PROXYANO_NOTES[0],
+               "Every score is eq. 13, ‖E(I) − E(Î)‖_F with the model's own encoder (ProxyAno: the PEM encoder; AE: "
+               "its encoder; f-AnoGAN: its izi_f encoder; GANomaly / Sparse-GAN: their first and second encoders), "
+               "min–max scaled by each model's normal test scores, then averaged (protocols/proxyano.md §2.4: the "
+               "paper does not say how it scaled). The same trained models as Table I.",
+               PROXYANO_NOTES[2]),
+))
+
+PROXYANO_TABLE3 = register_table(TableSpec(
+    table_id="proxyano-table3",
+    title="ProxyAno Table III — the choice of proxy (OCT, image-space score)",
+    dataset="oct2017", protocol="standard",
+    methods=(("ae-proxy", ""), *(("proxyano", f"proxy={k}") for k in
+                                  ("edge", "smooth", "smooth_patches", "edge+smooth", "edge+smooth_patches", "SI"))),
+    metrics=("auroc|image",), parts=(_oct("", ("auroc|image",)),),
+    needs_root=PROXYANO_OCT_NEEDS, reference_method="proxyano",
+    paper_rows={("ae-proxy", ""): ("ae", "proxy=none")},
+    footnotes=(PROXYANO_NOTES[0],
+               "Every row is 2×EncDec + proxy, no memory, no repair, scored by ‖I − Î‖_F (the Table IV definitions); "
+               "proxies: SLIC SI (800 segments, compactness 0.1 on [0, 1]), Canny σ 1, Gaussian 11×11 σ 2.5, 8×8 "
+               "mean patches, concatenations [edge, …] (proxyano.md §2.1, O9).", PROXYANO_NOTES[2]),
+))
+
+PROXYANO_TABLE4 = register_table(TableSpec(
+    table_id="proxyano-table4",
+    title="ProxyAno Table IV — ablations (OCT)",
+    dataset="oct2017", protocol="standard",
+    methods=(("ae-proxy", ""), ("memae", ""), ("proxyano", "EncDec+mem"), ("proxyano", "2xEncDec+SI"),
+             ("proxyano", "2xEncDec+SI+mem"), ("proxyano", "2xEncDec+SI+rep"), ("proxyano", "2xEncDec+SI+mem+rep"),
+             PROXYANO_FINAL),
+    metrics=("auroc|image",), parts=(_oct("", ("auroc|image",)),),
+    needs_root=PROXYANO_OCT_NEEDS, reference_method="proxyano",
+    paper_rows={("ae-proxy", ""): ("ae", "EncDec"), ("memae", ""): ("memae", "EncDec+mem*")},
+    footnotes=(PROXYANO_NOTES[0],
+               "Rows 1–7 score ‖I − Î‖_F, row 8 (+lat) eq. 13; mem = ProxyAno's nearest-item EMA memory, mem* = "
+               "MemAE's; rep = the repair losses on pseudo-abnormal proxies (eq. 11). MemAE is the model of Table I.",
+               PROXYANO_NOTES[2]),
+))
+
+PROXYANO_TABLE5 = register_table(TableSpec(
+    table_id="proxyano-table5",
+    title="ProxyAno Table V — latent vs image-space anomaly score",
+    dataset="brain_mri_tumor", protocol="standard",
+    methods=(("proxyano", "2xEncDec+SI+mem+rep"), PROXYANO_FINAL),
+    metrics=("auroc|image",),
+    parts=(_proxyano_part("Brain MRI", "proxyano-brain", PROXYANO_BRAIN_NEEDS, "brain_mri_tumor", ("auroc|image",)),
+           _oct("Retinal OCT", ("auroc|image",))),
+    needs_root=f"{PROXYANO_BRAIN_NEEDS}; {PROXYANO_OCT_NEEDS}", reference_method="proxyano",
+    footnotes=(PROXYANO_NOTES[0],
+               "Both rows are the final model's weights (Table I): image space = ‖I − Î‖_F, latent = eq. 13.",
+               PROXYANO_NOTES[2]),
 ))
 
 

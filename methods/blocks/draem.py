@@ -110,11 +110,3 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 
 def ssim_loss(a: torch.Tensor, b: torch.Tensor, window: int = 11) -> torch.Tensor:
     """1 − mean SSIM (DRAEM's ``SSIM`` loss, called as ssim(reconstruction, target))."""
     return 1.0 - ssim_map(a, b, window).mean()
-
-
-def draem_lr_schedules(optimizers: dict[str, torch.optim.Optimizer], epochs: int, fractions: tuple[float, ...],
-                       gamma: float) -> list[torch.optim.lr_scheduler.MultiStepLR]:
-    """DRAEM's schedule (train_DRAEM.py), also AFSC's: lr × ``gamma`` at each fraction of the epoch budget (0.8, 0.9),
-    one MultiStepLR per optimiser, stepped per epoch."""
-    milestones = sorted({max(1, int(f * epochs)) for f in fractions})
-    return [torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=gamma) for opt in optimizers.values()]
