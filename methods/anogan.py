@@ -13,7 +13,6 @@ in the reference code); the stores are [0, 1], mapped in and out here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import torch
@@ -25,7 +24,8 @@ from benchmark.device import autocast
 from benchmark.registry import register_method
 from benchmark.trainer import StepContext, frozen
 from methods.blocks.dcgan import LEAKY_02, DCGANDecoder, DCGANEncoder, fit_widths, stage_count
-from methods.blocks.gan import bce_discriminator_loss, bce_generator_loss, feature_matching_loss, init_normal_
+from methods.blocks.gan import (bce_discriminator_loss, bce_generator_loss, dcgan_optimizers, feature_matching_loss,
+                                init_normal_)
 from methods.blocks.noise import slice_generators
 from methods.blocks.reconstruction import residual_output
 
@@ -153,9 +153,7 @@ class AnoGAN(Method, Trainable):
 
     # -- training --------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        c = self.config
-        adam = partial(torch.optim.Adam, lr=c.lr, betas=(c.beta1, 0.999))
-        return {"g": adam(self.generator.parameters()), "d": adam(self.discriminator.parameters())}
+        return dcgan_optimizers(self.generator, self.discriminator, self.config.lr, self.config.beta1)
 
     def training_step(self, batch: SliceBatch, step: StepContext) -> dict[str, float]:
         """One D update on real vs G(z), then ``g_steps`` G updates on the same z (reference order)."""

@@ -16,6 +16,7 @@ from benchmark.models import model_spec
 from benchmark.profiles import configure, get_profile
 from benchmark.trainer import StepContext, Trainer
 from methods.anogan import AnoGAN, AnoGANConfig, from_tanh, to_tanh
+from tests.behaviour import before_and_after_training
 
 SMOKE = dict(configure(AnoGAN, get_profile("smoke")).to_dict())
 
@@ -207,21 +208,10 @@ def test_training_makes_g_reconstruct_healthy_slices(tmp_path_factory):
     about |x − 0.5|, which is smallest at the T1 lesions (0.22–0.55). Measured over seeds 0–2 (30 epochs, batch 8):
     healthy error 0.355 → 0.158–0.163 (× 0.44–0.46), pixel AUROC 0.07 → 0.50–0.62.
     """
-    from sklearn.metrics import roc_auc_score
-
     phantom = pytest.importorskip("datasets.phantom")
     store = phantom.phantom_store("smoke", modality="t1", size=32, cache_dir=tmp_path_factory.mktemp("phantom"))
     torch.manual_seed(0)
     m = AnoGAN(AnoGANConfig(widths=(16, 32, 64), z_dim=32, epochs=30, batch_size=8, search_steps=20,
                             search_lr=1e-2), data=DataSpec.of(store))
-    batch = store.split("test").batch()
-    healthy, lesions = batch.label == 0, batch.lesion_mask.flatten().numpy()
-
-    def evaluate() -> tuple[float, float]:
-        amap = m.score(batch).anomaly_map
-        return float(amap[healthy].mean()), float(roc_auc_score(lesions, amap.flatten().numpy()))
-
-    before, auroc_before = evaluate()
-    Trainer(seed=0, progress=False).fit(m, store.split("train", label=0))
-    after, auroc_after = evaluate()
+    (before, auroc_before), (after, auroc_after) = before_and_after_training(m, store)
     assert after <= 0.6 * before and auroc_after - auroc_before >= 0.3, (before, after, auroc_before, auroc_after)

@@ -8,7 +8,6 @@ Tiny configs (32 px, widths 4–8) keep each test at seconds on a CPU; the contr
 
 from __future__ import annotations
 
-import copy
 import math
 from collections import Counter
 

@@ -13,12 +13,13 @@ import torch
 
 from benchmark.contract import DataSpec, SliceBatch
 from benchmark.profiles import configure, get_profile
-from benchmark.trainer import StepContext, Trainer
+from benchmark.trainer import StepContext
 from methods.blocks.memory import EMAMemory
 from methods.blocks.proxies import (PROXY_KINDS, ProxySettings, ProxyTable, cached_proxies, compute_proxy,
                                     paste_patches, proxy_cache_file, proxy_channels, smooth_patches,
                                     superpixel_image)
 from methods.proxyano import AEProxy, MemAE, ProxyAno
+from tests.behaviour import before_and_after_training
 
 
 def smoke(cls=ProxyAno, variant: str = "", size: int = 128, **changes):
@@ -226,22 +227,11 @@ def test_training_reconstructs_healthy_slices(tmp_path_factory):
 
     Bar: mean |I − Î| over the healthy test slices ≤ 0.5 × the untrained model's, and pooled pixel AUROC ≥ 0.6.
     The untrained model cannot: its linear heads output ≈ a constant, so |I − Î| is about |I − c| everywhere."""
-    from sklearn.metrics import roc_auc_score
-
     phantom = pytest.importorskip("datasets.phantom")
     store = phantom.phantom_store("smoke", modality="t1", size=64, cache_dir=tmp_path_factory.mktemp("phantom"))
     torch.manual_seed(0)
     cfg = configure(ProxyAno, get_profile("smoke"), base_width=8, latent_channels=16, memory_items=32,
                     disc_width=8, epochs=20, slic_segments=100)
     m = ProxyAno(cfg, data=DataSpec.of(store))
-    batch = store.split("test").batch()
-    healthy, lesions = batch.label == 0, batch.lesion_mask.flatten().numpy()
-
-    def evaluate() -> tuple[float, float]:
-        amap = m.score(batch).anomaly_map
-        return float(amap[healthy].mean()), float(roc_auc_score(lesions, amap.flatten().numpy()))
-
-    before, _ = evaluate()
-    Trainer(seed=0, progress=False).fit(m, store.split("train", label=0), store.split("val"))
-    after, auroc = evaluate()
+    (before, _), (after, auroc) = before_and_after_training(m, store, val=True)
     assert after <= 0.5 * before and auroc >= 0.6, (before, after, auroc)

@@ -44,6 +44,17 @@ def init_normal_(module: nn.Module, std: float = 0.02) -> nn.Module:
 # ---------------------------------------------------------------------------------------------------- losses
 
 
+def dcgan_optimizers(generator: nn.Module | Sequence[nn.Module], discriminator: nn.Module | Sequence[nn.Module],
+                     lr: float, beta1: float) -> dict[str, torch.optim.Optimizer]:
+    """{"g", "d"}: the DCGAN-family Adam pair (lr, betas (β1, 0.999)) of AnoGAN, GANomaly, Sparse-GAN, pix2pix and
+    CycleGAN (a list of networks shares one optimiser, as CycleGAN's two generators do)."""
+    def params(nets: nn.Module | Sequence[nn.Module]) -> list[nn.Parameter]:
+        return [p for n in ([nets] if isinstance(nets, nn.Module) else nets) for p in n.parameters()]
+
+    return {"g": torch.optim.Adam(params(generator), lr=lr, betas=(beta1, 0.999)),
+            "d": torch.optim.Adam(params(discriminator), lr=lr, betas=(beta1, 0.999))}
+
+
 def _full(x: torch.Tensor, value: float) -> torch.Tensor:
     return torch.full_like(x, value)
 
