@@ -150,7 +150,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
         print(f"{args.table_id}: no finished run in {Path(args.store) / args.profile}", file=sys.stderr)
         return 2
     chosen = [(m, v) for m, v in spec.methods if not args.methods or m in args.methods]
-    out = render_from_rows(spec, rows, subjects, chosen, Path(args.out) / args.profile, args.profile)
+    out = render_from_rows(spec, rows, subjects, chosen, Path(args.out) / args.profile, args.profile, args.parts)
     print(Path(out["md"]).read_text())
     print("written: " + ", ".join(str(p) for p in out.values()))
     return 0

@@ -245,14 +245,16 @@ def run_table(table_id: str, *, profile: str = "default", store: str | Path = "r
     result.rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if render and not result.rows.empty:
         subjects = pd.concat([run_store.read_subjects(k) for k in keys], ignore_index=True)
-        result.outputs = render_from_rows(spec_table, result.rows, subjects, chosen, Path(out) / profile, profile)
+        result.outputs = render_from_rows(spec_table, result.rows, subjects, chosen, Path(out) / profile, profile,
+                                          parts)
     return result
 
 
 def render_from_rows(spec_table, rows: pd.DataFrame, subjects: pd.DataFrame, chosen, out_dir: Path,
-                     profile: str) -> dict[str, Path]:
+                     profile: str, parts: list[str] | None = None) -> dict[str, Path]:
     """Markdown / LaTeX / CSV of a table's rows, with the paper's numbers beside ours where the paper
-    printed this table, the paired tests and every footnote (metric ids, deviations)."""
+    printed this table, the paired tests and every footnote (metric ids, deviations). ``parts``: only those column
+    groups were run, so only their paper columns are shown."""
     from protocols.render import load_paper, render_table
     from protocols.tables import PAPER_TABLES_CSV
 
@@ -260,6 +262,13 @@ def render_from_rows(spec_table, rows: pd.DataFrame, subjects: pd.DataFrame, cho
     notes += [f"{part.column_group or 'All columns'}: no `{m}` ({why})." for part in spec_table.all_parts
               for m, why in part.skip_methods.items() if m.split("/")[0] in {m for m, _ in chosen}]
     paper = load_paper(PAPER_TABLES_CSV) if PAPER_TABLES_CSV.is_file() else None
+    if paper is not None and parts:
+        shown = [(p.dataset or spec_table.dataset, p.column_group) for p in selected_parts(spec_table, parts)]
+        group = paper["column_group"].fillna("").astype(str)
+        keep = pd.Series(False, index=paper.index)
+        for dataset, column_group in shown:
+            keep |= (paper["dataset"] == dataset) & group.str.startswith(column_group)
+        paper = paper[keep | (paper["table_id"] != spec_table.table_id)]
     if paper is not None and spec_table.paper_rows:
         paper = paper.copy()
         variant = paper["variant"].fillna("").astype(str)

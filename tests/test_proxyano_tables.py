@@ -11,7 +11,7 @@ from benchmark.errors import PhbenchError
 from benchmark.registry import get_table
 from benchmark.runner import selected_parts
 from protocols.tables import PAPER_TABLES_CSV
-from tests.table_runs import assert_smoke_references_guard, run_smoke_tables, table_rows as _rows
+from tests.table_runs import REPO, assert_smoke_references_guard, run_smoke_tables, table_rows as _rows
 
 TABLES = ("proxyano-table1", "proxyano-table2", "proxyano-table3", "proxyano-table4", "proxyano-table5")
 
@@ -95,3 +95,21 @@ def test_table_two_scores_every_row_in_latent_space(runs):
 
 def test_stored_smoke_references_guard_the_tables(runs):
     assert_smoke_references_guard(runs[0], TABLES)
+
+
+def test_a_part_run_renders_only_its_paper_columns(tmp_path):
+    """A run of the brain column (results/real: the real Kaggle sets) rendered with --parts shows the paper's brain
+    numbers and none of the OCT / fundus columns it did not run; without --parts those columns are shown empty."""
+    from benchmark.runner import render_from_rows
+    from protocols.stats import as_text
+
+    rows = pd.read_csv(REPO / "results" / "real" / "proxyano-table1-brain.csv", keep_default_na=False,
+                       dtype={"variant": str, "column_group": str})
+    rows["variant"] = as_text(rows["variant"])
+    spec = get_table("proxyano-table1")
+    chosen = list(spec.methods)
+    brain = render_from_rows(spec, rows, pd.DataFrame(), chosen, tmp_path / "brain", "default", ["brain"])
+    md = brain["md"].read_text()
+    assert "(paper 0.853" in md and "Retinal OCT" not in md and "Fundus" not in md
+    full = render_from_rows(spec, rows, pd.DataFrame(), chosen, tmp_path / "all", "default")["md"].read_text()
+    assert "Retinal OCT" in full
