@@ -37,7 +37,7 @@ import dataclasses
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -391,6 +391,14 @@ class Method(ABC):
 
     def calibrate(self, val: "SliceSource") -> None:
         """Fit scalars on healthy validation slices (thresholds etc.) into ``self.calibration``. Default: none."""
+
+    def check_choices(self, **allowed: Sequence[Any]) -> None:
+        """Raise one clear ValueError for the first named config field whose value is not among its choices, e.g.
+        ``self.check_choices(image_score=("native", "latent"))`` in ``__init__``."""
+        for field_name, choices in allowed.items():
+            value = getattr(self.config, field_name)
+            if value not in choices:
+                raise ValueError(f"{self.name}: {field_name} must be one of {tuple(choices)}, got {value!r}")
 
     def check_slices(self, slices: Any) -> None:
         """Raise when a slice set's size or channels differ from the ``DataSpec`` this method was built for."""

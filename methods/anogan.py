@@ -140,8 +140,7 @@ class AnoGAN(Method, Trainable):
     def __init__(self, config: AnoGANConfig | None = None, **kw: Any):
         super().__init__(config, **kw)
         c = self.config
-        if c.feature_norm not in FEATURE_NORMS:
-            raise ValueError(f"{self.name}: feature_norm must be one of {FEATURE_NORMS}, got {c.feature_norm!r}")
+        self.check_choices(feature_norm=FEATURE_NORMS)
         if c.search_steps < 0 or c.g_steps < 1:
             raise ValueError(f"{self.name}: search_steps must be ≥ 0 and g_steps ≥ 1, got {c.search_steps}, "
                              f"{c.g_steps}")

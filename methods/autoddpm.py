@@ -143,10 +143,7 @@ class AutoDDPM(Method):
     def __init__(self, config: AutoDDPMConfig | None = None, **kw: Any):
         super().__init__(config, **kw)
         c = self.config
-        if c.input_range not in INPUT_RANGES:
-            raise ValueError(f"autoddpm: input_range must be one of {INPUT_RANGES}, got {c.input_range!r}")
-        if c.threshold_rule not in THRESHOLD_RULES:
-            raise ValueError(f"autoddpm: threshold_rule must be one of {THRESHOLD_RULES}, got {c.threshold_rule!r}")
+        self.check_choices(input_range=INPUT_RANGES, threshold_rule=THRESHOLD_RULES)
         if c.resample_steps < 1:
             raise ValueError(f"autoddpm: resample_steps must be ≥ 1, got {c.resample_steps}")
         if "ddpm" in self.upstream:

@@ -107,8 +107,7 @@ class CycleGAN(Method, Trainable):
     def __init__(self, config: CycleGANConfig | None = None, **kw: Any):
         super().__init__(config, **kw)
         c = self.config
-        if c.image_score not in IMAGE_SCORES:
-            raise ValueError(f"{self.name}: image_score must be one of {IMAGE_SCORES}, got {c.image_score!r}")
+        self.check_choices(image_score=IMAGE_SCORES)
         if not 0 <= c.decay_epochs <= c.epochs:
             raise ValueError(f"{self.name}: decay_epochs must be in [0, epochs = {c.epochs}], got {c.decay_epochs}")
         if min(c.lambda_a, c.lambda_b, c.lambda_identity) < 0 or c.pool_size < 0:

@@ -151,10 +151,7 @@ class DAE(Method, Trainable):
     def __init__(self, config: DAEConfig | None = None, **kw: Any):
         super().__init__(config, **kw)
         c = self.config
-        for field_name, value, allowed in (("noise_sign", c.noise_sign, COARSE_SIGNS), ("loss", c.loss, LOSSES),
-                                           ("foreground", c.foreground, FOREGROUNDS)):
-            if value not in allowed:
-                raise ValueError(f"dae: {field_name} must be one of {allowed}, got {value!r}")
+        self.check_choices(noise_sign=COARSE_SIGNS, loss=LOSSES, foreground=FOREGROUNDS)
         multiple = 2 ** (c.depth - 1)
         if self.data.image_size % multiple:
             raise ValueError(f"dae: image size {self.data.image_size} is not a multiple of {multiple} (depth {c.depth})")

@@ -178,8 +178,7 @@ class DDPM(Method, Trainable):
         if self.data.image_size % multiple:
             raise ValueError(f"{self.name}: image size {self.data.image_size} is not a multiple of {multiple} "
                              f"({len(c.channel_mult)} levels)")
-        if c.input_range not in INPUT_RANGES:
-            raise ValueError(f"{self.name}: input_range must be one of {INPUT_RANGES}, got {c.input_range!r}")
+        self.check_choices(input_range=INPUT_RANGES)
         self.check_chain("t_ad", c.t_ad, "score_steps", c.score_steps)
         attention_ds = tuple(2**i for i, on in enumerate(c.attention_levels) if on)
         ch = self.data.channels

@@ -129,8 +129,7 @@ class FAnoGAN(Method, Trainable):
     def __init__(self, config: FAnoGANConfig | None = None, **kw: Any):
         super().__init__(config, **kw)
         c = self.config
-        if c.image_score not in IMAGE_SCORES:
-            raise ValueError(f"{self.name}: image_score must be one of {IMAGE_SCORES}, got {c.image_score!r}")
+        self.check_choices(image_score=IMAGE_SCORES)
         if c.critic_iters < 1 or c.dim < 1 or c.z_dim < 1:
             raise ValueError(f"{self.name}: critic_iters, dim and z_dim must be ≥ 1, got {c.critic_iters}, {c.dim}, "
                              f"{c.z_dim}")

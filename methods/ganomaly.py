@@ -110,8 +110,7 @@ class EncoderDecoderEncoderGAN(Method, Trainable):
 
     def check_config(self) -> None:
         c = self.config
-        if c.image_score not in IMAGE_SCORES:
-            raise ValueError(f"{self.name}: image_score must be one of {IMAGE_SCORES}, got {c.image_score!r}")
+        self.check_choices(image_score=IMAGE_SCORES)
         if min(c.nz, c.ngf, c.ndf) < 1 or (c.max_mult is not None and c.max_mult < 1):
             raise ValueError(f"{self.name}: nz, ngf, ndf and max_mult must be ≥ 1, got {c.nz}, {c.ngf}, {c.ndf}, "
                              f"{c.max_mult}")

@@ -248,11 +248,7 @@ class Phanes(Method, Trainable):
     def __init__(self, config: PhanesConfig | None = None, **kw: Any):
         super().__init__(config, **kw)
         c, ch, size = self.config, self.data.channels, self.data.image_size
-        for field, allowed, value in (("mask_lpips", MASK_LPIPS, c.mask_lpips),
-                                      ("train_mask_lpips", MASK_LPIPS, c.train_mask_lpips),
-                                      ("threshold_rule", THRESHOLD_RULES, c.threshold_rule)):
-            if value not in allowed:
-                raise ValueError(f"phanes: {field} must be one of {allowed}, got {value!r}")
+        self.check_choices(mask_lpips=MASK_LPIPS, train_mask_lpips=MASK_LPIPS, threshold_rule=THRESHOLD_RULES)
         self.generator = AOTGenerator(ch + 1, ch, c.gen_widths, c.aot_blocks, c.aot_rates).to(self.device)
         self.generator.check_size(size)
         self.discriminator = SMPatchDiscriminator(ch, c.disc_widths).to(self.device)

@@ -101,10 +101,8 @@ class Pix2Pix(Method, Trainable):
     def __init__(self, config: Pix2PixConfig | None = None, **kw: Any):
         super().__init__(config, **kw)
         c = self.config
-        if c.image_score not in IMAGE_SCORES:
-            raise ValueError(f"{self.name}: image_score must be one of {IMAGE_SCORES}, got {c.image_score!r}")
-        if c.test_norm not in TEST_NORMS:
-            raise ValueError(f"{self.name}: test_norm must be one of {TEST_NORMS}, got {c.test_norm!r}")
+        self.check_choices(image_score=IMAGE_SCORES)
+        self.check_choices(test_norm=TEST_NORMS)
         if not 0 <= c.decay_epochs <= c.epochs:
             raise ValueError(f"{self.name}: decay_epochs must be in [0, epochs = {c.epochs}], got {c.decay_epochs}")
         if c.lambda_l1 < 0:

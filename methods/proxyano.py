@@ -211,12 +211,8 @@ class ProxyAno(Method, Trainable):
     def __init__(self, config: ProxyAnoConfig | None = None, **kw: Any):
         super().__init__(config, **kw)
         c = self.config
-        for field_name, value, allowed in (("proxy", c.proxy, (*PROXY_KINDS, "none")), ("memory", c.memory, MEMORIES),
-                                           ("score_space", c.score_space, SCORE_SPACES),
-                                           ("local_loss", c.local_loss, LOCAL_LOSSES),
-                                           ("output_activation", c.output_activation, OUTPUT_ACTIVATIONS)):
-            if value not in allowed:
-                raise ValueError(f"{self.name}: {field_name} must be one of {allowed}, got {value!r}")
+        self.check_choices(proxy=(*PROXY_KINDS, "none"), memory=MEMORIES, score_space=SCORE_SPACES,
+                           local_loss=LOCAL_LOSSES, output_activation=OUTPUT_ACTIVATIONS)
         if not 0 < c.papc_min_frac <= c.papc_max_frac <= 1:
             raise ValueError(f"{self.name}: need 0 < papc_min_frac ≤ papc_max_frac ≤ 1, got {c.papc_min_frac}, "
                              f"{c.papc_max_frac}")
