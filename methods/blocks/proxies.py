@@ -184,8 +184,9 @@ class ProxyTable:
 
     def __call__(self, index: torch.Tensor) -> torch.Tensor:
         idx = index.to(self.position.device).long()
-        pos = torch.where(idx < len(self.position), self.position[idx.clamp(max=max(len(self.position) - 1, 0))],
-                          torch.full_like(idx, -1))
+        pos = torch.full_like(idx, -1)
+        known = idx < len(self.position)
+        pos[known] = self.position[idx[known]]
         if bool((pos < 0).any()):
             missing = idx[pos < 0][:5].tolist()
             raise KeyError(f"no proxy for slice rows {missing}: proxies exist only for the slice sets given to "
