@@ -471,6 +471,23 @@ def _pixel_acc_f1_fixed(ctx: MetricContext, which: str, t: float | None = None) 
     return Estimate(on(np.arange(ctx.n)), on, f"fixed threshold: map ≥ {t:g} is predicted lesion")
 
 
+def _pixel_acc_f1_balanced(ctx: MetricContext, which: str) -> Estimate:
+    """ProxyAno fundus, balanced variant (:func:`protocols.metrics.balanced_pixel_counts`): pooled over the images
+    of a resample."""
+    _need_lesion(ctx)
+    t = T.paper_fixed("proxyano:pixel")
+    counts = ctx.cached("balanced_counts", lambda: M.balanced_pixel_counts(ctx.test.maps, ctx.gt, t).numpy())
+
+    def on(i: np.ndarray) -> float:
+        tp, fp, fn, tn = counts[i].sum(0)
+        n = tp + fp + fn + tn
+        if which == "acc":
+            return float((tp + tn) / n) if n else math.nan
+        return float(2 * tp / (2 * tp + fp + fn)) if (2 * tp + fp + fn) else math.nan
+    return Estimate(on(np.arange(ctx.n)), on, f"per-image min-max maps ≥ {t:g}; each image's lesion pixels + as many "
+                    "random normal pixels (seeded per image)")
+
+
 def _per_image_ap(ctx: MetricContext) -> Estimate:
     _need_lesion(ctx)
     ap = ctx.cached("per_image_ap", lambda: M.per_image_pixel_ap(ctx.test.maps, ctx.test.lesion))
@@ -707,6 +724,8 @@ METRIC_BUILDERS: dict[str, MetricBuilder] = {
     "ap_pixel|per_image": _per_image_ap,
     "acc_pixel|pooled|paper_fixed": lambda c: _pixel_acc_f1_fixed(c, "acc"),
     "f1_pixel|pooled|paper_fixed": lambda c: _pixel_acc_f1_fixed(c, "f1"),
+    "acc_pixel_bal|pooled|paper_fixed": lambda c: _pixel_acc_f1_balanced(c, "acc"),
+    "f1_pixel_bal|pooled|paper_fixed": lambda c: _pixel_acc_f1_balanced(c, "f1"),
     "dice|fpr@5%_healthy_brain": lambda c: _dice_calibrated(c, "brain"),
     "dice|fpr@5%_healthy_image": lambda c: _dice_calibrated(c, "image"),
     "dice|per_image|fpr@5%_healthy_brain": lambda c: _dice_calibrated(c, "brain", per_image=True),

@@ -45,7 +45,8 @@ __all__ = [
     "itermask2_normalise", "itermask2_global_dice", "itermask2_scores", "mean_dice_at", "itermask2_code_metrics",
     "itermask2_dice_code", "itermask2_prediction",
     "sensitivity_precision_per_image", "size_stratified_dice", "SIZE_BINS", "ssim_normal", "ssim_ra_code",
-    "image_acc_f1", "pixel_acc_f1", "fpr_at_tpr_ra_code", "mean_score_gap", "masked_mse", "masked_lpips",
+    "image_acc_f1", "pixel_acc_f1", "balanced_pixel_counts", "fpr_at_tpr_ra_code", "mean_score_gap", "masked_mse",
+    "masked_lpips",
     "PHANES_DICE_EPS", "phanes_code_dice_terms", "phanes_code_dice", "phanes_code_grid", "phanes_code_best_dice",
     "per_image_ap_phanes_code", "lesion_gt1px", "masked_mse_phanes_code", "ssim_inside_mask_phanes_code",
     "l1_clamped_phanes_code",
@@ -931,6 +932,32 @@ def pixel_acc_f1(maps: Any, masks: Any, threshold: float = 0.5, valid: Any = Non
     return image_acc_f1(s, y, threshold)
 
 
+def balanced_pixel_counts(maps: Any, masks: Any, threshold: float = 0.5, seed: int = 0) -> torch.Tensor:
+    """Per-image (tp, fp, fn, tn) of ProxyAno's balanced pixel variant (protocols/proxyano.md §2.3, an assumption:
+    the paper's fundus ACC/F1 look balanced). Each map is min–max scaled to [0, 1] on its own (a constant map is 0
+    everywhere: nothing predicted); each image contributes all its lesion pixels and as many non-lesion pixels,
+    drawn without replacement by ``numpy.random.default_rng([seed, i])`` (every non-lesion pixel when there are
+    fewer); an image without lesion contributes none. Pixels are abnormal iff scaled map ≥ ``threshold``.
+    Returns an [N, 4] float64 tensor, so a resample of images pools its counts."""
+    m, g = _pair_images(maps, masks)
+    out = torch.zeros((m.shape[0], 4), dtype=torch.float64)
+    for i in range(m.shape[0]):
+        y = g[i].reshape(-1).cpu().numpy()
+        n_pos = int(y.sum())
+        if n_pos == 0:
+            continue
+        v = m[i].reshape(-1).to(torch.float64).cpu().numpy()
+        lo, hi = float(v.min()), float(v.max())
+        scaled = (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
+        neg = np.flatnonzero(~y)
+        if len(neg) > n_pos:
+            neg = np.sort(np.random.default_rng([seed, i]).choice(neg, size=n_pos, replace=False))
+        pred_pos, pred_neg = scaled[y] >= threshold, scaled[neg] >= threshold
+        out[i] = torch.tensor([pred_pos.sum(), pred_neg.sum(), (~pred_pos).sum(), (~pred_neg).sum()],
+                              dtype=torch.float64)
+    return out
+
+
 def mean_score_gap(scores: Any, labels: Any, *, norm: str = "normal_minmax") -> dict[str, float]:
     """ProxyAno Table II: mean score of normal and abnormal test images and their gap (abnormal − normal).
 
@@ -1287,6 +1314,10 @@ _SPECS = [
        fn="image_acc_f1"),
     _m("acc_pixel|pooled|paper_fixed", "pixel ACC over all pixels at A_pix ≥ 0.5 (ProxyAno fundus)", fn="pixel_acc_f1"),
     _m("f1_pixel|pooled|paper_fixed", "pixel F1 (lesion positive) at A_pix ≥ 0.5", fn="pixel_acc_f1"),
+    _m("acc_pixel_bal|pooled|paper_fixed", "pixel ACC at 0.5 of per-image min-max maps, lesion pixels + as many "
+       "random normal ones per image (ProxyAno fundus, balanced variant)", fn="balanced_pixel_counts"),
+    _m("f1_pixel_bal|pooled|paper_fixed", "pixel F1 (lesion positive) of the balanced variant",
+       fn="balanced_pixel_counts"),
     _m("mean_score_normal|normal_minmax", "mean eq.-13 score of normal test images, min-max by normal scores",
        hib=False, fn="mean_score_gap"),
     _m("mean_score_abnormal|normal_minmax", "mean eq.-13 score of abnormal test images, min-max by normal scores",

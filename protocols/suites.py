@@ -116,12 +116,36 @@ def run_standard(method: Scorer | Method, test, val, metric_ids: Sequence[str], 
     train = options.get("train")  # scored only for ids whose threshold comes from the training normals
     needs_train = any("train_normal" in m for m in metric_ids)
     scored_train = collect(method, train, progress=progress) if needs_train and train is not None else None
-    ctx = MetricContext(scored, lambda: _score_val(method, val, progress), fpr=FPR, train=scored_train,
-                        per_image_oracle=options.get("variant", {}).get("threshold") == "per_image_best")
-    est = [(mid, "", build_estimate(ctx, mid)) for mid in metric_ids]
-    out = estimate_rows(ctx.subjects, est, n=ctx.n, n_boot=n_boot)
-    return Evaluation(out.rows, out.subject_rows, scored.wall_s, len(scored),
+    val_scores: list[ScoreSet | None] = []
+
+    def healthy_val() -> ScoreSet | None:  # scored once, shared by every pathology group's context
+        if not val_scores:
+            val_scores.append(_score_val(method, val, progress))
+        return val_scores[0]
+
+    rows, subject_rows = [], []
+    for group, subset in _pathology_groups(scored, bool(options.get("by_pathology"))):
+        ctx = MetricContext(subset, healthy_val, fpr=FPR, train=scored_train,
+                            per_image_oracle=options.get("variant", {}).get("threshold") == "per_image_best")
+        est = [(mid, group, build_estimate(ctx, mid)) for mid in metric_ids]
+        out = estimate_rows(ctx.subjects, est, n=ctx.n, n_boot=n_boot)
+        rows += out.rows
+        subject_rows += out.subject_rows
+    return Evaluation(rows, subject_rows, scored.wall_s, len(scored),
                       {"test_slices_per_s": len(scored) / scored.wall_s if scored.wall_s else None})
+
+
+def _pathology_groups(scored: ScoreSet, by_pathology: bool) -> list[tuple[str, ScoreSet]]:
+    """The whole test set (column group "all" when split), then, with ``by_pathology``, one group per pathology of
+    the test subjects: the healthy subjects' slices with that pathology's subjects' slices (so each group's image
+    AUROC is healthy vs that pathology, and its pixel metrics see that pathology's lesions only)."""
+    if not by_pathology:
+        return [("", scored)]
+    path = scored.manifest["pathology"].fillna("").astype(str).to_numpy()
+    healthy = path == "healthy"
+    if not healthy.any():
+        raise ValueError("by_pathology needs test subjects whose pathology is 'healthy' (the normal reference)")
+    return [("all", scored)] + [(p, scored.where(healthy | (path == p))) for p in dict.fromkeys(path[~healthy])]
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -80,6 +80,8 @@ class TableSpec:
     # our row (method, variant) → the paper's row whose numbers it sits beside, when the paper names it otherwise
     # (IterMask2 Table 2's plain "DAE" is the suite's dae/noise[0,+inf]); footnoted when rendered
     paper_rows: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    # config fields per method name for a single-store table (what TablePart.overrides is for a part): part of keys
+    overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -95,11 +97,19 @@ class TableSpec:
         if self.parts:
             return self.parts
         store = self.store
-        return (TablePart("", lambda profile, root, skip_bad=False, subset=False: store(profile)),)
+        return (TablePart("", lambda profile, root, skip_bad=False, subset=False: store(profile),
+                          overrides=self.overrides),)
 
     @property
     def protocol_id(self) -> str:
         return get_protocol(self.protocol).id
+
+
+# Methods whose paper works at 256 px, run on a 128-px table: what keeps their recipe's meaning at half the side
+# (ProxyAno: 800 SLIC segments at 256 px = 200 at 128 px, the same superpixel area). Footnoted in each table.
+AT_128_PX: dict[str, dict[str, Any]] = {"proxyano": {"slic_segments": 200}}
+AT_128_PX_NOTE = ("proxyano runs on the 128-px slices (its paper: 256 px) with 200 SLIC segments, the superpixel area "
+                  "of the paper's 800 at 256 px; its pseudo-abnormal patch sides scale with the image (8-64 px).")
 
 
 def _phantom_store(profile: str):
@@ -113,9 +123,11 @@ TABLE1 = register_table(TableSpec(
     title="Table 1 — MNI phantom (FLAIR, 128 px): tumour, stroke, MS-like lesions and atrophy",
     dataset="phantom-flair",
     protocol="standard",
-    methods=(("ae", ""), ("ra", ""), ("itermask2", ""), ("phanes", ""), ("afsc", ""), ("intensity", "")),
+    methods=(("ae", ""), ("ra", ""), ("itermask2", ""), ("phanes", ""), ("afsc", ""), ("proxyano", ""),
+             ("intensity", "")),
     metrics=CORE_METRIC_IDS,
     store=_phantom_store,
+    overrides=AT_128_PX,
     footnotes=(
         "Data: MNI ICBM152 2009a phantom generated from the nilearn templates (train/val healthy; test: healthy, "
         "tumour, stroke, MS-like, atrophy subjects); every brain slice of an axial slab, 98th-percentile normalised.",
@@ -123,6 +135,7 @@ TABLE1 = register_table(TableSpec(
         "dice: pooled Dice at the threshold giving 5 % false-positive brain pixels on the healthy validation "
         "slices, predicted inside the test brain (fpr@5%_healthy_brain); dice_oracle: best of 1000 thresholds "
         "chosen on the test set (oracle).",
+        AT_128_PX_NOTE,
     ),
 ))
 
@@ -144,7 +157,7 @@ def _table1_companion(table_id: str, title: str, protocol: str, metrics: tuple[s
     """A table that evaluates table1's trained models another way (same data, methods and runs' models)."""
     return register_table(TableSpec(
         table_id=table_id, title=title, dataset=TABLE1.dataset, protocol=protocol, methods=TABLE1.methods,
-        metrics=metrics, store=_phantom_store, options=options or {},
+        metrics=metrics, store=_phantom_store, options=options or {}, overrides=TABLE1.overrides,
         footnotes=(*footnotes, "Same trained models as table1 (nothing is retrained)."),
     ))
 
@@ -174,6 +187,16 @@ TABLE1_LOCALISATION = _table1_companion(
     "Boxes: one per 8-connected lesion component of each test slice; healthy tissue = brain outside every box of "
     "the slice. Global detection: normal test slices vs the slices of each pathology.",
     options={})
+
+
+TABLE1_PATHOLOGY = _table1_companion(
+    "table1-pathology", "Table 1 (per pathology) — the table1 runs on each lesion class of the phantom",
+    "standard", ("auroc|image", "auroc_pixel|pooled", "ap_pixel|pooled", "dice|fpr@5%_healthy_brain"),
+    TABLE1.footnotes[0],
+    "Column groups: all = table1's test set; each pathology = the healthy test subjects' slices with that "
+    "pathology's subjects' slices (image AUROC: healthy-subject slices without a finding vs that pathology's "
+    "abnormal slices). atrophy has no lesion mask (a global finding): its pixel columns are empty by design.",
+    options={"by_pathology": True})
 
 
 def _setup_store(setup_id: str, table_id: str, needs: str, miniature: str = "",
@@ -615,7 +638,8 @@ PROXYANO_BRAIN_NEEDS = ("one folder holding both Kaggle brain sets: <name>/{yes,
 PROXYANO_OCT_NEEDS = "OCT2017 (Kermany): OCT2017/{train,test,val}/{NORMAL,CNV,DME,DRUSEN}/*.jpeg"
 PROXYANO_IDRID_NEEDS = "IDRiD: 'A. Segmentation/…' and 'B. Disease Grading/…' as released"
 PROXYANO_IMAGE_IDS = ("auroc|image", "acc|image|p75_train_normal", "f1|image|p75_train_normal")
-PROXYANO_PIXEL_IDS = ("auroc_pixel|pooled", "acc_pixel|pooled|paper_fixed", "f1_pixel|pooled|paper_fixed")
+PROXYANO_PIXEL_IDS = ("auroc_pixel|pooled", "acc_pixel|pooled|paper_fixed", "f1_pixel|pooled|paper_fixed",
+                      "acc_pixel_bal|pooled|paper_fixed", "f1_pixel_bal|pooled|paper_fixed")
 PROXYANO_GAP_IDS = ("mean_score_normal|normal_minmax", "mean_score_abnormal|normal_minmax", "score_gap|normal_minmax")
 PROXYANO_PAPER_IDS = {"auroc": "auroc|image", "acc": "acc|image|p75_train_normal", "f1": "f1|image|p75_train_normal",
                       "auroc_pixel": "auroc_pixel|pooled", "acc_pixel": "acc_pixel|pooled|paper_fixed",
@@ -654,7 +678,9 @@ PROXYANO_NOTES = (
     "baselines' native scores, baselines.md); ACC / F1 at the 75th-percentile element of the training normals' "
     "scores (P-Net's rule, abnormal = positive: the paper's printed pairs fit no single threshold, "
     "protocols/proxyano.md §2.2, so they are soft targets); fundus pixel AUROC over every pixel of every tile, "
-    "ACC / F1 at A_pix ≥ 0.5 over every pixel (raw; the paper's aggregation is unknown).",
+    "ACC / F1 at A_pix ≥ 0.5 over every pixel (raw; the paper's aggregation is unknown, and its numbers sit beside "
+    "these); acc_pixel_bal / f1_pixel_bal: each tile's map min–max scaled, its lesion pixels + as many random "
+    "normal pixels, A_pix ≥ 0.5 (protocols/proxyano.md §2.3's balanced variant, an assumption).",
     "Smoke profile without --root: the layout-faithful miniature releases of datasets/miniature.py (synthetic "
     "images in the real layouts), not real data.",
 )
@@ -756,6 +782,7 @@ LGG_DEV = register_table(TableSpec(
     methods=TABLE1.methods + (("anoddpm", ""), ("patchcore", ""), ("ddpm", ""), ("autoddpm", ""), ("dae", "")),
     metrics=TABLE1.metrics,
     store=_lgg_store,
+    overrides=AT_128_PX,
     footnotes=(
         "Data: ../shared/data LGG kaggle_3m (every 3rd slice, 128 px); train = tumour-free slices of training "
         "patients, val = tumour-free slices of validation patients, test = held-out patients (tumour + tumour-free "

@@ -131,6 +131,29 @@ def test_pixel_acc_f1_one_class():
     assert math.isnan(f1_score(none.ravel(), np.zeros(none.size, bool), zero_division=np.nan))
 
 
+def test_balanced_pixel_counts_by_hand():
+    """ProxyAno's balanced fundus variant on a 2-image case small enough to count by hand."""
+    maps = np.zeros((3, 1, 2, 3))
+    gt = np.zeros((3, 1, 2, 3), bool)
+    maps[0, 0] = [[2.0, 4.0, 0.0], [1.0, 3.0, 4.0]]  # min-max → [[.5, 1, 0], [.25, .75, 1]]
+    gt[0, 0] = [[True, True, False], [False, False, False]]  # lesion: .5 (TP, ≥ 0.5), 1 (TP)
+    maps[1, 0] = 7.0  # constant map → 0 everywhere: nothing predicted
+    gt[1, 0, 0, 0] = True  # 1 lesion pixel (FN) + 1 of 5 normal pixels (TN)
+    maps[2, 0] = [[9.0, 0.0, 0.0], [0.0, 0.0, 0.0]]  # no lesion: contributes nothing
+    c = M.balanced_pixel_counts(maps, gt, 0.5, seed=0).numpy()
+    assert c.shape == (3, 4) and c[2].sum() == 0
+    np.testing.assert_array_equal(c[1], [0, 0, 1, 1])
+    assert c[0, 0] == 2 and c[0, 2] == 0 and c[0, 1] + c[0, 3] == 2  # both lesion pixels found, 2 normal drawn
+    normal0 = np.array([0.0, 0.25, 0.75, 1.0])  # image 0's normal pixels (scaled): two of them are ≥ 0.5
+    draws = [M.balanced_pixel_counts(maps, gt, 0.5, seed=s).numpy()[0, 1] for s in range(40)]
+    assert set(draws) == {0, 1, 2}  # the draw is random over the normal pixels ...
+    assert draws == [M.balanced_pixel_counts(maps, gt, 0.5, seed=s).numpy()[0, 1] for s in range(40)]  # ... seeded
+    assert abs(np.mean(draws) - 2 * (normal0 >= 0.5).mean()) < 0.35
+    full = np.ones((1, 1, 2, 2), bool)  # fewer normal pixels than lesion ones: every normal pixel (here none)
+    np.testing.assert_array_equal(M.balanced_pixel_counts(np.arange(4.0).reshape(1, 1, 2, 2), full).numpy(),
+                                  [[2, 0, 2, 0]])
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_image_acc_f1_equals_sklearn(seed):
     rng = np.random.default_rng(seed)

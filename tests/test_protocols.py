@@ -311,6 +311,27 @@ def test_afsc_score_per_image_ap_and_fixed_pixel_rules_match_references():
     assert by["f1_pixel|pooled|paper_fixed"]["value"] == pytest.approx(f1_score(y.ravel(), m.ravel() >= 0.5))
 
 
+def test_balanced_pixel_rows_match_sklearn_on_the_drawn_pixels():
+    from sklearn.metrics import accuracy_score, f1_score
+
+    test = _score_set()
+    by = _rows(test, None, ["acc_pixel_bal|pooled|paper_fixed", "f1_pixel_bal|pooled|paper_fixed"])
+    ys, ps = [], []
+    for i, (m, g) in enumerate(zip(test.maps.double().numpy(), test.lesion.numpy() > 0.5)):
+        m, g = m.ravel(), g.ravel()
+        if not g.any():
+            continue
+        m = (m - m.min()) / (m.max() - m.min())
+        neg = np.flatnonzero(~g)
+        neg = np.sort(np.random.default_rng([0, i]).choice(neg, size=min(len(neg), int(g.sum())), replace=False))
+        ys += [np.ones(int(g.sum()), bool), np.zeros(len(neg), bool)]
+        ps += [m[g] >= 0.5, m[neg] >= 0.5]
+    y, p = np.concatenate(ys), np.concatenate(ps)
+    assert y.mean() == pytest.approx(0.5)  # balanced by construction
+    assert by["acc_pixel_bal|pooled|paper_fixed"]["value"] == pytest.approx(accuracy_score(y, p), abs=1e-12)
+    assert by["f1_pixel_bal|pooled|paper_fixed"]["value"] == pytest.approx(f1_score(y, p), abs=1e-12)
+
+
 def test_box_rows_carry_the_id_of_the_computation_that_made_them(phantom):
     test, val = phantom.split("test"), phantom.split("val", label=0)
     ids = ("f1|per_box|fpr@5%_healthy_image", "f1|per_box|fpr@5%_healthy_image|ra_code",

@@ -119,3 +119,35 @@ def test_finished_runs_load_back_and_reproduce_their_rows(smoke_run):
     stored = res.rows[res.rows["method"] == "ae"].set_index("metric_id")["value"]
     for mid in ("auroc|image", "auroc_pixel|pooled", "ap_pixel|pooled"):
         assert abs(fresh[mid] - stored[mid]) < 1e-6, mid
+
+
+def test_pathology_companion_splits_the_test_set_by_lesion_class(smoke_run):
+    """table1-pathology: the 'all' group is table1's own numbers; each pathology group holds the healthy test
+    subjects' slices plus that pathology's, and its image AUROC is computed on exactly those slices."""
+    from sklearn.metrics import roc_auc_score
+
+    from benchmark.registry import get_table as table
+    from datasets.phantom import phantom_store
+
+    tmp, first = smoke_run
+    res = run_table("table1-pathology", profile="smoke", store=tmp / "runs", out=tmp / "out-path", progress=False,
+                    methods=["intensity"])
+    assert not res.failures and res.trained == [], (res.failures, res.trained)
+    rows = res.rows.set_index(["column_group", "metric_id"])
+    test = phantom_store("smoke", modality="flair").split("test")
+    pathologies = set(test.manifest["pathology"]) - {"healthy"}
+    assert set(res.rows["column_group"]) == {"all"} | pathologies and len(pathologies) >= 2
+    ours = first.rows[first.rows["method"] == "intensity"].set_index("metric_id")["value"]
+    for mid in table("table1-pathology").metrics:
+        assert rows.loc[("all", mid), "value"] == pytest.approx(ours[mid], nan_ok=True), mid
+    from benchmark.contract import DataSpec
+    from benchmark.registry import get_method
+    from protocols.evaluate import collect
+
+    scored = collect(get_method("intensity").build(device="cpu", data=DataSpec.of(test)), test, progress=False)
+    path = test.manifest["pathology"].to_numpy()
+    for p in pathologies:
+        keep = (path == "healthy") | (path == p)
+        assert rows.loc[(p, "auroc|image"), "n"] == keep.sum()
+        expected = roc_auc_score(scored.labels.numpy()[keep], scored.scores.numpy()[keep])
+        assert rows.loc[(p, "auroc|image"), "value"] == pytest.approx(expected, abs=1e-9), p
