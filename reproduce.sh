@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for users and CI: creates .venv on first use, installs phbench, runs what is asked.
 #   ./reproduce.sh table1 [--profile default|smoke|paper] [...]   render a table (main job)
+#   ./reproduce.sh all [--executor slurm|local] [...]             every runnable table that needs no --root
+#                                                                 (default profile) as sweep jobs (phbench sweep --all)
 #   ./reproduce.sh test [pytest args]                             run the test suite
 #   ./reproduce.sh <any phbench subcommand> ...                   e.g. list, check, data info
 set -euo pipefail
@@ -36,6 +38,8 @@ cmd="${1:-table1}"
 case "$cmd" in
     test)  # two workers (one torch thread each), one test file per worker: module fixtures are built once
         exec "$PY" -m pytest -q -n "${PHBENCH_TEST_WORKERS:-2}" --dist loadfile "$@" ;;
+    all)  # every table on the embedded data, as jobs: locally one at a time unless --executor slurm / --parallel N
+        exec "$PY" -m benchmark sweep --all "$@" ;;
     table)  # "table <id>" is the CLI verb itself; "table1", "lgg-table"... are table ids
         exec "$PY" -m benchmark "$cmd" "$@" ;;
     table*|*-table*)

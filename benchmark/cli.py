@@ -5,6 +5,7 @@
     phbench check [TABLE ...] [--profile smoke]    re-run tables and compare with results/<profile>/<table>.csv
     phbench render <table> [--profile default]     re-render a table from its finished runs
     phbench figure <table> [--profile default]     qualitative figure of the table's trained methods
+    phbench sweep TABLE... --executor slurm|local  tables as SLURM / local jobs (submitit); a rerun does what is missing
     phbench data info <dataset> --root DIR         counts per split/label + a preview PNG
     phbench data prepare <dataset> --root DIR      build the slice store ([--skip-bad] lists skipped subjects)
 """
@@ -167,6 +168,24 @@ def _cmd_figure(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from benchmark.sweep import JobOptions, Selection, embedded_tables, sweep
+
+    if bool(args.table_ids) == args.all:
+        raise PhbenchError("sweep: give table ids or --all (every runnable table that needs no --root), not both")
+    options = JobOptions.load(args.config, partition=args.partition, gpus=args.gpus, time=args.time,
+                              mem_gb=args.mem_gb, cpus=args.cpus, parallel=args.parallel,
+                              sbatch=tuple(args.sbatch or ()), setup=tuple(args.setup or ()))
+    selection = Selection(args.profile, args.methods, args.seeds, args.parts, args.root, args.skip_bad, args.subset)
+    res = sweep(embedded_tables() if args.all else args.table_ids, selection, executor=args.executor,
+                options=options, store=args.store, out=args.out, logs=args.logs, device=args.device,
+                dry_run=args.dry_run, keep_going=args.all)
+    if args.dry_run:
+        print("\n".join(res.plan.lines()))
+    print("\n".join(res.lines()))
+    return 0 if res.ok else 1
+
+
 def _cmd_data_info(args: argparse.Namespace) -> int:
     from datasets.info import data_info
 
@@ -239,6 +258,32 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--n", type=int, default=4, help="number of example slices (largest lesions, one per subject)")
     f.add_argument("--methods", nargs="+", default=None, help="only these methods")
     f.set_defaults(func=_cmd_figure)
+
+    w = sub.add_parser("sweep", help="run tables as SLURM or local jobs through submitit (reruns do what is missing)")
+    w.add_argument("table_ids", nargs="*", help="tables to run")
+    w.add_argument("--all", action="store_true", help="every runnable table that needs no --root")
+    run_opts(w, "default")
+    w.add_argument("--methods", nargs="+", default=None, help="only these methods")
+    w.add_argument("--parts", nargs="+", default=None, help="only these column groups (as for table)")
+    w.add_argument("--seeds", nargs="+", type=int, default=None, help="override the profile's seeds")
+    w.add_argument("--executor", choices=["slurm", "local"], default="local",
+                   help="slurm: sbatch job arrays; local: processes on this machine (default)")
+    w.add_argument("--dry-run", action="store_true", help="list the jobs (data stores are prepared) and stop")
+    w.add_argument("--logs", default=None, help="job logs folder (default: <store>/sweeps/<time>)")
+    w.add_argument("--config", default=None, help="TOML file of the job options below (README: cluster section)")
+    w.add_argument("--partition", default=None, help="SLURM partition")
+    w.add_argument("--gpus", type=int, default=None,
+                   help="GPUs per job (default: none on SLURM, every visible one locally)")
+    w.add_argument("--time", type=int, default=None, help="minutes per job (default 240; a timeout requeues it)")
+    w.add_argument("--mem-gb", type=float, default=None, help="memory per SLURM job in GB")
+    w.add_argument("--cpus", type=int, default=None, help="CPUs per job, also its torch threads")
+    w.add_argument("--parallel", type=int, default=None,
+                   help="jobs running at once (SLURM array limit, default 64; local processes, default 1)")
+    w.add_argument("--sbatch", action="append", default=None, metavar="OPTION",
+                   help="extra sbatch option, e.g. --sbatch=--qos=high (repeatable)")
+    w.add_argument("--setup", action="append", default=None, metavar="LINE",
+                   help="shell line run before each job, e.g. 'module load cuda' (repeatable)")
+    w.set_defaults(func=_cmd_sweep)
 
     d = sub.add_parser("data", help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
