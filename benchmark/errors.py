@@ -20,3 +20,13 @@ class DataError(PhbenchError):
 
 class RegressionError(PhbenchError):
     """A fresh result left its stored tolerance (``phbench check``)."""
+
+
+class StoreError(DataError):
+    """A stored result, model or cache file that fails its check on read (unreadable, wrong schema, checksum):
+    ``StoreError(path, cause, remedy)`` renders as ``<path>: <cause>; <remedy>`` -- one line, never a silent
+    wrong table."""
+
+    def __init__(self, path: str | Path, cause: str, remedy: str = "delete it to recompute"):
+        self.remedy = remedy
+        super().__init__(path, f"{' '.join(cause.split())}; {remedy}")

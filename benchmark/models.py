@@ -11,7 +11,9 @@ validation slices with a seed, plus the specs of the trained methods it is built
 
 :func:`obtain` returns a trained method: upstreams first (each once, under its own key), then the method
 itself, loaded from ``models/<train_key>/model.pt`` when any run trained it before. Training a key holds a
-file lock, so two processes on one store never train or write the same model twice.
+file lock, so two processes on one store never train or write the same model twice. train.json records the size
+and sha256 of model.pt; a model that does not match it, or cannot be read, is one
+:class:`~benchmark.errors.StoreError` line naming the file ("delete it to retrain"), never a stack trace.
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from filelock import FileLock
 
 from benchmark.contract import DataSpec, Method, MethodConfig, Trainable, jsonable
 from benchmark.device import peak_memory_mb, seed_everything
-from benchmark.io import atomic_path, atomic_write_text
+from benchmark.errors import StoreError
+from benchmark.io import atomic_path, atomic_write_text, checksum_mismatch, exclusive, file_sha256
 from benchmark.provenance import provenance
 from benchmark.registry import get_method
 from benchmark.runstore import key_hash
@@ -122,10 +124,31 @@ class ModelStore:
 
     def read_training(self, spec: ModelSpec) -> dict[str, Any]:
         p = self.model_dir(spec) / "train.json"
-        return json.loads(p.read_text()) if p.is_file() else {}
+        if not p.is_file():
+            return {}
+        try:
+            report = json.loads(p.read_text())
+        except ValueError as err:
+            raise StoreError(p, f"unreadable training report ({err})", "delete it to retrain the model") from err
+        if not isinstance(report, dict):
+            raise StoreError(p, "not a training report (no JSON object)", "delete it to retrain the model")
+        return report
 
     def is_trained(self, spec: ModelSpec) -> bool:
         return self.model_path(spec).is_file() and bool(self.read_training(spec))
+
+    def load_state(self, spec: ModelSpec, device: torch.device | str) -> dict[str, Any]:
+        """model.pt's state, verified against the size and sha256 train.json recorded (models trained before
+        there was a record: read as they are); a damaged file is a :class:`StoreError` naming it."""
+        path = self.model_path(spec)
+        record = self.read_training(spec).get("model_file")
+        why = checksum_mismatch(path, record) if record else None
+        if why:
+            raise StoreError(path, why, "delete it to retrain")
+        try:
+            return torch.load(path, map_location=device, weights_only=True)
+        except Exception as err:  # torch reports a damaged zip as RuntimeError, OSError, EOFError, pickle errors
+            raise StoreError(path, f"unreadable model ({type(err).__name__}: {err})", "delete it to retrain") from err
 
     def score_cache(self, spec: ModelSpec) -> ScoreCache:
         return ScoreCache(self.root / "scores" / spec.score_key)
@@ -171,15 +194,14 @@ def obtain(spec: ModelSpec, train: Any, val: Any, store: ModelStore, device: tor
     if not store.is_trained(spec):
         if not train_missing:
             raise FileNotFoundError(f"{path}: no trained model for {spec.method} (run the table first)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(store.model_dir(spec) / ".train.lock")):
+        with exclusive(store.model_dir(spec) / ".train.lock", f"{spec.method} {spec.train_key} is being trained"):
             if not store.is_trained(spec):  # another process may have trained it while we waited
                 _train(spec, method, train, val, store, device, progress)
                 trained_now = True
                 if learns:  # a training-free method (the intensity floor) is stored but not "trained"
                     trained.append(spec.method + (f"/{spec.variant}" if spec.variant else ""))
     if not trained_now:
-        method.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        method.load_state_dict(store.load_state(spec, device))
     method.to(device)
     _calibrate(spec, method, val, store)
     out = Obtained(method, store.read_training(spec), trained)
@@ -196,16 +218,19 @@ def _train(spec: ModelSpec, method: Method, train: Any, val: Any, store: ModelSt
     method.check_slices(train)
     t0 = time.perf_counter()
     report = method.learn(train, val, trainer=trainer)
-    info = {"model": spec.describe(), "fit": report, "train_wall_s": round(time.perf_counter() - t0, 2),
+    # a resumed training reports every segment: the wall time of those before this one is in the checkpoint's record
+    earlier = sum(seg.get("wall_s", 0.0) for seg in report.get("segments", [])[:-1])
+    info = {"model": spec.describe(), "fit": report, "train_wall_s": round(time.perf_counter() - t0 + earlier, 2),
             "n_train": len(train), "n_val": 0 if val is None else len(val),
             "peak_mem_mb": round(peak_memory_mb(device), 1), "provenance": provenance(device)}
     with atomic_path(store.model_path(spec)) as tmp:
         torch.save(method.state_dict(), tmp)
+        size, digest = file_sha256(tmp)
+    info["model_file"] = {"size": size, "sha256": digest}
     # train.json after model.pt: a report always has its model
     atomic_write_text(store.model_dir(spec) / "train.json", json.dumps(info, indent=2, sort_keys=True, default=str))
-    ckpt = store.checkpoint_path(spec)
-    if ckpt.exists():
-        ckpt.unlink()  # the finished model is in model.pt; the resume checkpoint is no longer needed
+    # the finished model is in model.pt; the resume checkpoint is no longer needed
+    store.checkpoint_path(spec).unlink(missing_ok=True)
 
 
 def _calibrate(spec: ModelSpec, method: Method, val: Any, store: ModelStore) -> None:

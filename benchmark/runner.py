@@ -1,9 +1,11 @@
 """Run a table: for each (method, variant, seed) train (or reuse the trained model) → evaluate with the
 table's protocol → metric rows in the run store.
 
-A finished run (its rows.csv exists) is skipped; a model trained for another table on the same data is
-reused; an interrupted training resumes from its checkpoint. A run that fails is reported on one line and
-the others continue, so one broken method never loses the rest.
+A finished run (its rows.csv exists and passes its check) is skipped; a model trained for another table on the
+same data is reused; an interrupted training resumes from its checkpoint. Processes and jobs may share a store:
+each run is evaluated under its own lock and each model trained under its own. A run that fails (a damaged
+stored file included: one line naming it) is reported on one line and the others continue, so one broken
+method never loses the rest.
 """
 
 from __future__ import annotations
@@ -156,13 +158,27 @@ def run_one(spec_table, method_name: str, variant: str, seed: int, profile: Prof
             ) -> tuple[RunSpec, bool, list[str]]:
     """Train (or reuse) and evaluate one (method, variant, seed); returns (run spec, evaluated now, labels of
     the models trained now -- upstreams included). ``metrics`` / ``dataset``: a table part's own (default the
-    table's)."""
-    from protocols.suites import get_protocol
-
+    table's). The evaluation holds the run's lock, so however many processes or jobs share the store, each run
+    is evaluated once (and each model trained once: :func:`benchmark.models.obtain`)."""
     plan = plan_run(spec_table, method_name, variant, seed, profile, store_data, overrides, metrics)
     run = plan.spec
     if run_store.is_finished(run):
         return run, False, []
+    with run_store.lock(run):
+        if run_store.is_finished(run):  # another process evaluated it while we waited
+            return run, False, []
+        trained = _evaluate(plan, spec_table, profile, store_data, run_store, device, progress, column_group, memo,
+                            dataset)
+    return run, True, trained
+
+
+def _evaluate(plan: PlannedRun, spec_table, profile: Profile, store_data, run_store: RunStore, device: torch.device,
+              progress: bool, column_group: str, memo: dict | None, dataset: str) -> list[str]:
+    """Train (or reuse) the run's models, run its protocol and write its rows; the labels of the models trained."""
+    from protocols.suites import get_protocol
+
+    run = plan.spec
+    method_name, variant, seed = run.method, run.variant, run.seed
     models = ModelStore(run_store.root)
     gots = [obtain(p.model, p.train, p.val, models, device, progress=progress, _memo=memo)
             for p in (plan.folds or [plan])]
@@ -203,7 +219,7 @@ def run_one(spec_table, method_name: str, variant: str, seed: int, profile: Prof
             "network_passes": scorer.passes,
             "test_slices_per_s": evaluation.n_test / evaluation.eval_wall_s if evaluation.eval_wall_s else None}
     run_store.write_result(run, full, info, evaluation.subject_rows)
-    return run, True, [t for g in gots for t in g.trained]
+    return [t for g in gots for t in g.trained]
 
 
 def run_table(table_id: str, *, profile: str = "default", store: str | Path = "runs", out: str | Path = "out/tables",

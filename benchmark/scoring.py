@@ -5,12 +5,15 @@ synthetic and localisation tables; the calibration set of every protocol). A dif
 of network passes per slice, so scores are keyed by what determines them -- the *score key* (trained weights +
 scoring config + calibration data) and the *slice key* (which slices, with which pixel values) -- written
 atomically and read back by every later table. A protocol receives a :class:`Scorer`, never the cache itself.
+A slice set is scored under a lock (processes sharing a store score it once); a cache file that cannot be read
+is a cache miss with a warning: it is scored again and rewritten.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +24,10 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmark.contract import Method, ScoreOutput
-from benchmark.io import atomic_path, atomic_write_text
+from benchmark.io import atomic_path, atomic_write_text, exclusive
 
 SCORES_FORMAT = 1
+log = logging.getLogger(__name__)
 
 
 def slice_key(slices: Any) -> str | None:
@@ -90,8 +94,12 @@ class ScoreCache:
         p = self.path(key)
         if not p.is_file():
             return None
-        d = torch.load(p, map_location=device, weights_only=True)
-        if d.get("format") != SCORES_FORMAT:
+        try:
+            d = torch.load(p, map_location=device, weights_only=True)
+        except Exception as err:  # a damaged cache file: score again (it is rewritten atomically)
+            log.warning("%s: unreadable score cache (%s: %s); scoring again", p, type(err).__name__, err)
+            return None
+        if not isinstance(d, dict) or d.get("format") != SCORES_FORMAT:
             return None
         # wall_s: what the network passes took when they ran (so a cached table still reports scoring speed)
         return Scores(d["anomaly_map"], d["image_score"], d["reconstruction"], dict(d["extras"]),
@@ -107,7 +115,13 @@ class ScoreCache:
 
     def load_calibration(self) -> dict[str, float] | None:
         p = self.root / "calibration.json"
-        return {k: float(v) for k, v in json.loads(p.read_text()).items()} if p.is_file() else None
+        if not p.is_file():
+            return None
+        try:
+            return {k: float(v) for k, v in json.loads(p.read_text()).items()}
+        except (ValueError, TypeError, AttributeError) as err:
+            log.warning("%s: unreadable calibration (%s); calibrating again", p, err)
+            return None
 
     def save_calibration(self, calibration: dict[str, float]) -> None:
         atomic_write_text(self.root / "calibration.json", json.dumps(calibration, sort_keys=True))
@@ -136,15 +150,23 @@ class Scorer:
         key = slice_key(slices)
         if key is not None and key in self._memo:
             return self._memo[key]
-        got = self.cache.load(key, self.device) if (self.cache is not None and key is not None) else None
-        if got is None:
-            got = score_slices(self.method, slices, progress=self.progress)
-            self.passes += 1
-            if self.cache is not None and key is not None:
-                self.cache.save(key, got)
+        if self.cache is None or key is None:
+            got = self._score(slices)
+        else:
+            got = self.cache.load(key, self.device)
+            if got is None:
+                with exclusive(self.cache.path(key).with_suffix(".lock"), f"{self.name} scores {key}"):
+                    got = self.cache.load(key, self.device)  # another process may have scored it while we waited
+                    if got is None:
+                        got = self._score(slices)
+                        self.cache.save(key, got)
         if key is not None:
             self._memo[key] = got
         return got
+
+    def _score(self, slices: Any) -> Scores:
+        self.passes += 1
+        return score_slices(self.method, slices, progress=self.progress)
 
 
 def as_scorer(method_or_scorer: Method | Scorer, *, progress: bool = True) -> Scorer:

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +28,7 @@ from benchmark.device import autocast
 from benchmark.io import atomic_path
 
 TRAINER_VERSION = 2  # part of every train key: a change to what the loop does retrains every model
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -128,9 +132,13 @@ class FitReport:
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from_stage: str | None = None
     resumed_from_epoch: int | None = None
+    # one record per process that trained (a resumed fit has several): its epochs, steps, wall time and who ran it;
+    # epochs_run, steps, wall_s and train_slices_per_s above are over all of them
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    seen: int = 0  # training slices seen, all segments
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "history"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("history", "seen")}
 
 
 class _EMA:
@@ -185,7 +193,9 @@ class Trainer:
     """Runs every stage of ``method`` (a Method that is also Trainable).
 
     ``checkpoint``: a file path; written atomically after every epoch and loaded on start when present, so an
-    interrupted run resumes where it stopped (same stage, epoch, RNG state, optimiser and EMA state).
+    interrupted run resumes where it stopped (same stage, epoch, RNG state, optimiser and EMA state) and reports
+    its whole history (``FitReport.segments``: one per process that trained). A checkpoint that cannot be read
+    is ignored with a warning: training starts from scratch and overwrites it.
     ``max_steps_per_epoch``: cut every epoch short (tests).
     """
 
@@ -220,12 +230,16 @@ class Trainer:
                           grad_clip_norm=getattr(cfg, "grad_clip_norm", None))
         report = FitReport()
         pos = _stage_start(0)
-        if self.checkpoint and self.checkpoint.exists():
-            pos = self._load(method, optimizers, schedules, ema, gen, ctx, report)
+        state = self._read_checkpoint()
+        if state is not None:
+            pos = self._load(state, method, optimizers, schedules, ema, gen, ctx, report)
         validates = val is not None and len(val) and type(method).validation_loss is not Trainable.validation_loss
 
         t0 = time.perf_counter()
-        seen = 0
+        segment = {"process": f"{socket.gethostname()}:{os.getpid()}", "epochs_run": 0, "steps": 0, "wall_s": 0.0,
+                   "resumed_from_stage": report.resumed_from_stage, "resumed_from_epoch": report.resumed_from_epoch}
+        report.segments.append(segment)
+        step0 = ctx.global_step
         for si in range(pos["stage"], len(stages)):
             stage = stages[si]
             epochs = stage.epochs if stage.epochs is not None else (
@@ -256,7 +270,7 @@ class Trainer:
                     n_steps += 1
                     ctx.global_step += 1
                     ctx.stage_step += 1
-                    seen += len(batch)
+                    report.seen += len(batch)
                     if ema is not None:
                         ema.update()
                     for s in schedules:
@@ -289,6 +303,8 @@ class Trainer:
                         else:
                             pos["bad"] += 1
                 report.history.append(row)
+                segment.update(epochs_run=segment["epochs_run"] + 1, steps=ctx.global_step - step0,
+                               wall_s=time.perf_counter() - t0)
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if isinstance(v, float)})
                 epoch += 1
@@ -309,10 +325,11 @@ class Trainer:
             report.best_val, report.best_epoch = pos["best_val"], pos["best_epoch"]
             pos = _stage_start(si + 1)  # best weights and patience never cross a stage
             self._save(method, optimizers, schedules, ema, gen, ctx, report, pos)
-        report.epochs_run = len(report.history)  # epochs run by this call (a resumed fit counts the rest only)
+        segment.update(steps=ctx.global_step - step0, wall_s=time.perf_counter() - t0)
+        report.epochs_run = len(report.history)  # every segment's epochs: the history came back with the checkpoint
         report.steps = ctx.global_step
-        report.wall_s = time.perf_counter() - t0
-        report.train_slices_per_s = seen / report.wall_s if report.wall_s > 0 else float("nan")
+        report.wall_s = sum(seg["wall_s"] for seg in report.segments)
+        report.train_slices_per_s = report.seen / report.wall_s if report.wall_s > 0 else float("nan")
         method.train_mode(False)
         return report.to_dict()
 
@@ -342,12 +359,30 @@ class Trainer:
             "global_step": ctx.global_step,
             "position": pos,
             "stages": report.stages,
+            # the record of the segments so far, so a resumed fit reports its whole history and wall time
+            "history": report.history,
+            "segments": report.segments,
+            "seen": report.seen,
         }
         with atomic_path(self.checkpoint) as tmp:
             torch.save(state, tmp)
 
-    def _load(self, method, optimizers, schedules, ema, gen, ctx, report) -> dict[str, Any]:
-        state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
+    def _read_checkpoint(self) -> dict[str, Any] | None:
+        """The checkpoint to resume from, or None: none there, or one that cannot be read (damaged on disk), which
+        is safe to ignore -- training starts from scratch, with a warning, and overwrites it."""
+        if not (self.checkpoint and self.checkpoint.exists()):
+            return None
+        try:
+            state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
+            if not isinstance(state, dict) or not {"method", "position", "generator"} <= set(state):
+                raise ValueError("not a trainer checkpoint")
+            return state
+        except Exception as err:  # torch reports a damaged zip as RuntimeError, OSError, EOFError, pickle errors
+            log.warning("%s: unreadable checkpoint (%s: %s); training from scratch", self.checkpoint,
+                        type(err).__name__, " ".join(str(err).split()))
+            return None
+
+    def _load(self, state, method, optimizers, schedules, ema, gen, ctx, report) -> dict[str, Any]:
         method.load_state_dict(state["method"])
         for k, opt in optimizers.items():
             opt.load_state_dict(state["optimizers"][k])
@@ -361,6 +396,11 @@ class Trainer:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         ctx.global_step = int(state["global_step"])
         report.stages = dict(state.get("stages", {}))
+        report.history = list(state.get("history", []))
+        # a checkpoint written before segments were recorded: its epochs and time are unknown, counted as one segment
+        report.segments = [dict(seg) for seg in state.get("segments", [])] or [
+            {"process": "", "epochs_run": None, "steps": int(state["global_step"]), "wall_s": 0.0}]
+        report.seen = int(state.get("seen", 0))
         pos = dict(state["position"])
         names = [s.name for s in method.stages()]
         report.resumed_from_stage = names[pos["stage"]] if pos["stage"] < len(names) else "done"

@@ -8,18 +8,28 @@ On disk (one folder per dataset × recipe × source)::
     aux.npy        float32 [N, A, H, W]  optional: auxiliary modality (recipe ``aux_channels``) prepared like
                                          the image, same slices (Cyclic-UNet's intermediate modality)
     manifest.csv   one row per slice: subject, slice, split, label, pathology, boxes, source
-    meta.json      recipe id, source fingerprint, shapes, fingerprint (``aux_shape`` when aux.npy is there)
+    meta.json      recipe id, source fingerprint, shapes, fingerprint (``aux_shape`` when aux.npy is there),
+                   ``files``: size and sha256 of every other file
 
 The folder is built under a temporary name and renamed into place when complete (``atomic_dir``),
 so a half-written store is never opened. The fingerprint (sha256 of arrays + manifest + recipe)
 is recorded in every result row; the auxiliary array is hashed only when present, so a store without one
 keeps the fingerprint (and slice content keys) it had before auxiliary modalities existed.
+
+The fingerprint is of content, not of places: the manifest's ``source`` column (where each slice was read, an
+absolute path) is left out of it, so the same data under another folder, cache or cluster mount point has the
+same fingerprint, and so the same run keys. Opening a store checks its files against the sizes and sha256 in
+meta.json (hashed once per process while a file is unchanged: ~0.3 s for the largest phantom store), so a store
+changed in place never yields other numbers under its recorded fingerprint. A store of format 1 (fingerprint
+with the source paths, no checksums) is upgraded when opened: both are computed from its files and meta.json
+is rewritten (where the folder is writable).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -30,10 +40,13 @@ import torch
 
 from benchmark.contract import SliceBatch
 from benchmark.errors import DataError
-from benchmark.io import atomic_dir
+from benchmark.io import atomic_dir, atomic_write_text, checksum_mismatch, clean_stale, file_sha256
 
 MANIFEST_COLUMNS = ["subject", "slice", "split", "label", "pathology", "boxes", "source"]
-STORE_FORMAT = 1
+# 2: the fingerprint leaves the manifest's source paths out; meta.json records each file's size and sha256
+STORE_FORMAT = 2
+STORE_FILES = ("images.npy", "brain.npy", "lesion.npy", "aux.npy", "manifest.csv")
+log = logging.getLogger(__name__)
 
 
 def box_label(label: str) -> str:
@@ -103,6 +116,14 @@ def _sha256_arrays(*arrays: np.ndarray, extra: bytes = b"") -> str:
     return h.hexdigest()
 
 
+def _fingerprint(images: np.ndarray, brain: np.ndarray, lesion: np.ndarray, aux: np.ndarray | None,
+                 manifest: pd.DataFrame, recipe: str) -> str:
+    """What the slices hold: the arrays, the manifest without where each slice was read from (its ``source`` is
+    blanked, so a store whose sources are all empty keeps the fingerprint of format 1), and the recipe id."""
+    csv = manifest[MANIFEST_COLUMNS].assign(source="").to_csv(index=False)
+    return _sha256_arrays(*_arrays(images, brain, lesion, aux), extra=csv.encode() + recipe.encode())
+
+
 def write_store(path: str | Path, slices: Iterable[PreparedSlice], meta: dict[str, Any]) -> "SliceStore":
     """Stack ``slices`` into a store at ``path`` atomically and return it opened."""
     items = list(slices)
@@ -132,11 +153,9 @@ def write_store(path: str | Path, slices: Iterable[PreparedSlice], meta: dict[st
          "pathology": it.pathology, "boxes": json.dumps(it.boxes), "source": it.source}
         for it in items
     ], columns=MANIFEST_COLUMNS)
-    csv = manifest.to_csv(index=False)
-    recipe_id = str(meta.get("recipe", ""))
-    fingerprint = _sha256_arrays(*_arrays(images, brain, lesion, aux), extra=csv.encode() + recipe_id.encode())
+    fingerprint = _fingerprint(images, brain, lesion, aux, manifest, str(meta.get("recipe", "")))
     full_meta = {**meta, "format": STORE_FORMAT, "n": len(items), "shape": list(shape), "fingerprint": fingerprint}
-    return _write_arrays(path, images, brain, lesion, csv, full_meta, aux)
+    return _write_arrays(path, images, brain, lesion, manifest.to_csv(index=False), full_meta, aux)
 
 
 def _arrays(images: np.ndarray, brain: np.ndarray, lesion: np.ndarray, aux: np.ndarray | None) -> tuple:
@@ -147,8 +166,9 @@ def _arrays(images: np.ndarray, brain: np.ndarray, lesion: np.ndarray, aux: np.n
 def _write_arrays(path: str | Path, images: np.ndarray, brain: np.ndarray, lesion: np.ndarray, manifest_csv: str,
                   meta: dict[str, Any], aux: np.ndarray | None = None) -> "SliceStore":
     """The one way a store reaches disk: built under a temporary name and renamed into place, meta.json last
-    (its presence marks a complete store). ``aux`` (an auxiliary modality) is written with the rest and its
-    shape recorded in the meta, which is how an opened store knows to expect it."""
+    (its presence marks a complete store) with the size and sha256 of every other file. ``aux`` (an auxiliary
+    modality) is written with the rest and its shape recorded in the meta, which is how an opened store knows
+    to expect it."""
     if aux is not None:
         meta = {**meta, "aux_shape": list(aux.shape[1:])}
     with atomic_dir(path) as tmp:
@@ -157,9 +177,19 @@ def _write_arrays(path: str | Path, images: np.ndarray, brain: np.ndarray, lesio
         np.save(tmp / "lesion.npy", lesion)
         if aux is not None:
             np.save(tmp / "aux.npy", aux)
-        (tmp / "manifest.csv").write_text(manifest_csv)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        (tmp / "manifest.csv").write_bytes(manifest_csv.encode())
+        (tmp / "meta.json").write_text(json.dumps({**meta, "files": _file_records(tmp)}, indent=2, sort_keys=True))
     return SliceStore(path)
+
+
+def _file_records(folder: Path) -> dict[str, dict[str, int | str]]:
+    """Size and sha256 of each store file in ``folder``: what opening the store checks."""
+    out = {}
+    for name in STORE_FILES:
+        if (folder / name).is_file():
+            size, digest = file_sha256(folder / name)
+            out[name] = {"size": size, "sha256": digest}
+    return out
 
 
 def merge_stores(path: str | Path, parts: Sequence[tuple["SliceStore", Sequence[str]]], meta: dict[str, Any]
@@ -195,7 +225,7 @@ def merge_stores(path: str | Path, parts: Sequence[tuple["SliceStore", Sequence[
         raise DataError(path, "no slices to write (the chosen splits of every part are empty)")
     csv = manifest.to_csv(index=False)
     recipe = "+".join(str(s["recipe"]) for s in sources)
-    fingerprint = _sha256_arrays(*_arrays(img, br, les, ax), extra=csv.encode() + recipe.encode())
+    fingerprint = _fingerprint(img, br, les, ax, manifest, recipe)
     full_meta = {**meta, "recipe": recipe, "parts": sources, "skipped": [ln for s in sources for ln in s["skipped"]],
                  "format": STORE_FORMAT, "n": len(manifest), "shape": list(img.shape[1:]), "fingerprint": fingerprint}
     if ax is not None and first.meta.get("aux_channels"):
@@ -204,10 +234,13 @@ def merge_stores(path: str | Path, parts: Sequence[tuple["SliceStore", Sequence[
 
 
 class SliceStore:
-    """An opened store; arrays are memory maps, so opening is cheap whatever the size."""
+    """An opened store; arrays are memory maps, so opening is cheap whatever the size (its files are checked
+    against meta.json's checksums once per process: :func:`benchmark.io.file_sha256`)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        clean_stale(self.path.parent)  # stores that a killed `prepare` left half-built beside this one
+        clean_stale(self.path, depth=2)  # and caches that protocols keep inside it (synthetic/)
         meta_file = self.path / "meta.json"
         if not meta_file.exists():
             raise DataError(self.path, "not a complete slice store (meta.json missing); prepare it again")
@@ -220,6 +253,7 @@ class SliceStore:
             self.aux = np.load(self.path / "aux.npy", mmap_mode="r") if "aux_shape" in self.meta else None
             self.manifest = pd.read_csv(self.path / "manifest.csv", keep_default_na=False,
                                         dtype={"subject": str, "split": str, "pathology": str, "source": str})
+            self._check_files()
         except (OSError, ValueError) as err:
             raise DataError(self.path, f"slice store unreadable ({err}); delete it and prepare again") from err
         # SliceSet.cache_key by rows: every planned run splits the store anew, its content is hashed once
@@ -229,6 +263,27 @@ class SliceStore:
             raise DataError(self.path, "slice store arrays and manifest disagree in length; prepare it again")
         if self.aux is not None and (len(self.aux) != n or list(self.aux.shape[1:]) != list(self.meta["aux_shape"])):
             raise DataError(self.path, "slice store auxiliary modality disagrees with its meta; prepare it again")
+        if self.meta.get("format", 1) < STORE_FORMAT:
+            self._upgrade()
+
+    def _check_files(self) -> None:
+        """Every file against the size and sha256 meta.json recorded (stores of format 1 have no record)."""
+        for name, record in sorted(self.meta.get("files", {}).items()):
+            why = checksum_mismatch(self.path / name, record)
+            if why:
+                raise DataError(self.path / name, f"{why}; its store no longer holds what its fingerprint names: "
+                                                  f"delete {self.path} to prepare it again")
+
+    def _upgrade(self) -> None:
+        """A format-1 store: its fingerprint (which hashed the manifest's source paths) and file checksums computed
+        anew from its files, and meta.json rewritten, so it is verified from now on like a new store."""
+        self.meta = {**self.meta, "format": STORE_FORMAT, "files": _file_records(self.path),
+                     "fingerprint": _fingerprint(self.images, self.brain, self.lesion, self.aux, self.manifest,
+                                                 str(self.meta.get("recipe", "")))}
+        try:
+            atomic_write_text(self.path / "meta.json", json.dumps(self.meta, indent=2, sort_keys=True))
+        except OSError as err:  # a read-only copy: verified and fingerprinted in memory, every time it is opened
+            log.info("%s: store of format 1 upgraded in memory only (%s)", self.path, err)
 
     @property
     def fingerprint(self) -> str:

@@ -34,6 +34,24 @@ def test_results_are_written_atomically_and_never_lost(tmp_path):
     assert not list(tmp_path.glob("*/.*.tmp"))
 
 
+def test_rows_copied_from_another_run_are_refused(tmp_path):
+    """A run folder holding another run's files (folders copied around by hand) is one line naming rows.csv."""
+    import shutil
+
+    import pytest
+
+    from benchmark.errors import StoreError
+
+    store = RunStore(tmp_path)
+    a, b = spec(seed=0, score_key="a" * 16), spec(seed=1, score_key="b" * 16)
+    for s in (a, b):
+        store.write_result(s, [{"metric": "auroc", "value": 0.7}], {})
+    for name in ("run.json", "rows.csv", "subjects.csv"):
+        shutil.copy(store.run_dir(b) / name, store.run_dir(a) / name)
+    with pytest.raises(StoreError, match=f"^{store.run_dir(a) / 'rows.csv'}: holds rows of another run"):
+        store.is_finished(a)
+
+
 def test_empty_store_gives_empty_frame(tmp_path):
     assert isinstance(RunStore(tmp_path).all_rows(), pd.DataFrame)
 

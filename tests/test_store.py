@@ -34,6 +34,19 @@ def test_fingerprint_depends_on_content(tmp_path):
     assert a.fingerprint == write_store(tmp_path / "a2", toy_slices(seed=0), {"recipe": "toy@v1"}).fingerprint
 
 
+def test_fingerprint_leaves_source_paths_out_and_files_are_checksummed(tmp_path):
+    """Where slices were read from is not what they hold: the same data read under another mount point has the
+    same fingerprint (so the same run keys); meta.json records what opening the store checks."""
+    import dataclasses
+
+    moved = [dataclasses.replace(s, source=f"/scratch/node-b/{s.subject}") for s in toy_slices(seed=0)]
+    a = write_store(tmp_path / "a", toy_slices(seed=0), {"recipe": "toy@v1"})
+    b = write_store(tmp_path / "b", moved, {"recipe": "toy@v1"})
+    assert a.fingerprint == b.fingerprint and b.manifest["source"][0].startswith("/scratch/node-b/")
+    assert sorted(b.meta["files"]) == ["brain.npy", "images.npy", "lesion.npy", "manifest.csv"]
+    assert b.meta["files"]["images.npy"]["size"] == (tmp_path / "b" / "images.npy").stat().st_size
+
+
 def test_half_written_store_is_never_opened(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")

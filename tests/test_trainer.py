@@ -43,7 +43,8 @@ def test_interrupted_training_resumes_to_the_same_weights(toy_store, tmp_path, m
     torch.manual_seed(123)  # a fresh process: different init, everything must come from the checkpoint
     resumed = small_ae()
     report = Trainer(seed=0, checkpoint=ckpt, progress=False).fit(resumed, train)
-    assert report["resumed_from_epoch"] == 2 and report["epochs_run"] == 1
+    assert report["resumed_from_epoch"] == 2 and report["epochs_run"] == 3  # the whole history, both segments
+    assert [s["epochs_run"] for s in report["segments"]] == [2, 1]
     assert torch.allclose(params(ref), params(resumed), atol=1e-6)
 
 
