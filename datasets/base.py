@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Iterator
 import numpy as np
 
 from benchmark.errors import DataError
+from benchmark.io import exclusive
 from datasets.store import PreparedSlice, SliceStore, write_store
 
 log = logging.getLogger(__name__)
@@ -269,13 +270,25 @@ def prepare(adapter: DatasetAdapter, recipe: "Any", *, cache_dir: str | Path | N
     cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE / "stores"
     path = cache_dir / f"{adapter.name}-{recipe.name}-{key}"
     if not force and (path / "meta.json").exists():
-        store = SliceStore(path)
-        bad = store.meta.get("skipped_subjects") or []
-        if bad and not skip_bad:
-            first = bad[0]
-            raise DataError(first["path"], f"{first['cause']} (subject {first['subject']}; the cached store "
-                                           f"{path.name} left it out: pass skip_bad / --skip-bad to use it)")
-        return store
+        return _cached_store(path, skip_bad)
+    with exclusive(cache_dir / f".{path.name}.lock", f"preparing {path.name}"):  # one builder per store
+        if not force and (path / "meta.json").exists():  # another process built it while this one waited
+            return _cached_store(path, skip_bad)
+        return _build_store(adapter, recipe, path, subjects, splits, src, skip_bad, workers)
+
+
+def _cached_store(path: Path, skip_bad: bool) -> SliceStore:
+    store = SliceStore(path)
+    bad = store.meta.get("skipped_subjects") or []
+    if bad and not skip_bad:
+        first = bad[0]
+        raise DataError(first["path"], f"{first['cause']} (subject {first['subject']}; the cached store "
+                                       f"{path.name} left it out: pass skip_bad / --skip-bad to use it)")
+    return store
+
+
+def _build_store(adapter: DatasetAdapter, recipe: "Any", path: Path, subjects: list, splits: dict, src: Any,
+                 skip_bad: bool, workers: int | None) -> SliceStore:
     todo = [(s, splits[s.id]) for s in subjects if splits.get(s.id) is not None]
     if workers is None:
         workers = default_workers() if len(todo) >= 4 else 1

@@ -37,7 +37,7 @@ import numpy as np
 from scipy import ndimage
 
 from benchmark.errors import DataError
-from benchmark.io import atomic_dir
+from benchmark.io import atomic_dir, exclusive
 from datasets.adapters.phantom import PHANTOM_CHANNELS, PhantomAdapter
 from datasets.recipes import Recipe, rule_every_brain_slice
 from datasets.store import SliceStore
@@ -414,6 +414,13 @@ def write_phantom(root: str | Path, *, n_train: int, n_val: int, n_test: int, sl
                                    slices_per_subject=slices_per_subject, seed=seed)
     if (out / "subjects.csv").is_file():
         return out
+    with exclusive(out.parent / f".{out.name}.lock", "generating the phantom"):  # one writer; the others reuse it
+        if not (out / "subjects.csv").is_file():
+            _generate(out, n_train, n_val, n_test, slices_per_subject, seed)
+    return out
+
+
+def _generate(out: Path, n_train: int, n_val: int, n_test: int, slices_per_subject: int, seed: int) -> None:
     rows = plan(n_train, n_val, n_test)
     with atomic_dir(out) as tmp:
         for sid, split, j, pathology in rows:
@@ -433,7 +440,6 @@ def write_phantom(root: str | Path, *, n_train: int, n_val: int, n_test: int, sl
             w = csv.writer(fh, lineterminator="\n")
             w.writerow(["subject", "split", "pathology"])
             w.writerows((sid, split, pathology) for sid, split, _, pathology in rows)
-    return out
 
 
 def phantom_recipe(modality: str = "flair", size: int = 128) -> Recipe:

@@ -159,7 +159,8 @@ def test_interrupted_generation_leaves_no_usable_phantom(tmp_path, monkeypatch):
     kw = dict(n_train=2, n_val=0, n_test=1, slices_per_subject=4)
     with pytest.raises(KeyboardInterrupt):
         ph.write_phantom(tmp_path, **kw)
-    assert list(tmp_path.iterdir()) == []  # neither the target nor the temporary folder remains
+    # neither the target nor the temporary folder remains (only the writers' lock file)
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
     monkeypatch.setattr(ph, "synth_subject", real)
     root = ph.write_phantom(tmp_path, **kw)
     assert len(_rows(root)) == 3
@@ -254,3 +255,24 @@ def test_read_nifti_bad_inputs_name_the_file(tmp_path, make, cause):
         read_nifti(path)
     msg = str(err.value)
     assert msg.startswith(str(path)) and cause in msg and "\n" not in msg
+
+
+def test_concurrent_writers_generate_the_phantom_once(tmp_path, monkeypatch):
+    """Two writers at once (two jobs of a sweep on one cache): one generates, the other waits and reuses it."""
+    import threading
+
+    real, calls = ph._generate, []
+
+    def counted(*a, **k):
+        calls.append(a)
+        return real(*a, **k)
+
+    monkeypatch.setattr(ph, "_generate", counted)
+    kw = dict(n_train=1, n_val=0, n_test=1, slices_per_subject=4)
+    roots: list = []
+    threads = [threading.Thread(target=lambda: roots.append(ph.write_phantom(tmp_path, **kw))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(roots) == 2 and roots[0] == roots[1] and len(_rows(roots[0])) == 2
