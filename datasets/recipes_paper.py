@@ -424,12 +424,13 @@ PROXYANO_IDRID = _add(PaperRecipe(
     spec="protocols/proxyano.md §1.3: 3×3 floor tiles per image, grey, 256 px, masks nearest then > 0"))
 
 LGG_FLAIR = _add(PaperRecipe(
-    "lgg_flair", 1, ("flair",), rule_all_slices(),
+    "lgg_flair", 2, ("flair",), rule_all_slices(),
     select=(("train", "healthy"), ("val", "healthy"), ("test", "all"), ("*", "all")),
     normalise="p98", norm_scope="volume", pad="value", image_interp="area", mask_rule="area>=0.5",
-    brain_rule="head", size=128,
+    brain_rule="head", size=128, aux_channels=("pre",),
     spec="suite dev benchmark: FLAIR (tif channel 1); per-patient 98th pct of head pixels, clip; train/val "
-         "tumour-free slices, test every slice; area resize"))
+         "tumour-free slices, test every slice; area resize; v2: the pre-contrast T1 (tif channel 0) stored "
+         "beside it as Cyclic-UNet's intermediate modality (its FLAIR → T1 → FLAIR cycle)"))
 
 
 def get_recipe(name: str) -> Recipe:

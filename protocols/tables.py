@@ -132,9 +132,6 @@ TABLE1 = register_table(TableSpec(
         "Data: MNI ICBM152 2009a phantom generated from the nilearn templates (train/val healthy; test: healthy, "
         "tumour, stroke, MS-like, atrophy subjects); every brain slice of an axial slab, 98th-percentile normalised.",
         "Each method's own anomaly map and image score (no per-paper re-scoring).",
-        "dice: pooled Dice at the threshold giving 5 % false-positive brain pixels on the healthy validation "
-        "slices, predicted inside the test brain (fpr@5%_healthy_brain); dice_oracle: best of 1000 thresholds "
-        "chosen on the test set (oracle).",
         AT_128_PX_NOTE,
     ),
 ))
@@ -779,14 +776,16 @@ LGG_DEV = register_table(TableSpec(
     dataset="lgg-flair",
     protocol="standard",
     # table1's methods plus the baselines that need real anatomy to say anything (diffusion, feature banks, DAE)
-    methods=TABLE1.methods + (("anoddpm", ""), ("patchcore", ""), ("ddpm", ""), ("autoddpm", ""), ("dae", "")),
+    methods=TABLE1.methods + (("anoddpm", ""), ("patchcore", ""), ("ddpm", ""), ("autoddpm", ""), ("dae", ""),
+                              ("cyclic-unet", "")),
     metrics=TABLE1.metrics,
     store=_lgg_store,
     overrides=AT_128_PX,
     footnotes=(
         "Data: ../shared/data LGG kaggle_3m (every 3rd slice, 128 px); train = tumour-free slices of training "
         "patients, val = tumour-free slices of validation patients, test = held-out patients (tumour + tumour-free "
-        "slices); patient-level split datasets/splits/lgg/lgg_patients.csv. The 'brain' mask is a head mask.",
+        "slices); patient-level split datasets/splits/lgg/lgg_patients.csv. The 'brain' mask is a head mask. "
+        "cyclic-unet's intermediate modality is the pre-contrast T1 (the release has no native T1).",
         *TABLE1.footnotes[1:],
     ),
 ))

@@ -26,7 +26,7 @@ def test_recipe_ids_and_lookup():
     with pytest.raises(KeyError):
         get_recipe("nope")
     r = with_size(get_recipe("lgg_flair"), 64)
-    assert r.id == "lgg_flair_s64@v1" and r.size == 64 and with_size(r, 64) is r
+    assert r.id == "lgg_flair_s64@v2" and r.size == 64 and with_size(r, 64) is r
 
 
 def test_itermask2_intensity_map():

@@ -92,11 +92,12 @@ def test_the_itermask2_recipes_store_cyclic_unets_intermediate_modality():
     assert get_recipe("itermask2_isles_flair").aux_channels == ("t1",)
     with_aux_ = {n for n, r in RECIPES.items() if r.aux_channels}
     assert with_aux_ == {"itermask2_brats_flair", "itermask2_brats_t1", "itermask2_brats_t1ce", "itermask2_brats_t2",
-                         "itermask2_isles_flair"}  # ATLAS (T1 only), LGG, AFSC, RA, PHANES, ProxyAno: none
+                         "itermask2_isles_flair", "lgg_flair"}  # ATLAS (T1 only), AFSC, RA, PHANES, ProxyAno: none
+    assert get_recipe("lgg_flair").aux_channels == ("pre",)  # lgg-dev: the pre-contrast T1 is the release's T1
     from methods.cyclic_unet import setups_with_aux
 
     assert set(setups_with_aux()) == {*(f"itermask2-brats2021-{m}" for m in ("flair", "t1", "t1ce", "t2")),
-                                      *(f"itermask2-isles2015-fold{k}" for k in range(4))}
+                                      *(f"itermask2-isles2015-fold{k}" for k in range(4)), "lgg-dev"}
 
 
 def test_a_missing_aux_modality_names_its_file(tmp_path):

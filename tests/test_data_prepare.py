@@ -189,3 +189,17 @@ def test_half_written_store_is_rebuilt_not_opened(tmp_path, monkeypatch):
     (good.path / "meta.json").unlink()  # a store interrupted before its last file
     again = prepare(a, LGG_FLAIR, cache_dir=tmp_path / "c", split_fn=lgg_split())
     assert (again.path / "meta.json").is_file() and again.fingerprint == good.fingerprint
+
+
+def test_lgg_store_carries_the_pre_contrast_t1_for_cyclic_unet(tmp_path):
+    """lgg-dev's Cyclic-UNet row: the pre-contrast T1 (tif channel 0) rides beside FLAIR as the intermediate
+    modality, prepared like the input (same slices, same head, [0, 1] after its own p98)."""
+    from datasets.lgg_benchmark import lgg_store
+
+    root, _ = _lgg_root(tmp_path)
+    store = lgg_store(root, size=32, cache_dir=tmp_path / "cache")
+    assert store.meta["aux_channels"] == ["pre"]
+    aux, img = np.asarray(store.aux), np.asarray(store.images)
+    assert aux.shape == img.shape and float(aux.max()) <= 1.0 + 1e-6
+    head = img > 0
+    assert (aux[head] > 0).mean() > 0.99 and not np.allclose(aux, img)  # the same head, another contrast

@@ -53,7 +53,7 @@ def test_info_real_lgg_and_oct(shared_data, tmp_path):
     from datasets.splits import HERE
 
     text = data_info("lgg", shared_data / "lgg-mri-segmentation", tmp_path / "lgg.png", n_preview=4)
-    assert "subjects: 110" in text and "slice files: 1272" in text and "lgg_flair@v1" in text
+    assert "subjects: 110" in text and "slice files: 1272" in text and "lgg_flair@v2" in text
     assert "anomalous/tumour" in text
     # counted under the committed patient split, named in the output
     assert "split: setup lgg-dev" in text and "datasets/splits/lgg/lgg_patients.csv" in text
