@@ -72,3 +72,15 @@ def test_itermask2_table3_ablations_share_the_flair_store(brats_root, tmp_path):
     assert set(res.rows["variant"].fillna("")) == {"-freq", "-spat", "", "noise[0,+inf]", "oracle"}
     assert {"dice_small", "dice_medium", "dice_large"} <= set(res.rows["metric"])
     assert set(res.rows["column_group"]) == {"BraTS FLAIR"}
+
+
+def test_a_root_with_none_of_the_listed_subjects_says_so_even_with_subset(tmp_path):
+    """A folder whose subject ids are not the release's: one line naming the lists and a few ids found, instead of
+    'no slices to write' with a cache path."""
+    root = tmp_path / "mine"
+    write_brats(root, "BraTS2021_my_case", shape=(32, 32, 100), seed=0, lesion_z=0.62, lesion_r2=0.012)
+    for subset in (False, True):
+        with pytest.raises(DataError, match=r"none of the 1251 subjects of .* is here \(1 subject\(s\) outside the "
+                                            r"lists, e\.g\. BraTS2021_my_case\)"):
+            run_table("itermask2-table1", profile="smoke", store=tmp_path / "runs", out=tmp_path / "out",
+                      methods=["ae"], progress=False, root=root, subset=subset)

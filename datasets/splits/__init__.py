@@ -91,6 +91,12 @@ def require_listed(fn: SplitFn, lists: str, root: Path | str, *, subset: bool = 
         n_found = sum(g for g, _ in per.values())
         counts = ", ".join(f"{sp} {g}/{n}" for sp, (g, n) in per.items())
         outside = len(found - set(listed))
+        if n_found == 0:  # --subset cannot help: the folder's ids are not the release's (or it is another folder)
+            example = ", ".join(sorted(found)[:3]) or "none"
+            raise DataError(root, f"none of the {len(listed)} subjects of {lists} is here ({outside} subject(s) "
+                                  f"outside the lists, e.g. {example}): a paper's table runs on the release's own "
+                                  "subject ids; point --root at the release folder as downloaded (phbench list says "
+                                  "what each table needs)")
         if n_found < len(listed):
             what = (f"{n_found} of the {len(listed)} subjects of {lists} are here ({counts}; {outside} subject(s) "
                     "outside the lists, never used)")
