@@ -274,7 +274,7 @@ def render_from_rows(spec_table, rows: pd.DataFrame, subjects: pd.DataFrame, cho
     from protocols.render import load_paper, render_table
     from protocols.tables import PAPER_TABLES_CSV
 
-    notes = list(spec_table.footnotes) + _deviation_notes(chosen)
+    notes = list(spec_table.footnotes)
     notes += [f"{part.column_group or 'All columns'}: no `{m}` ({why})." for part in spec_table.all_parts
               for m, why in part.skip_methods.items() if m.split("/")[0] in {m for m, _ in chosen}]
     paper = load_paper(PAPER_TABLES_CSV) if PAPER_TABLES_CSV.is_file() else None
@@ -295,7 +295,7 @@ def render_from_rows(spec_table, rows: pd.DataFrame, subjects: pd.DataFrame, cho
     return render_table(rows, table_id=spec_table.table_id, title=f"{spec_table.title} [profile {profile}]",
                         out_dir=out_dir, footnotes=notes, paper=paper, expected_methods=[m for m, _ in chosen],
                         subjects=subjects, reference_method=spec_table.reference_method,
-                        paper_metric_ids=spec_table.paper_metric_ids)
+                        paper_metric_ids=spec_table.paper_metric_ids, deviations=_deviations(chosen))
 
 
 def collect_finished(table_id: str, *, profile: str = "default", store: str | Path = "runs",
@@ -320,13 +320,12 @@ def collect_finished(table_id: str, *, profile: str = "default", store: str | Pa
     return cat(rows), cat(subjects), missing
 
 
-def _deviation_notes(chosen: list[tuple[str, str]]) -> list[str]:
-    notes = []
-    for m, _ in dict.fromkeys(chosen):
+def _deviations(chosen: list[tuple[str, str]]) -> dict[str, tuple[str, ...]]:
+    """method → its deviations from its paper / official code (the table counts them; its notes file lists them)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for m, _ in chosen:
         try:
-            info = get_method(m).info
+            out.setdefault(m, tuple(get_method(m).info.deviations))
         except KeyError:
             continue
-        for d in info.deviations:
-            notes.append(f"{m}: {d}")
-    return notes
+    return out

@@ -41,6 +41,14 @@ def test_tables_are_rendered(smoke_run):
     assert "| ae" in md and "oracle" in md.lower()
     assert "\\toprule" in tex and "\\bottomrule" in tex
     assert len(pd.read_csv(res.outputs["csv"])) == len(res.rows)
+    # each method's deviations are counted in the table and listed in full in the notes file beside it
+    from benchmark.registry import get_method
+
+    notes = (Path(res.outputs["md"]).parent / "table1.notes.md").read_text()
+    for m, _ in get_table("table1").methods:
+        n = len(get_method(m).info.deviations)
+        assert f"- {m}: {n} deviation{'s' if n != 1 else ''}, see table1.notes.md" in md, m
+        assert all(d in notes for d in get_method(m).info.deviations), m
 
 
 def test_rerun_skips_finished_runs(smoke_run):
