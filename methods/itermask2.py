@@ -15,18 +15,20 @@ and seeds).
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.contract import Method, MethodConfig, MethodInfo, ScoreOutput, SliceBatch, Trainable, Variant, scoring
+from benchmark.contract import (Method, MethodConfig, MethodInfo, ScoreOutput, SliceBatch, Trainable, Variant, runtime,
+                                scoring)
 from benchmark.device import autocast
 from benchmark.registry import register_method
 from benchmark.trainer import StepContext
 from methods.blocks.frequency import highpass
 from methods.blocks.masks import random_patch_masks
 from methods.blocks.noise import normal_from, slice_generators
-from methods.blocks.unet import UNet
+from methods.blocks.unet import UNet, inference_copy
 
 # A narrow 3-level UNet (attention only in the middle block) for the CPU profiles and tests.
 _NARROW = {"model_channels": 8, "channel_mult": (1, 2, 4), "num_res_blocks": 1, "attention_resolutions": ()}
@@ -69,6 +71,15 @@ class IterMask2Config(MethodConfig):
     oracle_tau_step: float = scoring(1e-3)
     oracle_tau_max: float = scoring(0.3)
     oracle_max_passes: int = scoring(10_000)  # the official buffer size
+    # how scoring runs f1 and f2 (the same maps up to float rounding; calibration runs them as trained):
+    # "fast" = methods.blocks.unet.inference_copy (channels-last, 4-D attention, BatchNorm folded), "plain" =
+    # the trained modules themselves (the code before issue 17)
+    score_networks: str = runtime("fast")
+    # slices per network call at scoring: None = on CPU 4 on one torch thread, 8 per thread with several (the
+    # narrow 128-px UNets' activations then stay in cache: per slice, one call on 32 slices costs ~2x as much;
+    # several threads need enough work per call, or a thread that another process preempts stalls the others
+    # at every op); the whole batch on other devices. 0 = the whole batch
+    score_chunk: int | None = runtime(None)
 
 
 def _build_unet(c: IterMask2Config, in_channels: int, out_channels: int, image_size: int) -> UNet:
@@ -95,6 +106,7 @@ class IterMask2(Method, Trainable):
     name = "itermask2"
     Config = IterMask2Config
     version = 2  # v2: contract v2 (size and channels from the store; ablations as config fields)
+    score_version = 2  # v2: scoring runs inference copies in chunks (issue 17): maps move by float rounding
     min_size_multiple = 16  # up to four stride-2 stages of the UNet
     # itermask2-table3 ablations (retrained) + the grey per-image-oracle rows (the default's weights)
     variants = {
@@ -143,8 +155,9 @@ class IterMask2(Method, Trainable):
             "oracle_max_passes caps each sweep [assumption].",
             "The UNet is rewritten in the guided-diffusion layout. The unused time-embedding MLP is dropped, "
             "and attention uses scaled_dot_product_attention (same maths). On CUDA, training and inference run "
-            "under bf16 autocast, while FFT and BatchNorm stay in fp32 (the official code is all fp32) "
-            "[assumption].",
+            "under bf16 autocast, while FFT and BatchNorm stay in fp32 (the official code is all fp32). Scoring "
+            "runs channels-last copies with eval-mode BatchNorm folded into the adjacent convolutions (same "
+            "maths, other float rounding) [assumption].",
             "The smoke and default profiles use a narrow UNet (base width 8, mult (1,2,4), one residual block "
             "per level, attention only in the middle block) so they fit the CPU budget. The default profile "
             "also trains one epoch of batch 8 at lr 2e-3 and skips the §9 oracle mask search, whose extras the "
@@ -156,6 +169,9 @@ class IterMask2(Method, Trainable):
     )
     # Smaller profiles: the narrow UNet so both UNets train in minutes on 2 CPU cores; the paper profile keeps
     # the config defaults. "default": one epoch of batch 8 (~72 steps on its 576 slices) at lr 2e-3.
+    # Scoring (scripts/bench_itermask2.py, table1's default model, ~16 f2 passes per slice, shared CPU at load
+    # 1.3-4.2): one torch thread 27 ms per slice-pass (64 slices in 27.8 s; 69.2 s before issue 17's inference
+    # copies and chunks).
     profile_overrides = {
         "smoke": {"epochs": 1, "max_steps": None, "batch_size": 8, "max_iters": 5, "oracle_max_passes": 1, **_NARROW},
         "default": {"epochs": 1, "max_steps": None, "batch_size": 8, "lr": 2e-3, "oracle_search": False, **_NARROW},
@@ -164,6 +180,10 @@ class IterMask2(Method, Trainable):
     def __init__(self, config: IterMask2Config | None = None, **kw):
         super().__init__(config, **kw)
         c, ch, size = self.config, self.data.channels, self.data.image_size
+        self.check_choices(score_networks=("fast", "plain"))
+        if c.score_chunk is not None and c.score_chunk < 0:
+            raise ValueError(f"itermask2: score_chunk must be None or >= 0, got {c.score_chunk!r}")
+        self._scoring_nets: dict[str, tuple[nn.Module, tuple, nn.Module]] = {}  # name → (source, weights, copy)
         self.f1 = _build_unet(c, ch, ch, size).to(self.device)
         self.f2: UNet | None = None
         if c.iterative:
@@ -181,9 +201,12 @@ class IterMask2(Method, Trainable):
         x_tilde = (1 - m) * x + m * eps
         return torch.cat([x_tilde, x_hf], dim=1) if self.config.frequency_guidance else x_tilde
 
-    def _run(self, net: nn.Module, inp: torch.Tensor) -> torch.Tensor:
+    def _run(self, net: nn.Module, inp: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+        """``net(inp)`` as fp32 (bf16 autocast on CUDA), ``chunk`` slices per call (0: all at once)."""
         with autocast(self.device, self.config.amp):
-            return net(inp).float()
+            if not 0 < chunk < inp.shape[0]:
+                return net(inp).float()
+            return torch.cat([net(part).float() for part in inp.split(chunk)])
 
     def _device_generator(self, seed: int, device: torch.device) -> torch.Generator:
         return torch.Generator(device=device).manual_seed(int(seed) % (2**63))
@@ -245,8 +268,28 @@ class IterMask2(Method, Trainable):
         rows = batch.index if batch.index is not None else torch.arange(len(batch))
         return slice_generators(self.config.seed, rows, self.device)
 
+    def _score_chunk(self) -> int:
+        chunk = self.config.score_chunk
+        if chunk is None:
+            threads = torch.get_num_threads()
+            return (4 if threads == 1 else 8 * threads) if self.device.type == "cpu" else 0
+        return chunk
+
+    def _scoring_net(self, name: str) -> nn.Module:
+        """Network ``name`` ("f1" / "f2") as scoring runs it (config.score_networks): the inference copy is
+        rebuilt only when the module or its weights changed (optimiser steps, ``load_state_dict`` and BatchNorm
+        updates bump the tensors' versions; ``to(device)`` replaces them)."""
+        net: nn.Module = getattr(self, name)
+        if self.config.score_networks == "plain":
+            return net
+        weights = tuple((t.data_ptr(), t._version, t.device) for t in [*net.parameters(), *net.buffers()])
+        got = self._scoring_nets.get(name)
+        if got is None or got[0] is not net or got[1] != weights:
+            got = self._scoring_nets[name] = (net, weights, inference_copy(net))
+        return got[2]
+
     def _first_step(self, x: torch.Tensor, brain: torch.Tensor, x_hf: torch.Tensor):
-        r1 = self._run(self.f1, x_hf)
+        r1 = self._run(self._scoring_net("f1"), x_hf, self._score_chunk())
         e1 = ((x - r1) ** 2).sum(1, keepdim=True) * brain
         return r1, e1
 
@@ -260,7 +303,7 @@ class IterMask2(Method, Trainable):
         """One f2 pass on images ``rows``: returns (raw reconstruction, squared error of the pasted image)."""
         xi, mi = x[rows], mask[rows]
         eps = normal_from(gens, x.shape[1:], rows, x.device)
-        r = self._run(self.f2, self._f2_input(xi, mi, eps, x_hf[rows]))
+        r = self._run(self._scoring_net("f2"), self._f2_input(xi, mi, eps, x_hf[rows]), self._score_chunk())
         pasted = mi * r + (1 - mi) * xi
         return r, ((xi - pasted) ** 2).sum(1, keepdim=True)
 

@@ -15,6 +15,7 @@ from benchmark.contract import DataSpec, SliceBatch
 from benchmark.profiles import configure, get_profile
 from benchmark.trainer import Trainer
 from methods.blocks.masks import masked_fraction, random_patch_masks
+from methods.blocks.unet import AttentionBlock
 from methods.itermask2 import IterMask2
 from tests.conftest import toy_slices
 
@@ -296,6 +297,82 @@ def test_patch_masks_statistics_and_seeding():
     assert 0.07 < float(masked_fraction(m1, brain).mean()) < 0.22
     assert bool(((m1 > 0) & (m1 < 1)).any())  # soft borders from the 240 → 128 area resize
     assert float(random_patch_masks(torch.zeros(1, 1, 128, 128), torch.Generator().manual_seed(0)).sum()) == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# scoring speed (issue 17): inference copies in chunks change nothing but float rounding
+
+
+def randomised(m: IterMask2, seed: int = 0) -> IterMask2:
+    """Every weight and BatchNorm statistic random (the zero-initialised heads and residual branches too), so
+    that every layer -- the folded norms, the 4-D attention and its head order, f2's noise -- reaches the maps."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for net in m.networks().values():
+            for p in net.parameters():
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+            for mod in net.modules():
+                if isinstance(mod, nn.BatchNorm2d):
+                    mod.running_mean.copy_(0.1 * torch.randn(mod.running_mean.shape, generator=g))
+                    mod.running_var.copy_(0.5 + torch.rand(mod.running_var.shape, generator=g))
+                if isinstance(mod, AttentionBlock):  # sharp attention: q·k logits of order 10, not a plain mean
+                    mod.qkv.weight.mul_(10.0)
+    return m
+
+
+@pytest.mark.parametrize("variant", ["", "-freq"])
+def test_fast_scoring_equals_the_trained_modules_up_to_rounding(variant):
+    """The default scoring (channels-last copies, 4-D two-head attention, BatchNorm folded, 2 slices per network
+    call) gives the masks and pass counts of the trained modules run on the whole batch, and their maps up to
+    float rounding."""
+    kw = dict(num_heads=2, max_iters=12)
+    plain = randomised(tiny(variant, score_networks="plain", score_chunk=0, **kw))
+    fast = tiny(variant, score_chunk=2, **kw)
+    fast.load_state_dict(plain.state_dict())
+    batch = brain_batch(5)
+    with torch.no_grad():  # a τ that keeps some of the mask each pass (the median error of one noisy f2 pass)
+        x_hf = plain._hf(batch.image)
+        r = plain.f2.eval()(plain._f2_input(batch.image, batch.brain_mask, torch.randn_like(batch.image), x_hf))
+        err = ((batch.image - r) ** 2)[batch.brain_mask > 0]
+    for m in (plain, fast):
+        m.calibration = {"tau": float(err.median()), "tau_percentile": 80.0}
+    ref, out = plain.score(batch), fast.score(batch)
+    assert int(ref.extras["n_passes"].max()) >= 3  # several passes, so that f2's output steers the masks
+    assert torch.equal(out.extras["n_passes"], ref.extras["n_passes"])
+    assert torch.equal(out.extras["final_mask"], ref.extras["final_mask"])
+    torch.testing.assert_close(out.anomaly_map, ref.anomaly_map, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.reconstruction, ref.reconstruction, atol=1e-5, rtol=0)
+    assert set(fast._scoring_nets) == {"f1", "f2"} and not plain._scoring_nets  # each ran its own path
+
+
+def test_the_inference_copy_follows_the_weights():
+    """A weight change (optimiser step, load_state_dict) or a new module rebuilds the scoring copy."""
+    m = randomised(tiny())
+    m.calibration = {"tau": 0.05, "tau_percentile": 80.0}
+    batch = brain_batch(2)
+    first = m.score(batch).anomaly_map
+    copy_f2 = m._scoring_net("f2")
+    assert m._scoring_net("f2") is copy_f2  # unchanged weights: built once
+    with torch.no_grad():
+        m.f2.out[-1].weight.mul_(2.0)
+    assert m._scoring_net("f2") is not copy_f2
+    again = m.score(batch).anomaly_map
+    assert not torch.allclose(again, first)
+    m.f2 = NoisyCopy()
+    plain = IterMask2(m.config.replace(score_networks="plain"), data=D64)
+    plain.f2 = NoisyCopy()
+    plain.load_state_dict(m.state_dict())
+    torch.testing.assert_close(m.score(batch).anomaly_map, plain.score(batch).anomaly_map, atol=1e-5, rtol=0)
+
+
+def test_scoring_speed_fields_are_runtime_only_and_checked():
+    cfg = IterMask2.Config()
+    for name in ("score_networks", "score_chunk"):
+        assert name not in cfg.training_dict() and name not in cfg.scoring_dict()
+    with pytest.raises(ValueError, match="score_networks"):
+        tiny(score_networks="compiled")
+    with pytest.raises(ValueError, match="score_chunk"):
+        tiny(score_chunk=-1)
 
 
 # ---------------------------------------------------------------------------------------------------
