@@ -6,6 +6,7 @@
     phbench render <table> [--profile default]     re-render a table from its finished runs
     phbench figure <table> [--profile default]     qualitative figure of the table's trained methods
     phbench sweep TABLE... --executor slurm|local  tables as SLURM / local jobs (submitit); a rerun does what is missing
+    phbench estimate TABLE... [--profile paper]    hours per table from measured throughput (results/throughput/)
     phbench data info <dataset> --root DIR         counts per split/label + a preview PNG
     phbench data prepare <dataset> --root DIR      build the slice store ([--skip-bad] lists skipped subjects)
 """
@@ -186,6 +187,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0 if res.ok else 1
 
 
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    from benchmark.estimate import run
+
+    print(run(args.table_ids, profile=args.profile, throughput=args.throughput, device_name=args.device_name,
+              root=args.root, methods=args.methods, seeds=args.seeds))
+    return 0
+
+
 def _cmd_data_info(args: argparse.Namespace) -> int:
     from datasets.info import data_info
 
@@ -284,6 +293,20 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--setup", action="append", default=None, metavar="LINE",
                    help="shell line run before each job, e.g. 'module load cuda' (repeatable)")
     w.set_defaults(func=_cmd_sweep)
+
+    e = sub.add_parser("estimate", help="hours a table takes: its plan × measured throughput (no training)")
+    e.add_argument("table_ids", nargs="+", help="tables (models and scored sets shared between them count once)")
+    e.add_argument("--profile", default="paper", choices=["smoke", "default", "paper"])
+    e.add_argument("--throughput", default=None,
+                   help="figures of scripts/bench_throughput.py --json (default results/throughput/cuda.json, "
+                        "else cpu.json)")
+    e.add_argument("--device-name", default=None,
+                   help="use the figures of this device (a word of it: cuda, H100, cpu; default CUDA when measured)")
+    e.add_argument("--root", default=None,
+                   help="the release's folder: split sizes from its prepared store (default: the published sizes)")
+    e.add_argument("--methods", nargs="+", default=None, help="only these methods")
+    e.add_argument("--seeds", nargs="+", type=int, default=None, help="override the profile's seeds")
+    e.set_defaults(func=_cmd_estimate)
 
     d = sub.add_parser("data", help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True)

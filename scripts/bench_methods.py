@@ -24,7 +24,12 @@ Iterative scorers (itermask2) run as many passes as a slice needs, so their scor
 trained state: after a few steps it is indicative only (the mean pass count is shown where a method reports
 ``n_passes``). Upstream methods (PHANES's RA) are built and trained for the warm-up steps only: their speed
 does not depend on their weights.
-The machine may be shared: the 1-min load average is printed before and after.
+The machine may be shared: the 1-min load average is printed before and after. Peak memory: CUDA's peak allocation,
+or on a CPU the process's peak resident set (Linux VmHWM, reset before training and before scoring: the whole process,
+the store and the libraries included).
+
+``scripts/bench_throughput.py`` builds on this file: dtypes, a plain reference loop, steps/s, and the JSON that
+``phbench estimate`` turns into hours per table.
 
 Usage: python scripts/bench_methods.py [--methods ae ae-s vae ...] [--device cpu|cuda ...] [--train-steps 20]
        [--score-slices 64] [--budget-s 10] [--size 128] [--modality t1] [--threads K] [--json out.json]
@@ -33,6 +38,7 @@ Usage: python scripts/bench_methods.py [--methods ae ae-s vae ...] [--device cpu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import math
@@ -79,20 +85,41 @@ def sync(device: torch.device) -> None:
 
 
 def peak_mib(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    """Peak CUDA memory allocated by tensors, or on a CPU the process's peak resident set (VmHWM: the whole process,
+    store and libraries included) since the last :func:`reset_peak`; None where neither can be read."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def reset_peak(device: torch.device) -> None:
+    """Start a new peak: CUDA's statistics, or on Linux the process's VmHWM (``/proc/self/clear_refs`` 5)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 def with_budget(method: Method, steps: int, n_train: int) -> None:
-    """Cap the main stage at ``steps`` optimiser steps (``config.max_steps``); the profile's epochs stay unless
-    they hold fewer steps, so per-epoch hooks behave as in a real run."""
+    """Cap every stage at ``steps`` optimiser steps (``config.max_steps``, and a stage's own budget: f-AnoGAN's
+    encoder stage counts its own epochs); the profile's epochs stay unless they hold fewer steps, so per-epoch hooks
+    behave as in a real run."""
     per_epoch = max(1, n_train // method.config.batch_size)
     epochs = max(int(method.config.epochs), math.ceil(steps / per_epoch))
     method.config = method.config.replace(max_steps=steps, epochs=epochs)
+    if isinstance(method, Trainable):
+        own = type(method).stages  # the class's stages, not an earlier cap's
+        method.stages = lambda: [dataclasses.replace(st, max_steps=min(st.max_steps or steps, steps))  # type: ignore
+                                 for st in own(method)]
 
 
 def build(name: str, variant: str, profile, data: DataSpec, device: torch.device, train, val, warmup: int,
@@ -143,12 +170,19 @@ def budgeted(most: int, unit_s: float, budget_s: float, least: int) -> int:
     return max(min(least, most), min(most, int(budget_s / unit_s)))
 
 
-def bench_one(name: str, variant: str, args, profile, store, device: torch.device) -> dict[str, Any]:
+def bench_one(name: str, variant: str, args, profile, store, device: torch.device,
+              overrides: dict[str, Any] | None = None, tune: Callable[[Method], None] | None = None) -> dict[str, Any]:
+    """One method's row; ``overrides``: config fields set after the profile's (``amp``, fewer scoring passes);
+    ``tune``: called on the built method before anything runs (channels_last, torch.compile)."""
     train = store.split("train", label=0)
     val = store.split("val", label=0)
+    if args.val_slices:
+        val = val.take(args.val_slices)  # the calibration's slices (untimed, but an iterative scorer's take long)
     test = store.split("test").take(args.score_slices)  # spread over the split: healthy and lesioned
     data = DataSpec.of(store)
-    method = build(name, variant, profile, data, device, train, val, args.warmup_steps, args.seed)
+    method = build(name, variant, profile, data, device, train, val, args.warmup_steps, args.seed, overrides)
+    if tune is not None:
+        tune(method)
     cfg = method.config
     row: dict[str, Any] = {"method": name + (f"/{variant}" if variant else ""), "device": str(device),
                            "batch_size": cfg.batch_size, "score_batch_size": cfg.score_batch_size,
@@ -164,9 +198,11 @@ def bench_one(name: str, variant: str, args, profile, store, device: torch.devic
         reset_peak(device)
         report, wall, gaps = stamped_run(method, device, lambda m: trainer.fit(m, train, None))
         steps = int(report["steps"])
-        row.update(train_steps=steps, train_slices=steps * cfg.batch_size, train_s=wall,
-                   train_sps=steps * cfg.batch_size / wall, trainer_sps=report.get("train_slices_per_s"),
-                   train_sps_median_step=cfg.batch_size / gaps[len(gaps) // 2] if gaps else None,
+        per_step = min(cfg.batch_size, len(train))  # a training set smaller than the batch is one short batch
+        row.update(train_steps=steps, train_slices=steps * per_step, train_s=wall,
+                   train_sps=steps * per_step / wall, steps_per_s=steps / wall,
+                   trainer_sps=report.get("train_slices_per_s"),
+                   train_sps_median_step=per_step / gaps[len(gaps) // 2] if gaps else None,
                    train_peak_mib=peak_mib(device))
     elif type(method).learn is not Method.learn:  # a bank or coreset: one learn over --bank-slices slices
         if args.warmup_steps:
@@ -187,7 +223,7 @@ def bench_one(name: str, variant: str, args, profile, store, device: torch.devic
 
     t0 = time.perf_counter()
     method.calibrate(val)  # untimed in the throughput: the runner calibrates once per scoring configuration
-    row["calibrate_s"] = time.perf_counter() - t0
+    row.update(calibrate_s=time.perf_counter() - t0, calibrate_slices=len(val))
 
     sbs = min(int(cfg.score_batch_size), args.score_slices)
     sync(device)
@@ -209,6 +245,19 @@ def bench_one(name: str, variant: str, args, profile, store, device: torch.devic
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
+
+
+def guarded(spec: str, device: torch.device, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``run()``'s row, or an error row: one failing method (missing weights, OOM) must not hide the others."""
+    try:
+        return run()
+    except Exception as e:
+        traceback.print_exc()
+        return {"method": spec, "device": str(device), "error": f"{type(e).__name__}: {e}"}
+    finally:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
@@ -252,15 +301,18 @@ def print_table(rows: list[dict[str, Any]]) -> None:
               f"{'; '.join(notes)}")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), help="names, or name/variant")
+def add_timing_args(ap: argparse.ArgumentParser, methods: tuple[str, ...]) -> None:
+    """The options of one timing run (methods, devices, budgets, data, threads, JSON), shared with
+    ``bench_throughput.py``."""
+    ap.add_argument("--methods", nargs="*", default=list(methods), help="names, or name/variant")
     ap.add_argument("--device", nargs="+", default=None, help="cpu and/or cuda (default: CUDA when present)")
     ap.add_argument("--profile", default="default", choices=sorted(PROFILES),
                     help="method configs and phantom size (default: default)")
     ap.add_argument("--train-steps", type=int, default=20, help="timed optimiser steps per method (at most)")
     ap.add_argument("--warmup-steps", type=int, default=2, help="untimed optimiser steps before them")
     ap.add_argument("--score-slices", type=int, default=64, help="timed test slices per method (at most)")
+    ap.add_argument("--val-slices", type=int, default=None,
+                    help="validation slices the untimed calibration runs on (default: all)")
     ap.add_argument("--bank-slices", type=int, default=64,
                     help="training slices a bank method (learn without gradient steps) is timed on")
     ap.add_argument("--budget-s", type=float, default=10.0,
@@ -271,16 +323,19 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="also write the rows and the header here")
-    args = ap.parse_args()
+
+
+def check_timing_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> list[torch.device]:
+    """Refuse impossible counts, set the threads; the devices asked for."""
     if min(args.train_steps, args.score_slices, args.bank_slices) < 1 or args.warmup_steps < 0:
         ap.error("--train-steps, --score-slices and --bank-slices must be ≥ 1, --warmup-steps ≥ 0")
     if args.threads:
         torch.set_num_threads(args.threads)
-    devices = [pick_device(d) for d in (args.device or [None])]
-    profile = get_profile(args.profile)
+    return [pick_device(d) for d in (args.device or [None])]
 
-    t_all = time.perf_counter()
-    store = phantom_store(args.profile, modality=args.modality, size=args.size)
+
+def machine_header(args: argparse.Namespace, devices: list[torch.device], store) -> dict[str, Any]:
+    """What ran where: torch, threads, CPU and GPU, the load, the data and the budgets (printed and in the JSON)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     header = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_model(), "cores": cores,
               "gpu": torch.cuda.get_device_name() if any(d.type == "cuda" for d in devices) else None,
@@ -292,6 +347,19 @@ def main() -> int:
               "provenance": provenance(devices[0])}
     print(f"torch {header['torch']}, {header['threads']} threads, CPU {header['cpu']} ({cores} usable cores, "
           f"1-min load {header['load_avg_before']:.2f})" + (f", GPU {header['gpu']}" if header["gpu"] else ""))
+    return header
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_timing_args(ap, DEFAULT_METHODS)
+    args = ap.parse_args()
+    devices = check_timing_args(ap, args)
+    profile = get_profile(args.profile)
+
+    t_all = time.perf_counter()
+    store = phantom_store(args.profile, modality=args.modality, size=args.size)
+    header = machine_header(args, devices, store)
     print(f"phantom '{args.profile}' {args.modality} {args.size} px: {header['n_train']} train / "
           f"{header['n_test']} test slices; per method {args.warmup_steps} warm-up + ≤ {args.train_steps} timed "
           f"training steps, one warm-up batch + ≤ {args.score_slices} timed test slices (fewer past "
@@ -301,14 +369,7 @@ def main() -> int:
     for device in devices:
         for spec in args.methods:
             name, _, variant = spec.partition("/")
-            try:
-                rows.append(bench_one(name, variant, args, profile, store, device))
-            except Exception as e:  # one failing method (missing weights, OOM) must not hide the others
-                traceback.print_exc()
-                rows.append({"method": spec, "device": str(device), "error": f"{type(e).__name__}: {e}"})
-                gc.collect()
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+            rows.append(guarded(spec, device, lambda: bench_one(name, variant, args, profile, store, device)))
             print(f"  done {spec} on {device} ({time.perf_counter() - t_all:.0f} s)", file=sys.stderr, flush=True)
     add_ratios(rows)
     header["wall_s"] = time.perf_counter() - t_all
