@@ -139,20 +139,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    from benchmark.registry import get_table
-    from benchmark.runner import collect_finished, render_from_rows
+    from benchmark.runner import render_finished
 
-    spec = get_table(args.table_id)
-    rows, subjects, missing = collect_finished(args.table_id, profile=args.profile, store=args.store,
-                                               methods=args.methods, root=args.root, skip_bad=args.skip_bad,
-                                               subset=args.subset, parts=args.parts)
+    out, missing = render_finished(args.table_id, profile=args.profile, store=args.store, out=args.out,
+                                   methods=args.methods, root=args.root, skip_bad=args.skip_bad, subset=args.subset,
+                                   parts=args.parts)
     for m in missing:
         print(f"not finished: {m} (run `phbench table {args.table_id} --profile {args.profile}`)", file=sys.stderr)
-    if rows.empty:
+    if out is None:
         print(f"{args.table_id}: no finished run in {Path(args.store) / args.profile}", file=sys.stderr)
         return 2
-    chosen = [(m, v) for m, v in spec.methods if not args.methods or m in args.methods]
-    out = render_from_rows(spec, rows, subjects, chosen, Path(args.out) / args.profile, args.profile, args.parts)
     print(Path(out["md"]).read_text())
     print("written: " + ", ".join(str(p) for p in out.values()))
     return 0

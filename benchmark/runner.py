@@ -320,6 +320,21 @@ def collect_finished(table_id: str, *, profile: str = "default", store: str | Pa
     return cat(rows), cat(subjects), missing
 
 
+def render_finished(table_id: str, *, profile: str = "default", store: str | Path = "runs",
+                    out: str | Path = "out/tables", methods: list[str] | None = None, seeds: list[int] | None = None,
+                    root: str | Path | None = None, skip_bad: bool = False, subset: bool = False,
+                    parts: list[str] | None = None) -> tuple[dict[str, Path] | None, list[str]]:
+    """A table rendered from its finished runs (no training, no scoring): its written files (None when no run is
+    finished) and the labels of the runs not finished yet -- ``phbench render`` and the sweep's last phase."""
+    spec_table = get_table(table_id)
+    rows, subjects, missing = collect_finished(table_id, profile=profile, store=store, methods=methods, seeds=seeds,
+                                               root=root, skip_bad=skip_bad, subset=subset, parts=parts)
+    if rows.empty:
+        return None, missing
+    chosen = [(m, v) for m, v in spec_table.methods if not methods or m in methods]
+    return render_from_rows(spec_table, rows, subjects, chosen, Path(out) / profile, profile, parts), missing
+
+
 def _deviations(chosen: list[tuple[str, str]]) -> dict[str, tuple[str, ...]]:
     """method → its deviations from its paper / official code (the table counts them; its notes file lists them)."""
     out: dict[str, tuple[str, ...]] = {}

@@ -468,19 +468,13 @@ def run_sweep(plan: SweepPlan, executor: submitit.Executor | None, *, out: str |
 
 def render(table_id: str, selection: Selection, store: Path, out: str | Path) -> tuple[Path | None, list[str]]:
     """A table rendered from its finished runs (None when none is finished), and the labels of the others."""
-    from benchmark.registry import get_table
-    from benchmark.runner import collect_finished, render_from_rows
+    from benchmark.runner import render_finished
 
     s = selection
-    rows, subjects, missing = collect_finished(table_id, profile=s.profile, store=store, methods=s.methods,
-                                               seeds=s.seeds, root=s.root, skip_bad=s.skip_bad, subset=s.subset,
-                                               parts=s.parts)
-    if rows.empty:
-        return None, [f"{table_id}: {m}" for m in missing]
-    spec = get_table(table_id)
-    chosen = [(m, v) for m, v in spec.methods if not s.methods or m in s.methods]
-    written = render_from_rows(spec, rows, subjects, chosen, Path(out) / s.profile, s.profile, s.parts)
-    return Path(written["md"]), [f"{table_id}: {m}" for m in missing]
+    written, missing = render_finished(table_id, profile=s.profile, store=store, out=out, methods=s.methods,
+                                       seeds=s.seeds, root=s.root, skip_bad=s.skip_bad, subset=s.subset,
+                                       parts=s.parts)
+    return (None if written is None else Path(written["md"])), [f"{table_id}: {m}" for m in missing]
 
 
 def sweep(tables: list[str], selection: Selection, *, executor: str = "local", options: JobOptions = JobOptions(),
