@@ -8,7 +8,8 @@
     phbench sweep TABLE... --executor slurm|local  tables as SLURM / local jobs (submitit); a rerun does what is missing
     phbench estimate TABLE... [--profile paper]    hours per table from measured throughput (results/throughput/)
     phbench data info <dataset> --root DIR         counts per split/label + a preview PNG
-    phbench data prepare <dataset> --root DIR      build the slice store ([--skip-bad] lists skipped subjects)
+    phbench data prepare <dataset> --root DIR      build the slice store ([--skip-bad] lists skipped subjects;
+                                                   [--subjects FILE] your own subject split)
 """
 
 from __future__ import annotations
@@ -47,12 +48,24 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _subjects(args: argparse.Namespace):
+    """``--subset`` (True/False) or the rows of ``--subjects FILE``: which subjects of --root a table runs on."""
+    from datasets.splits import SubjectsFile
+
+    if args.subjects is None:
+        return args.subset
+    if args.subset:
+        raise PhbenchError(f"--subjects {args.subjects} and --subset cannot be combined: the file is the whole split "
+                           "(--subset keeps the paper's lists)")
+    return SubjectsFile.read(args.subjects)
+
+
 def _cmd_table(args: argparse.Namespace) -> int:
     from benchmark.runner import run_table
 
     res = run_table(args.table_id, profile=args.profile, store=args.store, out=args.out, methods=args.methods,
                     device=args.device, seeds=args.seeds, progress=not args.quiet, root=args.root,
-                    skip_bad=args.skip_bad, subset=args.subset, parts=args.parts)
+                    skip_bad=args.skip_bad, subset=_subjects(args), parts=args.parts)
     for line in res.skipped_subjects:
         print(f"skipped (bad input): {line}", file=sys.stderr)
     if res.outputs.get("md"):
@@ -108,7 +121,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     for table_id in tables:
         stored_path = Path(args.stored) if args.stored else RESULTS / args.profile / f"{table_id}.csv"
         res = run_table(table_id, profile=args.profile, store=store, out=args.out, device=args.device,
-                        progress=False, root=args.root, skip_bad=args.skip_bad, subset=args.subset)
+                        progress=False, root=args.root, skip_bad=args.skip_bad, subset=_subjects(args))
         if res.failures:  # the failed methods' cells show up as MISSING below; the others are still compared
             for f in res.failures:
                 print(f"FAILED {table_id}: {f}", file=sys.stderr)
@@ -142,8 +155,8 @@ def _cmd_render(args: argparse.Namespace) -> int:
     from benchmark.runner import render_finished
 
     out, missing = render_finished(args.table_id, profile=args.profile, store=args.store, out=args.out,
-                                   methods=args.methods, root=args.root, skip_bad=args.skip_bad, subset=args.subset,
-                                   parts=args.parts)
+                                   methods=args.methods, root=args.root, skip_bad=args.skip_bad,
+                                   subset=_subjects(args), parts=args.parts)
     for m in missing:
         print(f"not finished: {m} (run `phbench table {args.table_id} --profile {args.profile}`)", file=sys.stderr)
     if out is None:
@@ -160,7 +173,7 @@ def _cmd_figure(args: argparse.Namespace) -> int:
     paths = table_figure(args.table_id, profile=args.profile, store=args.store,
                          out=Path(args.out) / args.profile / f"{args.table_id}-qualitative", n=args.n,
                          device=args.device, methods=args.methods, root=args.root, skip_bad=args.skip_bad,
-                         subset=args.subset)
+                         subset=_subjects(args))
     print("written: " + ", ".join(str(p) for p in paths))
     return 0
 
@@ -173,7 +186,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     options = JobOptions.load(args.config, partition=args.partition, gpus=args.gpus, time=args.time,
                               mem_gb=args.mem_gb, cpus=args.cpus, parallel=args.parallel,
                               sbatch=tuple(args.sbatch or ()), setup=tuple(args.setup or ()))
-    selection = Selection(args.profile, args.methods, args.seeds, args.parts, args.root, args.skip_bad, args.subset)
+    selection = Selection(args.profile, args.methods, args.seeds, args.parts, args.root, args.skip_bad,
+                          _subjects(args))
     res = sweep(embedded_tables() if args.all else args.table_ids, selection, executor=args.executor,
                 options=options, store=args.store, out=args.out, logs=args.logs, device=args.device,
                 dry_run=args.dry_run, keep_going=args.all)
@@ -202,9 +216,12 @@ def _cmd_data_info(args: argparse.Namespace) -> int:
 def _cmd_data_prepare(args: argparse.Namespace) -> int:
     from datasets.info import prepare_report
 
+    from datasets.splits import SubjectsFile
+
     print(prepare_report(args.dataset, Path(args.root) if args.root else None, recipe=args.recipe,
                          skip_bad=args.skip_bad, cache_dir=Path(args.store) if args.store else None,
-                         workers=args.workers, force=args.force))
+                         workers=args.workers, force=args.force,
+                         subjects=SubjectsFile.read(args.subjects) if args.subjects else None))
     return 0
 
 
@@ -214,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("list", help="methods, datasets and tables").set_defaults(func=_cmd_list)
+
+    def subjects_opt(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--subjects", default=None, metavar="FILE",
+                        help="your own split of --root's subjects instead of the paper's lists: a CSV with the header "
+                             "subject,split (train, val or test); the rendered table names it")
 
     def run_opts(sp: argparse.ArgumentParser, default_profile: str) -> None:
         sp.add_argument("--profile", default=default_profile, choices=["smoke", "default", "paper"])
@@ -225,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="leave out (and list) subjects with bad files instead of stopping at the first")
         sp.add_argument("--subset", action="store_true",
                         help="run on the listed subjects --root holds when it holds only part of a paper's lists")
+        subjects_opt(sp)
 
     t = sub.add_parser("table", help="run and render a table")
     t.add_argument("table_id")
@@ -324,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     dp = dsub.add_parser("prepare", help="build the slice store the suite uses; counts, path, fingerprint")
     dp.add_argument("--store", default=None, help="store cache folder (default: $PHBENCH_CACHE/stores)")
     dp.add_argument("--force", action="store_true", help="rebuild even when a cached store matches")
+    subjects_opt(dp)
     prep_opts(dp)
     dp.set_defaults(func=_cmd_data_prepare)
     return p

@@ -303,6 +303,18 @@ class Method(ABC):
             raise ValueError(f"{cls.name}: {data.channels}-channel slices; supported: {cls.channels_supported}")
 
     @classmethod
+    def score_passes(cls, config: MethodConfig) -> float | None:
+        """Network passes per scored slice when a config field sets them (a chain or a search length), so that
+        ``phbench estimate`` scales a figure timed at another length. Default None: one pass, or data-dependent."""
+        return None
+
+    @classmethod
+    def score_passes_capped(cls, config: MethodConfig, k: int) -> dict[str, Any]:
+        """Config overrides that score with about ``k`` passes (or the fewest the chain allows), for timing a
+        long chain briefly. Default: none (``score_passes`` is None)."""
+        return {}
+
+    @classmethod
     def upstreams(cls, config: MethodConfig) -> dict[str, Upstream]:
         """Trained methods this one builds on, by the name ``self.upstream`` uses. Default: none."""
         return {}

@@ -21,7 +21,8 @@ it (profile, table overrides, variant):
 Seconds = slices × the measured seconds per slice of the method (its variant's figure when one was measured, else
 the default variant's, said in the notes) × (table px / measured px)² when the table's slices are another size ×
 passes(run config) / passes(measured config) for the scorers whose chain or search length is a config field
-(:data:`SCORE_PASSES`). Every figure is an extrapolation from a few timed steps on one device, and the output says so.
+(each method's ``score_passes``). Every figure is an extrapolation from a few timed steps on one device, and the
+output says so.
 
 A table on a release that is not here (no ``--root``) is planned on :data:`PUBLISHED` split sizes: the committed split
 lists' subject counts (or the paper's counts) × the recipe's slices per subject; the output names them.
@@ -35,7 +36,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -49,38 +50,12 @@ PUBLISHED_ROOT = Path("<published split sizes>")  # the root handed to a table's
 # --------------------------------------------------------------------------------------------- scoring passes
 
 
-@dataclass(frozen=True)
-class Passes:
-    """A scorer whose cost per slice is a chain or a search of config-set length: ``count(config)`` network passes
-    per slice; ``capped(config, k)`` the config overrides that time it at about ``k`` passes, or the fewest the
-    chain allows (the benchmark records ``count`` of what it timed and the estimate scales the figure back)."""
-
-    count: Callable[[Any], float]
-    capped: Callable[[Any, int], dict[str, Any]]
-
-
-def _ddpm_chain(c: Any) -> float:
-    return float(c.score_steps or c.t_ad + 1)  # score_steps None: every step from t_AD down to 0
-
-
-def _autoddpm_chains(c: Any) -> float:
-    # reconstruction from t_rec, then RePaint from t_in with resample_steps repeats per step (≈: the last step once)
-    return float((c.rec_steps or c.t_rec + 1) + (c.inpaint_steps or c.t_in + 1) * c.resample_steps)
-
-
-SCORE_PASSES: dict[str, Passes] = {
-    "ddpm": Passes(_ddpm_chain, lambda c, k: {"score_steps": min(k, c.t_ad + 1)}),
-    "anoddpm": Passes(_ddpm_chain, lambda c, k: {"score_steps": min(k, c.t_ad + 1)}),
-    "autoddpm": Passes(_autoddpm_chains, lambda c, k: {"rec_steps": max(1, k // 2),
-                                                       "inpaint_steps": max(1, k // (2 * c.resample_steps))}),
-    "anogan": Passes(lambda c: float(c.search_steps), lambda c, k: {"search_steps": k}),
-}
-
-
 def score_passes(method: str, config: Any) -> float | None:
-    """Network passes per scored slice that ``config`` sets (None: one pass, or data-dependent like IterMask2's)."""
-    p = SCORE_PASSES.get(method)
-    return None if p is None else p.count(config)
+    """Network passes per scored slice that ``config`` sets (None: one pass, or data-dependent like IterMask2's):
+    the method's own :meth:`benchmark.contract.Method.score_passes`."""
+    from benchmark.registry import get_method
+
+    return get_method(method).score_passes(config)
 
 
 # ------------------------------------------------------------------------------------------ published sizes
@@ -365,7 +340,7 @@ class Estimate:
 @dataclass(frozen=True)
 class Budget:
     """What the shared trainer's budget rule makes of a built method: ``kind`` "steps" (per stage: epochs and
-    max_steps as ``Trainer.fit`` resolves them: the stage's own, else the config's), "bank" (learns from each
+    max_steps as :meth:`benchmark.trainer.Stage.budget` resolves them for ``Trainer.fit``), "bank" (learns from each
     training slice once) or "none" (training-free); ``early_stop``: a patience may end it sooner."""
 
     kind: str
@@ -380,11 +355,7 @@ class Budget:
         if not isinstance(method, Trainable):
             return cls("bank" if type(method).learn is not Method.learn else "none")
         cfg = method.config
-        stages = []
-        for st in method.stages():
-            epochs = st.epochs if st.epochs is not None else (None if st.max_steps is not None else cfg.epochs)
-            max_steps = st.max_steps if st.max_steps is not None else (cfg.max_steps if st.epochs is None else None)
-            stages.append((epochs, max_steps))
+        stages = [st.budget(cfg) for st in method.stages()]
         patience = [st.early_stop_patience for st in method.stages()] + [cfg.early_stop_patience]
         return cls("steps", int(cfg.batch_size), tuple(stages), any(p is not None for p in patience))
 

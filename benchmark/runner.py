@@ -15,7 +15,7 @@ import logging
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import pandas as pd
 import torch
@@ -28,6 +28,9 @@ from benchmark.profiles import Profile, configure, get_profile
 from benchmark.provenance import provenance
 from benchmark.registry import get_method, get_table
 from benchmark.runstore import RunSpec, RunStore
+
+if TYPE_CHECKING:
+    from datasets.splits import SubjectsFile
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,7 @@ def selected_parts(spec_table, parts: list[str] | None = None) -> list:
 
 
 def planned_runs(spec_table, profile: str, root: str | Path | None = None, methods: list[str] | None = None,
-                 seeds: list[int] | None = None, skip_bad: bool = False, subset: bool = False,
+                 seeds: list[int] | None = None, skip_bad: bool = False, subset: bool | SubjectsFile = False,
                  parts: list[str] | None = None):
     """Every (part, method, variant, seed) of a table with its prepared data, in table order; each part's
     store is prepared (or opened) once; ``skip_bad`` leaves subjects with bad files out (listed in the store);
@@ -225,11 +228,12 @@ def _evaluate(plan: PlannedRun, spec_table, profile: Profile, store_data, run_st
 def run_table(table_id: str, *, profile: str = "default", store: str | Path = "runs", out: str | Path = "out/tables",
               methods: list[str] | None = None, device: str | None = None, seeds: list[int] | None = None,
               progress: bool = True, render: bool = True, root: str | Path | None = None,
-              skip_bad: bool = False, subset: bool = False, parts: list[str] | None = None) -> TableRun:
+              skip_bad: bool = False, subset: bool | SubjectsFile = False, parts: list[str] | None = None) -> TableRun:
     """Train (or reuse), evaluate and render every run of ``table_id``; ``root`` is the user's data folder
     for tables on a downloaded release (``TableSpec.needs_root`` says which); ``skip_bad`` runs on the
     subjects whose files are good and lists the others in ``TableRun.skipped_subjects``; ``subset`` runs on the
-    listed subjects a root holds when it holds only part of the paper's subject lists."""
+    listed subjects a root holds when it holds only part of the paper's subject lists, or is the user's own split
+    (:class:`datasets.splits.SubjectsFile`, ``--subjects FILE``), which the rendered notes name."""
     spec_table = get_table(table_id)
     if not spec_table.runnable:
         raise NotImplementedError(f"{table_id}: not runnable yet ({spec_table.extra.get('status', 'no protocol')})")
@@ -262,19 +266,31 @@ def run_table(table_id: str, *, profile: str = "default", store: str | Path = "r
     if render and not result.rows.empty:
         subjects = pd.concat([run_store.read_subjects(k) for k in keys], ignore_index=True)
         result.outputs = render_from_rows(spec_table, result.rows, subjects, chosen, Path(out) / profile, profile,
-                                          parts)
+                                          parts, split_note(subset))
     return result
 
 
+def split_note(subset: bool | SubjectsFile) -> str:
+    """The rendered note of a table on the user's own split (``--subjects FILE``), so that it is never taken for the
+    paper's; "" otherwise."""
+    from datasets.splits import SubjectsFile
+
+    if not isinstance(subset, SubjectsFile):
+        return ""
+    return (f"Subject split from {subset.describe()} (--subjects), not the paper's lists: these numbers are on "
+            "that split, not the paper's setting.")
+
+
 def render_from_rows(spec_table, rows: pd.DataFrame, subjects: pd.DataFrame, chosen, out_dir: Path,
-                     profile: str, parts: list[str] | None = None) -> dict[str, Path]:
+                     profile: str, parts: list[str] | None = None, data_note: str = "") -> dict[str, Path]:
     """Markdown / LaTeX / CSV of a table's rows, with the paper's numbers beside ours where the paper
     printed this table, the paired tests and every footnote (metric ids, deviations). ``parts``: only those column
-    groups were run, so only their paper columns are shown."""
+    groups were run, so only their paper columns are shown; ``data_note``: first note (the user's own split)."""
     from protocols.render import load_paper, render_table
     from protocols.tables import PAPER_TABLES_CSV
 
-    notes = list(spec_table.footnotes)
+    notes = [data_note] if data_note else []
+    notes += list(spec_table.footnotes)
     notes += [f"{part.column_group or 'All columns'}: no `{m}` ({why})." for part in spec_table.all_parts
               for m, why in part.skip_methods.items() if m.split("/")[0] in {m for m, _ in chosen}]
     paper = load_paper(PAPER_TABLES_CSV) if PAPER_TABLES_CSV.is_file() else None
@@ -300,7 +316,7 @@ def render_from_rows(spec_table, rows: pd.DataFrame, subjects: pd.DataFrame, cho
 
 def collect_finished(table_id: str, *, profile: str = "default", store: str | Path = "runs",
                      methods: list[str] | None = None, seeds: list[int] | None = None,
-                     root: str | Path | None = None, skip_bad: bool = False, subset: bool = False,
+                     root: str | Path | None = None, skip_bad: bool = False, subset: bool | SubjectsFile = False,
                      parts: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """The rows and per-subject values of a table's finished runs (no training, no scoring), and the
     labels of the runs not finished yet -- for re-rendering and for ``phbench render``."""
@@ -322,7 +338,7 @@ def collect_finished(table_id: str, *, profile: str = "default", store: str | Pa
 
 def render_finished(table_id: str, *, profile: str = "default", store: str | Path = "runs",
                     out: str | Path = "out/tables", methods: list[str] | None = None, seeds: list[int] | None = None,
-                    root: str | Path | None = None, skip_bad: bool = False, subset: bool = False,
+                    root: str | Path | None = None, skip_bad: bool = False, subset: bool | SubjectsFile = False,
                     parts: list[str] | None = None) -> tuple[dict[str, Path] | None, list[str]]:
     """A table rendered from its finished runs (no training, no scoring): its written files (None when no run is
     finished) and the labels of the runs not finished yet -- ``phbench render`` and the sweep's last phase."""
@@ -332,7 +348,8 @@ def render_finished(table_id: str, *, profile: str = "default", store: str | Pat
     if rows.empty:
         return None, missing
     chosen = [(m, v) for m, v in spec_table.methods if not methods or m in methods]
-    return render_from_rows(spec_table, rows, subjects, chosen, Path(out) / profile, profile, parts), missing
+    return render_from_rows(spec_table, rows, subjects, chosen, Path(out) / profile, profile, parts,
+                            split_note(subset)), missing
 
 
 def _deviations(chosen: list[tuple[str, str]]) -> dict[str, tuple[str, ...]]:

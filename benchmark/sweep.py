@@ -25,11 +25,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import submitit
 
 from benchmark.errors import PhbenchError
+
+if TYPE_CHECKING:
+    from datasets.splits import SubjectsFile
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +146,7 @@ class Selection:
     parts: list[str] | None = None
     root: str | None = None
     skip_bad: bool = False
-    subset: bool = False
+    subset: bool | SubjectsFile = False  # a SubjectsFile (--subjects) travels by its rows
 
     def plans(self, table_id: str) -> Iterator[Planned]:
         """Every selected run of a table with its plan (keys, splits), as ``phbench table`` plans it."""
@@ -178,7 +181,7 @@ class Job(submitit.helpers.Checkpointable):
     fold: int = -1
     root: str | None = None
     skip_bad: bool = False
-    subset: bool = False
+    subset: bool | SubjectsFile = False  # a SubjectsFile (--subjects) travels by its rows
     device: str | None = None
     threads: int | None = None
 

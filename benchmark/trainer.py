@@ -58,6 +58,15 @@ class Stage:
     early_stop_patience: int | None = None
     select_best: bool = True
 
+    def budget(self, config: Any) -> tuple[int | None, int | None]:
+        """``(epochs, max_steps)`` of this stage under ``config``: the stage's own, else the config's (a stage that
+        sets only one of them leaves the other unbounded). The one rule ``Trainer.fit`` and the estimates use."""
+        epochs = self.epochs if self.epochs is not None else (
+            None if self.max_steps is not None else config.epochs)
+        max_steps = self.max_steps if self.max_steps is not None else (
+            config.max_steps if self.epochs is None else None)
+        return epochs, max_steps
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -138,7 +147,11 @@ class FitReport:
     seen: int = 0  # training slices seen, all segments
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("history", "seen")}
+        """The fit record train.json keeps, with ``history`` (one row per epoch of every segment: stage, epoch,
+        mean training losses, ``val_loss`` where validated) so convergence can be read after the fact."""
+        out = {k: v for k, v in self.__dict__.items() if k != "seen"}
+        out["history"] = [dict(row) for row in self.history]
+        return out
 
 
 class _EMA:
@@ -242,10 +255,7 @@ class Trainer:
         step0 = ctx.global_step
         for si in range(pos["stage"], len(stages)):
             stage = stages[si]
-            epochs = stage.epochs if stage.epochs is not None else (
-                None if stage.max_steps is not None else cfg.epochs)
-            max_steps = stage.max_steps if stage.max_steps is not None else (
-                cfg.max_steps if stage.epochs is None else None)
+            epochs, max_steps = stage.budget(cfg)
             if epochs is None and max_steps is None:
                 raise ValueError(f"{method.name}: stage {stage.name!r} has neither an epoch nor a step budget")
             val_every = max(1, stage.val_every or getattr(cfg, "val_every", 1) or 1)

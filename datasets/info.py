@@ -199,15 +199,21 @@ def _store_lines(store: Any) -> list[str]:
 
 
 def prepare_for_suite(name: str, adapter: Any, rec: Any, subjects: list[Subject], *, cache_dir=None,
-                      skip_bad: bool = False, workers: int | None = None, force: bool = False) -> tuple[Any, str]:
+                      skip_bad: bool = False, workers: int | None = None, force: bool = False,
+                      own: Any = None) -> tuple[Any, str]:
     """Prepare the store the suite itself uses for ``name`` × ``rec`` (its setup's split and adapter options),
-    falling back to the release's split when no setup applies or none of the subjects is in its split."""
+    falling back to the release's split when no setup applies or none of the subjects is in its split; ``own``: the
+    user's split (a :class:`datasets.splits.SubjectsFile`, ``--subjects FILE``) instead of the setup's."""
     from benchmark.registry import get_dataset
     from datasets.base import prepare
 
     assign, line, setup = suite_split(name, rec, subjects)
     split_fn = None
-    if setup is not None:
+    if own is not None:
+        split_fn, line = own.split_fn(adapter.root), f"split: {own.describe()} (--subjects)"
+        if setup is not None:
+            adapter = get_dataset(name)(adapter.root, **dict(setup.adapter_kwargs))
+    elif setup is not None:
         if not any(v is not None for v in assign.values()):
             line += f" — none of the {len(subjects)} subjects is listed there, so the release's own split is used"
         else:
@@ -301,24 +307,26 @@ def _annotation_split_lines(name: str, rec: Any) -> list[str]:
 
 
 def prepare_report(name: str, root: str | Path | None, recipe: Any = None, *, skip_bad: bool = False,
-                   cache_dir: str | Path | None = None, workers: int | None = None, force: bool = False) -> str:
-    """``phbench data prepare``: build (or reuse) the store the suite uses; counts, path, fingerprint, skips."""
+                   cache_dir: str | Path | None = None, workers: int | None = None, force: bool = False,
+                   subjects: Any = None) -> str:
+    """``phbench data prepare``: build (or reuse) the store the suite uses; counts, path, fingerprint, skips.
+    ``subjects``: the user's split (``--subjects FILE``) instead of the suite's."""
     import time
 
     cls = get_dataset(name)
     root = Path(root) if root is not None else default_root(name, cls.layout)
     adapter = cls(root)
-    subjects = adapter.subjects()
-    if not subjects:
+    found = adapter.subjects()
+    if not found:
         raise DataError(root, f"no {name} subjects found; expected layout: {adapter.layout}")
     rec = resolve_recipe(recipe or adapter.default_recipe) if recipe is None or isinstance(recipe, str) else recipe
     wall, t0 = time.time(), time.perf_counter()
-    store, line = prepare_for_suite(name, adapter, rec, subjects, cache_dir=cache_dir, skip_bad=skip_bad,
-                                    workers=workers, force=force)
+    store, line = prepare_for_suite(name, adapter, rec, found, cache_dir=cache_dir, skip_bad=skip_bad,
+                                    workers=workers, force=force, own=subjects)
     dt = time.perf_counter() - t0
     built = (store.path / "meta.json").stat().st_mtime >= wall - 1.0
     how = f"built in {dt:.1f} s" if built else f"reused the cached store ({dt:.1f} s; --force rebuilds it)"
-    return "\n".join([f"{name} × {rec.id}: {len(subjects)} subjects under {root}", f"  {line}", f"  {how}",
+    return "\n".join([f"{name} × {rec.id}: {len(found)} subjects under {root}", f"  {line}", f"  {how}",
                       *_store_lines(store)])
 
 

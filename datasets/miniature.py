@@ -238,9 +238,9 @@ def _paint(frame: np.ndarray, box: MiniBox, ref: float, rng: np.random.Generator
 def _rss_volume(file_id: str, split: str, index: int, pathology: str, n_slices: int, seed: int,
                 boxes: tuple[MiniBox, ...] = (), z: int | None = None, ghost: bool = False) -> np.ndarray:
     """reconstruction_rss [slices, 320, 320] as stored: display images (anterior up) flipped up/down."""
-    from datasets.phantom import synth_subject
+    from datasets.phantom import TIGHT_SCAN, synth_subject
 
-    subj = synth_subject(split, index, pathology, n_slices, seed)
+    subj = synth_subject(split, index, pathology, n_slices, seed, TIGHT_SCAN)
     rng = _rng(seed, file_id)
     t1 = subj.channels["t1"]
     ref = _reference(t1, subj.brain)
@@ -284,9 +284,9 @@ def _write_h5(path: Path, file_id: str, rss: np.ndarray) -> None:
 def _ixi_volume(index: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(int16 array stored P-S-R like IXI T1, its affine): a healthy phantom head, 9 axial planes of 2 mm whose
     middle one (after the reader's RAS reorientation) passes through the brain centre."""
-    from datasets.phantom import synth_subject
+    from datasets.phantom import TIGHT_SCAN, synth_subject
 
-    subj = synth_subject("train", index, "healthy", 9, seed)
+    subj = synth_subject("train", index, "healthy", 9, seed, TIGHT_SCAN)
     rng = _rng(seed, f"IXI/{index}")
     t1 = subj.channels["t1"]
     ref = _reference(t1, subj.brain)
@@ -433,9 +433,9 @@ def _atlas_volume(sub: str, index: int, lesion: AtlasLesion, seed: int) -> tuple
     """(uint8 T1w, uint8 mask), both [x, y, z] on ``ATLAS_SHAPE`` in RAS: a healthy phantom head (all 94 axial
     2 mm planes) resampled onto the 1 mm grid, with ``lesion`` painted dark into the brain; white matter at
     ~``_ATLAS_WM`` grey levels."""
-    from datasets.phantom import _blob, synth_subject
+    from datasets.phantom import TIGHT_SCAN, _blob, synth_subject
 
-    subj = synth_subject("test", 200 + index, "healthy", 94, seed)  # 94: the whole 2 mm template in z
+    subj = synth_subject("test", 200 + index, "healthy", 94, seed, TIGHT_SCAN)  # 94: the whole 2 mm template in z
     rng = _rng(seed, f"ATLAS/{sub}")
     t1, brain2 = subj.channels["t1"], subj.brain
     ref = _reference(t1, brain2)
@@ -551,9 +551,10 @@ def _brats_case(case: str, split: str, index: int, seed: int) -> tuple[dict[str,
     doubled in z and the slab centred on z = 80, square in plane. Test cases hold a tumour crossing z 70–89;
     training and validation cases are tumour-free (a real BraTS case always has one; IterMask2 only reads the
     tumour-free slices of those splits, and the miniature then gives 20 of them per case)."""
-    from datasets.phantom import synth_subject
+    from datasets.phantom import TIGHT_SCAN, synth_subject
 
-    subj = synth_subject(split, 300 + index, "tumour" if split == "test" else "healthy", _BRATS_SLAB, seed)
+    pathology = "tumour" if split == "test" else "healthy"
+    subj = synth_subject(split, 300 + index, pathology, _BRATS_SLAB, seed, TIGHT_SCAN)
     nx, ny, _ = subj.brain.shape
     side = max(nx, ny) + 8
     ox, oy, oz = (side - nx) // 2, (side - ny) // 2, 80 - _BRATS_SLAB
@@ -604,11 +605,11 @@ def _isles_case(case: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray
     """({Flair, T1, T2, DWI}: int16 [X, Y, 30]), uint8 OT): a skull-stripped stroke phantom whose lesion crosses
     the middle 20 planes and leaves some of them lesion-free (each case is trained on in three folds and tested
     in one); the first draw of (case, attempt) that does so."""
-    from datasets.phantom import synth_subject
+    from datasets.phantom import TIGHT_SCAN, synth_subject
 
     lo = _ISLES_SLAB // 2 - 10
     for attempt in range(20):
-        subj = synth_subject("test", 400 + 40 * attempt + case, "stroke", _ISLES_SLAB, seed)
+        subj = synth_subject("test", 400 + 40 * attempt + case, "stroke", _ISLES_SLAB, seed, TIGHT_SCAN)
         ot = (_half((subj.seg > 0).astype(np.float32)) >= 0.5).astype(np.uint8)
         per_z = ot.reshape(-1, _ISLES_SLAB).any(axis=0)[lo:lo + 20]
         if per_z.any() and not per_z.all():
@@ -813,9 +814,9 @@ def isbi_paths(patient: int, tp: int) -> dict[str, str]:
 def _hcp_subject(index: int, seed: int) -> dict[str, np.ndarray]:
     """{T1w, T2w}: uint8 [260, 311, 260] on the HCP grid: a healthy phantom brain (all 94 axial 2 mm planes), nearest
     in plane (2 mm blocks) and linear along z."""
-    from datasets.phantom import synth_subject
+    from datasets.phantom import TIGHT_SCAN, synth_subject
 
-    subj = synth_subject("train", 600 + index, "healthy", 94, seed)
+    subj = synth_subject("train", 600 + index, "healthy", 94, seed, TIGHT_SCAN)
     rng = _rng(seed, f"HCP/{AFSC_HCP[index]}")
     out = {}
     for name, ch in (("T1w", "t1"), ("T2w", "t2")):
@@ -828,9 +829,9 @@ def _hcp_subject(index: int, seed: int) -> dict[str, np.ndarray]:
 def _brats2017_case(case: str, grade: str, index: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """({flair, t1, t1ce, t2}: uint8 [240, 240, 155], uint8 seg): a skull-stripped phantom brain with a tumour at its
     real size (2 mm blocks in plane, linear along z); HGG: labels 1, 2, 4 (enhancing rim in t1ce), LGG: 1, 2."""
-    from datasets.phantom import synth_subject
+    from datasets.phantom import TIGHT_SCAN, synth_subject
 
-    subj = synth_subject("test", 700 + index, "tumour", 94, seed)
+    subj = synth_subject("test", 700 + index, "tumour", 94, seed, TIGHT_SCAN)
     seg2 = subj.seg
     rng = _rng(seed, f"BraTS2017/{case}")
     hgg = grade == "HGG"
@@ -855,11 +856,11 @@ def _brats2017_case(case: str, grade: str, index: int, seed: int) -> tuple[dict[
 def _isbi_patient(patient: int, seed: int) -> tuple["PhantomSubject", np.ndarray]:
     """(the MS phantom subject, its rater-1 mask on the ISBI slab): the first draw whose lesions cross the slab and
     leave at least a quarter of its slices lesion-free (AFSC scores slices: both kinds are needed)."""
-    from datasets.phantom import synth_subject
+    from datasets.phantom import TIGHT_SCAN, synth_subject
 
     shape = (*ISBI_GRID[:2], ISBI_SLAB)
     for attempt in range(40):
-        subj = synth_subject("test", 800 + 40 * attempt + patient, "ms", _ISBI_PHANTOM_SLAB, seed)
+        subj = synth_subject("test", 800 + 40 * attempt + patient, "ms", _ISBI_PHANTOM_SLAB, seed, TIGHT_SCAN)
         mask = _regrid_labels((subj.seg > 0).astype(np.uint8), subj.affine, ISBI_AFFINE, shape)
         per_z = mask.reshape(-1, ISBI_SLAB).any(axis=0)
         if per_z.sum() >= 3 and (~per_z).sum() >= ISBI_SLAB // 4:

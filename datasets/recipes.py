@@ -48,6 +48,16 @@ def percentile_normalise(x: np.ndarray, pct: float = 98.0, mask: np.ndarray | No
     return np.clip(out, 0.0, 1.0) if clip else out
 
 
+def median_normalise(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Map the median of ``mask`` voxels to 0.5; clip to [0, 1].
+
+    A lesion-robust scale: a bright lesion of a few percent of the brain barely moves the median, whereas it can be
+    (or hold) the 98th percentile, which then darkens that subject's healthy tissue relative to healthy subjects'."""
+    sel = x[mask > 0]
+    ref = float(np.median(sel)) if sel.size else 0.0
+    return np.clip(x * (0.5 / ref), 0.0, 1.0) if ref > 0 else np.zeros_like(x)
+
+
 def zscore(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Zero mean, unit variance inside ``mask``; background stays 0."""
     sel = x[mask > 0]
@@ -147,7 +157,7 @@ def rule_range(lo: int, hi: int) -> SliceRule:
 # ---------------------------------------------------------------------------------------------------
 # recipes
 
-NORMALISERS = {"p98", "p99", "zscore", "minmax", "none"}
+NORMALISERS = {"p98", "p99", "median", "zscore", "minmax", "none"}
 
 
 @dataclass(frozen=True)
@@ -174,6 +184,8 @@ class Recipe:
             return percentile_normalise(x, 98.0, brain)
         if self.normalise == "p99":
             return percentile_normalise(x, 99.0, brain)
+        if self.normalise == "median":
+            return median_normalise(x, brain)
         if self.normalise == "zscore":
             return zscore(x, brain)
         if self.normalise == "minmax":

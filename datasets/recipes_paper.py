@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from datasets.base import Subject, Volume
 from datasets.recipes import (Recipe, SliceRule, axial, check_finite, lesion_boxes, minmax, pad_to_square,
                               percentile_normalise, resize, rule_every_brain_slice, rule_range, zscore)
 from datasets.store import BoxRecord, PreparedSlice, box_label
+
+if TYPE_CHECKING:
+    from datasets.splits import SubjectsFile
 
 # ---------------------------------------------------------------------------------------------------
 # slice rules (volume, brain) → candidate z indices
@@ -480,17 +483,21 @@ class Setup:
         return UnionAdapter([first, *(get_dataset(d)(root, **dict(kw)) for d, kw in self.also)])
 
     def prepare(self, root, *, cache_dir=None, skip_bad: bool = False, force: bool = False, size: int | None = None,
-                subset: bool = False):
-        """The prepared store; ``subset``: a root that holds only part of ``complete_lists`` is used as it is."""
+                subset: bool | SubjectsFile = False):
+        """The prepared store; ``subset``: True uses a root that holds only part of ``complete_lists`` as it is; a
+        :class:`~datasets.splits.SubjectsFile` (``--subjects FILE``) replaces the setup's split by the user's."""
         from datasets.base import prepare
-        from datasets.splits import require_listed
+        from datasets.splits import SubjectsFile, require_listed
 
         adapter = self.adapter(root)
         rec = get_recipe(self.recipe)
         rec = with_size(rec, size) if size else rec
-        split = self.split()
-        if self.complete_lists:
-            split = require_listed(split, self.complete_lists, root, subset=subset)
+        if isinstance(subset, SubjectsFile):
+            split = subset.split_fn(root)
+        else:
+            split = self.split()
+            if self.complete_lists:
+                split = require_listed(split, self.complete_lists, root, subset=subset)
         return prepare(adapter, rec, cache_dir=cache_dir, skip_bad=skip_bad, split_fn=split, force=force)
 
 
@@ -508,15 +515,18 @@ class MergedSetup:
     note: str = ""
 
     def prepare(self, root, *, cache_dir=None, skip_bad: bool = False, force: bool = False, size: int | None = None,
-                subset: bool = False):
+                subset: bool | SubjectsFile = False):
+        """As :meth:`Setup.prepare`; a ``SubjectsFile`` gives each part only the rows of the splits it takes."""
         import hashlib
         from pathlib import Path
 
         from datasets.base import DEFAULT_CACHE
+        from datasets.splits import SubjectsFile
         from datasets.store import SliceStore, merge_stores
 
+        own = (lambda sp: subset.only(*sp)) if isinstance(subset, SubjectsFile) else (lambda sp: subset)
         stores = [(SETUPS[sid].prepare(root, cache_dir=cache_dir, skip_bad=skip_bad, force=force, size=size,
-                                       subset=subset), sp)
+                                       subset=own(sp)), sp)
                   for sid, sp in self.parts]
         key = hashlib.sha256("|".join(f"{st.fingerprint}:{','.join(sp)}" for st, sp in stores).encode()).hexdigest()
         path = Path(cache_dir or DEFAULT_CACHE / "stores") / f"merged-{self.id}-{key[:12]}"

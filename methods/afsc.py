@@ -9,7 +9,7 @@ textures, ``methods.blocks.perlin``). No official AFSC code exists: every choice
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -17,13 +17,16 @@ from torch import nn
 from benchmark.contract import Method, MethodInfo, ScoreOutput, SliceBatch, Trainable, Variant, scoring
 from benchmark.device import autocast
 from benchmark.registry import register_method
-from benchmark.trainer import StepContext, milestone_schedules
+from benchmark.trainer import Stage, StepContext, milestone_schedules
 from methods.blocks.afscm import AFSCmConfig, AFSCmHost, with_afscm
 from methods.blocks.draem import DiscriminativeUNet
 from methods.blocks.encdec import EncoderDecoder
 from methods.blocks.gan import lsgan_discriminator_loss, lsgan_generator_loss
+from methods.blocks.noise import slice_generators
 from methods.blocks.perlin import DraemAnomalies
 from methods.blocks.reconstruction import residual_output
+
+_VAL_SEED = 0xAF5C  # the validation anomalies' seed: fixed, so every run and seed is monitored on the same ones
 
 
 @dataclass
@@ -121,6 +124,24 @@ class AFSC(AFSCmHost, Method, Trainable):
                                                             self.d(torch.cat([fake.detach(), clean], 1)).float())
         d_loss = step.optimize("d", real_loss + fake_loss)
         return {"g": g_loss, "l1": float(l1.detach()), "d": d_loss}
+
+    def stages(self) -> list[Stage]:
+        """The host's stages with ``select_best=False``: the validation loss is a convergence monitor only, so
+        the trained weights stay those of each stage's last epoch (as before it existed)."""
+        return [replace(s, select_best=False) for s in super().stages()]
+
+    @torch.no_grad()
+    def validation_loss(self, batch: SliceBatch) -> float:
+        """Monitor of eq. 7's reconstruction term: L1 between the healthy slice and G's output for it with seeded
+        synthetic anomalies pasted (each slice draws from its own generator, so the value does not depend on the
+        batch). The adversarial and mask terms are left out: they measure the discriminator, not convergence."""
+        clean = batch.image.float()
+        rows = batch.index if batch.index is not None else torch.arange(len(batch))
+        gens = slice_generators(_VAL_SEED, rows, clean.device)
+        pasted = torch.cat([self.anomalies(clean[i:i + 1], generator=g)[0] for i, g in enumerate(gens)])
+        with autocast(self.device, self.config.amp):
+            fake = self.g(pasted).float()
+        return float((clean - fake).abs().mean())
 
     def _score(self, batch: SliceBatch) -> ScoreOutput:
         x = batch.image.float()

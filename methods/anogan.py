@@ -137,6 +137,14 @@ class AnoGAN(Method, Trainable):
         "default": {"batch_size": 8, "widths": (16, 32, 64, 128), "search_steps": 50},
     }
 
+    @classmethod
+    def score_passes(cls, config: AnoGANConfig) -> float:
+        return float(config.search_steps)
+
+    @classmethod
+    def score_passes_capped(cls, config: AnoGANConfig, k: int) -> dict[str, Any]:
+        return {"search_steps": k}
+
     def __init__(self, config: AnoGANConfig | None = None, **kw: Any):
         super().__init__(config, **kw)
         c = self.config

@@ -135,6 +135,16 @@ class AutoDDPM(Method):
     }
 
     @classmethod
+    def score_passes(cls, config: AutoDDPMConfig) -> float:
+        # reconstruction from t_rec, then RePaint from t_in, resample_steps repeats per step (≈: the last step once)
+        c = config
+        return float((c.rec_steps or c.t_rec + 1) + (c.inpaint_steps or c.t_in + 1) * c.resample_steps)
+
+    @classmethod
+    def score_passes_capped(cls, config: AutoDDPMConfig, k: int) -> dict[str, Any]:
+        return {"rec_steps": max(1, k // 2), "inpaint_steps": max(1, k // (2 * config.resample_steps))}
+
+    @classmethod
     def upstreams(cls, config: MethodConfig) -> dict[str, Upstream]:
         """The ddpm with its own (profile) config and this method's input range: with the default range, the same
         key as the ``ddpm`` rows of a table."""

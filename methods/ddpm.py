@@ -169,6 +169,14 @@ class DDPM(Method, Trainable):
                     "channel_mult": (1, 2, 2, 2), "attention_levels": (False, False, False, True), "score_steps": 10},
     }
 
+    @classmethod
+    def score_passes(cls, config: DDPMConfig) -> float:
+        return float(config.score_steps or config.t_ad + 1)  # None: every step from t_AD down to 0 (anoddpm too)
+
+    @classmethod
+    def score_passes_capped(cls, config: DDPMConfig, k: int) -> dict[str, Any]:
+        return {"score_steps": min(k, config.t_ad + 1)}
+
     def __init__(self, config: DDPMConfig | None = None, **kw: Any):
         super().__init__(config, **kw)
         c = self.config

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import pandas as pd
 
 from benchmark.registry import register_table
 from protocols.evaluate import CORE_METRIC_IDS
 from protocols.suites import get_protocol, validate
+
+if TYPE_CHECKING:
+    from datasets.splits import SubjectsFile
 
 PAPER_TABLES_CSV = Path(__file__).resolve().parent.parent / "results" / "paper_tables.csv"
 
@@ -29,7 +32,8 @@ class TablePart:
     IterMask2 Table 1. ``store(profile, root, skip_bad=False, subset=False)`` returns the prepared slice store
     with train/val/test (or :class:`benchmark.folds.Folds`, one store per fold); ``skip_bad`` leaves out (and
     lists) subjects with bad files instead of stopping; ``subset`` runs on the listed subjects a root holds when it
-    holds only part of a paper's lists."""
+    holds only part of a paper's lists, or is a :class:`datasets.splits.SubjectsFile` (``--subjects FILE``) that
+    replaces the lists by the user's split."""
 
     column_group: str
     store: Callable[..., Any]  # (profile, root, skip_bad=False, subset=False) -> SliceStore | Folds
@@ -96,9 +100,12 @@ class TableSpec:
     def all_parts(self) -> tuple[TablePart, ...]:
         if self.parts:
             return self.parts
-        store = self.store
-        return (TablePart("", lambda profile, root, skip_bad=False, subset=False: store(profile),
-                          overrides=self.overrides),)
+        store, table_id = self.store, self.table_id
+
+        def load(profile: str, root: Path | None, skip_bad: bool = False, subset: Any = False):
+            no_subjects_file(table_id, subset)
+            return store(profile)
+        return (TablePart("", load, overrides=self.overrides),)
 
     @property
     def protocol_id(self) -> str:
@@ -110,6 +117,17 @@ class TableSpec:
 AT_128_PX: dict[str, dict[str, Any]] = {"proxyano": {"slic_segments": 200}}
 AT_128_PX_NOTE = ("proxyano runs on the 128-px slices (its paper: 256 px) with 200 SLIC segments, the superpixel area "
                   "of the paper's 800 at 256 px; its pseudo-abnormal patch sides scale with the image (8-64 px).")
+
+
+def no_subjects_file(table_id: str, subset: Any) -> None:
+    """A table that reads no --root has no subject lists for ``--subjects FILE`` to replace: one line, not a table
+    silently on its usual data."""
+    from benchmark.errors import PhbenchError
+    from datasets.splits import SubjectsFile
+
+    if isinstance(subset, SubjectsFile):
+        raise PhbenchError(f"{table_id}: --subjects {subset.path}: this table reads no --root (its data are built in "
+                           "or shared), so it has no subject lists to replace")
 
 
 def _phantom_store(profile: str):
@@ -130,7 +148,8 @@ TABLE1 = register_table(TableSpec(
     overrides=AT_128_PX,
     footnotes=(
         "Data: MNI ICBM152 2009a phantom generated from the nilearn templates (train/val healthy; test: healthy, "
-        "tumour, stroke, MS-like, atrophy subjects); every brain slice of an axial slab, 98th-percentile normalised.",
+        "tumour, stroke, MS-like, atrophy subjects); every brain slice of an axial slab, each volume scaled so its "
+        "brain median is 0.5.",
         "Each method's own anomaly map and image score (no per-paper re-scoring).",
         AT_128_PX_NOTE,
     ),
@@ -203,10 +222,11 @@ def _setup_store(setup_id: str, table_id: str, needs: str, miniature: str = "",
     Without --root: ``shared`` names the folder of the project's shared real data that development tables read;
     ``miniature`` a release of ``datasets.miniature`` that stands in for the root in the smoke profile
     (layout-faithful synthetic files read by the real adapters: CI runs the table end to end)."""
-    def load(profile: str, root: Path | None, skip_bad: bool = False, subset: bool = False):
+    def load(profile: str, root: Path | None, skip_bad: bool = False, subset: bool | SubjectsFile = False):
         from benchmark.errors import PhbenchError
         from datasets.base import shared_release
         from datasets.recipes_paper import SETUPS
+        from datasets.splits import SubjectsFile
 
         if root is None and shared:
             root = shared_release(*shared)
@@ -216,7 +236,9 @@ def _setup_store(setup_id: str, table_id: str, needs: str, miniature: str = "",
         if root is None and miniature and profile == "smoke":
             from datasets.miniature import miniature_root
 
-            root, subset = miniature_root(miniature), True  # a miniature holds a few subjects of each list
+            root = miniature_root(miniature)
+            if not isinstance(subset, SubjectsFile):
+                subset = True  # a miniature holds a few subjects of each list
         if root is None:
             raise PhbenchError(f"{table_id}: give --root, the folder of {needs} (see README, Datasets)")
         return SETUPS[setup_id].prepare(root, skip_bad=skip_bad, subset=subset)
@@ -277,9 +299,15 @@ ITERMASK2_TABLE1 = register_table(TableSpec(
 ))
 
 
-def _isles_folds(profile: str, root: Path | None, skip_bad: bool = False, subset: bool = False):
+def _isles_folds(profile: str, root: Path | None, skip_bad: bool = False, subset: bool | SubjectsFile = False):
     """ISLES 2015's cross-validated column: the four fold stores of the suite's 4-fold split, one model each."""
+    from benchmark.errors import PhbenchError
     from benchmark.folds import Folds
+    from datasets.splits import SubjectsFile
+
+    if isinstance(subset, SubjectsFile):
+        raise PhbenchError(f"--subjects {subset.path}: the ISLES FLAIR column is a 4-fold cross-validation, which one "
+                           "split cannot replace; run the other columns (--parts ATLAS)")
 
     return Folds([_setup_store(f"itermask2-isles2015-fold{k}", "itermask2-table2", ISLES_NEEDS,
                                miniature="itermask2")(profile, root, skip_bad, subset) for k in range(4)],
@@ -376,11 +404,14 @@ def _cross_dataset(test_setup: str, table_id: str, needs: str) -> Callable[..., 
     train_store = _setup_store("afsc-hcp", table_id, HCP_NEEDS, miniature="afsc")
     test_store = _setup_store(test_setup, table_id, needs, miniature="afsc")
 
-    def load(profile: str, root: Path | None, skip_bad: bool = False, subset: bool = False):
+    def load(profile: str, root: Path | None, skip_bad: bool = False, subset: bool | SubjectsFile = False):
+        from datasets.splits import SubjectsFile
         from datasets.store import CrossDatasetStore
 
-        return CrossDatasetStore(train_store(profile, root, skip_bad, subset),
-                                 test_store(profile, root, skip_bad, subset), name=f"HCP → {test_setup}")
+        own = isinstance(subset, SubjectsFile)  # each release looks for the subjects of the splits it gives
+        return CrossDatasetStore(train_store(profile, root, skip_bad, subset.only("train", "val") if own else subset),
+                                 test_store(profile, root, skip_bad, subset.only("test") if own else subset),
+                                 name=f"HCP → {test_setup}")
     return load
 
 
@@ -421,9 +452,10 @@ AFSC_TABLE2 = _afsc_table(
     "anomaly = rater 1's mask [assumption, protocols/afsc.md §2].")
 
 
-def _phantom_t2_part(profile: str, root: Path | None = None, skip_bad: bool = False, subset: bool = False):
+def _phantom_t2_part(profile: str, root: Path | None = None, skip_bad: bool = False, subset: Any = False):
     from datasets.phantom import phantom_store
 
+    no_subjects_file("afsc-dev", subset)
     return phantom_store(profile, modality="t2")
 
 
@@ -435,8 +467,8 @@ AFSC_DEV = register_table(TableSpec(
     reference_method="afsc", metric_groups={m: "Metrics" for m in AFSC_METRIC_IDS},
     footnotes=(
         "Data: the MNI phantom's T2 contrast (train / val healthy; test: healthy, tumour, stroke, MS-like, atrophy "
-        "subjects; every brain slice of an axial slab, 98th-percentile normalised), one store for training and "
-        "test (not AFSC's cross-dataset setting); no paper numbers beside these.",
+        "subjects; every brain slice of an axial slab, each volume scaled so its brain median is 0.5), one store for "
+        "training and test (not AFSC's cross-dataset setting); no paper numbers beside these.",
         AFSC_PROTOCOL_NOTE)))
 
 

@@ -9,10 +9,10 @@ calibration, timed ``score_slices``; slices/s, steps/s, peak memory), with
 - ``--dtype``: ``bf16`` = the config as it is (bf16 autocast on CUDA where ``config.amp``); ``fp32`` = ``amp`` off.
   On a CPU the suite's autocast is off by design (``benchmark.device.autocast`` is a no-op there), so a bf16 row
   would time fp32 again: CPUs get fp32 rows only;
-- scorers whose chain or search length is a config field (``benchmark.estimate.SCORE_PASSES``: DDPM, AnoDDPM and
-  AutoDDPM steps, AnoGAN's latent search) timed at about ``--score-passes`` passes per slice; the row records the
-  passes, and the estimate scales the figure to a run's count. IterMask2's passes depend on the data and the
-  trained state: its row records the mean it ran (after a few steps: indicative only);
+- scorers whose chain or search length is a config field (``Method.score_passes`` / ``score_passes_capped``: DDPM,
+  AnoDDPM and AutoDDPM steps, AnoGAN's latent search) timed at about ``--score-passes`` passes per slice; the row
+  records the passes, and the estimate scales the figure to a run's count. IterMask2's passes depend on the data and
+  the trained state: its row records the mean it ran (after a few steps: indicative only);
 - the configs of ``--profile`` (default ``paper``: the networks the paper tables train) on the phantom of
   ``--data-profile`` (default ``default``) at ``--size`` px, with a second contrast stored beside each slice (for
   Cyclic-UNet; the others ignore it); the calibration on ``--val-slices`` validation slices.
@@ -60,7 +60,7 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 import bench_methods as bm  # noqa: E402  (scripts/ is on the path when this file runs)
 from benchmark.contract import DataSpec, SliceBatch, Trainable  # noqa: E402
-from benchmark.estimate import SCORE_PASSES, score_passes  # noqa: E402
+from benchmark.estimate import score_passes  # noqa: E402
 from benchmark.io import atomic_write_text  # noqa: E402
 from benchmark.profiles import configure, get_profile  # noqa: E402
 from benchmark.registry import all_methods, get_method  # noqa: E402
@@ -88,8 +88,8 @@ def measured_overrides(name: str, variant: str, profile, dtype: str, passes: int
     cls = get_method(name)
     config = cls.resolve(configure(cls, profile), variant)
     out: dict[str, Any] = {} if dtype == "bf16" else {"amp": False}
-    if name in SCORE_PASSES and passes:
-        out.update(SCORE_PASSES[name].capped(config, passes))
+    if passes:
+        out.update(cls.score_passes_capped(config, passes))
     return out, score_passes(name, config.replace(**out))
 
 

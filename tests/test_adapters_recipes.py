@@ -143,3 +143,20 @@ def test_lgg_store_without_data_names_what_to_pass(tmp_path, monkeypatch):
     with pytest.raises(DataError) as e:
         lgg_store(None, cache_dir=tmp_path)
     assert "pass root=" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_median_normalise_maps_the_brain_median_to_half_and_ignores_a_small_bright_lesion():
+    from datasets.recipes import median_normalise, percentile_normalise
+
+    brain = np.ones((10, 10), np.float32)
+    healthy = np.full((10, 10), 2.0, np.float32)
+    healthy[:5] = 1.0  # median of the 100 brain voxels: 1.5 (50 at 1.0, 50 at 2.0)
+    out = median_normalise(healthy, brain)
+    assert np.allclose(out[:5], 1.0 / 3.0) and np.allclose(out[5:], 2.0 / 3.0)
+    lesioned = healthy.copy()
+    lesioned[9, :3] = 9.0  # 3 % of the brain, very bright: clipped at 1, the healthy voxels keep their values
+    out = median_normalise(lesioned, brain)
+    assert np.allclose(out[:5], 1.0 / 3.0) and out[9, 0] == 1.0 and np.allclose(out[9, 3:], 2.0 / 3.0)
+    # the 98th percentile moves with it: the defect the median avoids
+    assert percentile_normalise(lesioned, 98.0, brain)[5, 0] < percentile_normalise(healthy, 98.0, brain)[5, 0]
+    assert not median_normalise(healthy, np.zeros_like(brain)).any()  # no brain voxel: all zero, no division

@@ -103,7 +103,8 @@ def t1_phantom(tmp_path_factory: pytest.TempPathFactory) -> SliceStore:
     FLAIR: there the lesions are the brightest tissue, so the input itself (and any untrained network's
     |x − c|) already ranks them first and no training gain could show."""
     phantom = pytest.importorskip("datasets.phantom")
-    return phantom.phantom_store("smoke", size=64, modality="t1", cache_dir=tmp_path_factory.mktemp("phantom"))
+    return phantom.phantom_store("smoke", scan=phantom.TIGHT_SCAN, normalise="p98",
+                                 size=64, modality="t1", cache_dir=tmp_path_factory.mktemp("phantom"))
 
 
 def before_and_after_training(method: Method, store: SliceStore) -> tuple[float, float]:

@@ -253,7 +253,8 @@ def test_autoddpm_on_a_trained_ddpm_localises_lesions(tmp_path_factory):
     0.64–0.71 before the clipped background was reconstructed as itself).
     """
     phantom = pytest.importorskip("datasets.phantom")
-    store = phantom.phantom_store("smoke", modality="flair", size=32, cache_dir=tmp_path_factory.mktemp("phantom"))
+    store = phantom.phantom_store("smoke", scan=phantom.TIGHT_SCAN, normalise="p98",
+                                  modality="flair", size=32, cache_dir=tmp_path_factory.mktemp("phantom"))
     test = store.split("test")
     data = DataSpec.of(store)
     cfg = DDPMConfig(model_channels=8, channel_mult=(1, 2, 2), attention_levels=(False, False, True), epochs=45,

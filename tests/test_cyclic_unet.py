@@ -313,12 +313,12 @@ def test_training_makes_the_cycle_localise_lesions(tmp_path_factory):
     """
     from datasets.adapters.phantom import PhantomAdapter
     from datasets.base import prepare
-    from datasets.phantom import phantom_sizes, write_phantom
+    from datasets.phantom import TIGHT_SCAN, phantom_sizes, write_phantom
     from datasets.recipes import Recipe, rule_every_brain_slice
     from tests.test_dae import _pixel_auroc
 
     cache = tmp_path_factory.mktemp("phantom")
-    root = write_phantom(cache, **phantom_sizes("smoke"))
+    root = write_phantom(cache, scan=TIGHT_SCAN, **phantom_sizes("smoke"))
     rec = Recipe("phantom-t1-aux-flair-32", 1, ("t1",), rule_every_brain_slice(0.05), normalise="p98", size=32,
                  aux_channels=("flair",))
     store = prepare(PhantomAdapter(root), rec, cache_dir=cache / "stores")

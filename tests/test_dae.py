@@ -336,7 +336,8 @@ def test_training_makes_the_dae_localise_lesions(tmp_path_factory):
     already near the intensity floor (≈ 0.98) and says nothing about learning.
     """
     phantom = pytest.importorskip("datasets.phantom")
-    store = phantom.phantom_store("smoke", modality="t1", size=32, cache_dir=tmp_path_factory.mktemp("phantom"))
+    store = phantom.phantom_store("smoke", scan=phantom.TIGHT_SCAN, normalise="p98",
+                                  modality="t1", size=32, cache_dir=tmp_path_factory.mktemp("phantom"))
     torch.manual_seed(0)
     m = DAE(DAEConfig(depth=3, wf=3, lr=3e-3, epochs=25, batch_size=8, early_stop_patience=None,
                       cosine_t_max=None), data=DataSpec.of(store))

@@ -297,7 +297,8 @@ def test_training_makes_draem_and_draem_g_localise_lesions(tmp_path_factory):
     same reason as the DAE test: on FLAIR/T2 the lesions are bright, and an intensity-like residual is already good.
     """
     phantom = pytest.importorskip("datasets.phantom")
-    store = phantom.phantom_store("smoke", modality="t1", size=32, cache_dir=tmp_path_factory.mktemp("phantom"))
+    store = phantom.phantom_store("smoke", scan=phantom.TIGHT_SCAN, normalise="p98",
+                                  modality="t1", size=32, cache_dir=tmp_path_factory.mktemp("phantom"))
     torch.manual_seed(0)
     m = Draem(DraemConfig(rec_width=8, disc_width=8, lr=1e-3, epochs=25), data=DataSpec.of(store))
     test = store.split("test")

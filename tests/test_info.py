@@ -70,7 +70,7 @@ def test_info_real_lgg_and_oct(shared_data, tmp_path):
 def test_info_defaults_and_recipe_names(tmp_path, monkeypatch):
     from datasets.info import resolve_recipe
 
-    assert resolve_recipe("phantom-flair").id == "phantom-flair@v1"
+    assert resolve_recipe("phantom-flair").id == "phantom-flair@v2"
     assert resolve_recipe("itermask2_brats_t2@v1").channels == ("t2",)
     monkeypatch.setenv("PHBENCH_SHARED_DATA", str(tmp_path))
     with pytest.raises(DataError) as e:

@@ -396,9 +396,9 @@ def test_training_makes_itermask2_localise_lesions():
     """
     from sklearn.metrics import roc_auc_score
 
-    from datasets.phantom import phantom_store
+    from datasets.phantom import TIGHT_SCAN, phantom_store
 
-    store = phantom_store("smoke", modality="t1", size=64)
+    store = phantom_store("smoke", scan=TIGHT_SCAN, normalise="p98", modality="t1", size=64)
     train, val, test = store.split("train"), store.split("val"), store.split("test")
     cfg = IterMask2.Config(epochs=25, max_steps=None, batch_size=4, lr=1e-3, model_channels=8, channel_mult=(1, 2, 4),
                            num_res_blocks=1, attention_resolutions=(), hf_radius=7.5,

@@ -268,7 +268,8 @@ def test_training_makes_mkd_score_anomalies_above_the_same_healthy_slices(tmp_pa
     from datasets import phantom
     from datasets.synthetic import make_synthetic
 
-    store = phantom.phantom_store("smoke", size=32, cache_dir=tmp_path_factory.mktemp("phantom"),
+    store = phantom.phantom_store("smoke", scan=phantom.TIGHT_SCAN, normalise="p98",
+                                  size=32, cache_dir=tmp_path_factory.mktemp("phantom"),
                                   sizes={"n_train": 8, "n_val": 3, "n_test": 0, "slices_per_subject": 12})
     sdist = P.find_sdist()
     teacher: dict = {"force_random_teacher": True}

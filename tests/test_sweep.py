@@ -3,9 +3,12 @@ that is run again after one run is deleted and then does only that run."""
 
 from __future__ import annotations
 
+import contextlib
 import pickle
+from types import SimpleNamespace
 
 import pytest
+import submitit
 
 from benchmark.cli import main
 from benchmark.errors import PhbenchError
@@ -112,3 +115,40 @@ def test_a_failing_job_is_reported_with_its_log(tmp_path):
     failed = [line for line in result.lines() if line.startswith("FAILED")]
     assert len(failed) == 1 and str(outcome.log) in failed[0]
     assert not (tmp_path / "runs" / "smoke" / bad.key).exists()
+
+
+class _VanishingSlurm(submitit.SlurmExecutor):
+    """A SLURM executor whose jobs leave the queue at once and never write a result (killed, node lost)."""
+
+    def __init__(self, folder):  # no sbatch here: nothing is submitted
+        self.logs = folder
+        self.submitted: list[str] = []
+
+    @contextlib.contextmanager
+    def batch(self, allow_implicit_submissions: bool = False):
+        yield
+
+    def submit(self, fn, *args, **kwargs):
+        job_id = f"4242_{len(self.submitted)}"
+        self.submitted.append(job_id)
+        stderr = self.logs / f"{job_id}_0_log.err"
+        return SimpleNamespace(job_id=job_id, done=lambda: False, paths=SimpleNamespace(stderr=stderr))
+
+
+def test_a_job_that_vanishes_is_a_failure_with_its_log_and_the_driver_exits_non_zero(tmp_path, monkeypatch, capsys):
+    import benchmark.sweep as sw
+
+    fake = _VanishingSlurm(tmp_path / "logs")
+    monkeypatch.setattr(sw, "make_executor", lambda kind, folder, options: fake)
+    monkeypatch.setattr(sw, "_slurm_queue", lambda: set())  # squeue answers, and the job is not in it
+    monkeypatch.setattr(sw.time, "sleep", lambda s: None)
+    assert main(["sweep", "table1", "--profile", "smoke", "--methods", "intensity", "--executor", "slurm",
+                 "--store", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+                 "--logs", str(tmp_path / "logs")]) == 1
+    out = capsys.readouterr().out.splitlines()
+    failed = [line for line in out if line.startswith("FAILED")]
+    assert fake.submitted and len(failed) == len(fake.submitted)  # every vanished job, each with its own log
+    for job_id, line in zip(fake.submitted, failed):
+        assert f"(job {job_id})" in line and "left the SLURM queue without a result" in line
+        assert line.endswith(f"log: {tmp_path / 'logs' / f'{job_id}_0_log.err'}")
+    assert any(line.startswith("not ") for line in out)  # its evaluation is not run / its run not finished

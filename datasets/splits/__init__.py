@@ -8,8 +8,11 @@ never changes when code or data order does. ``None`` means "not used by this set
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import re
+from collections import Counter
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable
@@ -96,18 +99,100 @@ def require_listed(fn: SplitFn, lists: str, root: Path | str, *, subset: bool = 
             raise DataError(root, f"none of the {len(listed)} subjects of {lists} is here ({outside} subject(s) "
                                   f"outside the lists, e.g. {example}): a paper's table runs on the release's own "
                                   "subject ids; point --root at the release folder as downloaded (phbench list says "
-                                  "what each table needs)")
+                                  "what each table needs; --subset cannot help), or give your own split of these "
+                                  "subjects with --subjects FILE")
         if n_found < len(listed):
             what = (f"{n_found} of the {len(listed)} subjects of {lists} are here ({counts}; {outside} subject(s) "
                     "outside the lists, never used)")
             if not subset:
                 raise DataError(root, f"{what}. The paper's table needs them all; to run on the listed subjects you "
-                                      "have, add --subset (the table is then yours, not the paper's)")
+                                      "have, add --subset, or give your own split with --subjects FILE (the table "
+                                      "is then yours, not the paper's)")
             if (str(root), lists) not in _SUBSET_NOTED:  # once per root and lists, not once per store
                 _SUBSET_NOTED.add((str(root), lists))
                 log.warning("%s: %s: running on this subset (--subset)", root, what)
         return fn(subjects)
     return sourced(check, split_source(fn))
+
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SubjectsFile:
+    """A user's own subject split (``--subjects FILE``: a CSV with the header ``subject,split``) that replaces a
+    table's committed lists. Only the rows travel (a sweep job re-plans from them, wherever it runs), and a store's
+    key holds the split it was prepared with, so the same rows under another path reuse the stores and other rows
+    never do."""
+
+    path: str
+    rows: tuple[tuple[str, str], ...]  # (subject id, split), in file order
+
+    @classmethod
+    def read(cls, path: str | Path) -> "SubjectsFile":
+        """The file's rows; one line naming the file (and the line) when it is not such a CSV."""
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as err:
+            raise DataError(p, f"cannot read the --subjects file ({type(err).__name__}: {err}); it must be a CSV "
+                               "with the header subject,split") from err
+        reader = csv.reader(io.StringIO(text))
+        header = [h.strip() for h in next(reader, [])]
+        if header != ["subject", "split"]:
+            raise DataError(p, f"line 1: the header must be 'subject,split', not {','.join(header)!r}")
+        rows: list[tuple[str, str]] = []
+        first: dict[str, int] = {}
+        for rec in reader:
+            n = reader.line_num
+            if not any(c.strip() for c in rec):
+                continue
+            if len(rec) != 2:
+                raise DataError(p, f"line {n}: {len(rec)} fields, expected 2 (subject,split)")
+            sid, split = rec[0].strip(), rec[1].strip()
+            if not sid:
+                raise DataError(p, f"line {n}: no subject id")
+            if split not in SPLIT_NAMES:
+                raise DataError(p, f"line {n}: split {split!r} is not one of {', '.join(SPLIT_NAMES)}")
+            if sid in first:
+                raise DataError(p, f"line {n}: subject {sid} is listed again (first on line {first[sid]})")
+            first[sid] = n
+            rows.append((sid, split))
+        if not rows:
+            raise DataError(p, "no subjects under the header subject,split")
+        return cls(str(p), tuple(rows))
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+    def counts(self) -> dict[str, int]:
+        """Subjects per split, in train / val / test order (splits with none left out)."""
+        got = Counter(split for _, split in self.rows)
+        return {sp: got[sp] for sp in SPLIT_NAMES if got[sp]}
+
+    def describe(self) -> str:
+        return f"{self.name} (" + ", ".join(f"{sp} {n}" for sp, n in self.counts().items()) + " subjects)"
+
+    def only(self, *splits: str) -> "SubjectsFile":
+        """The rows of some splits: the part of a table that takes only those splits from its own release (PHANES
+        Table 2's ATLAS test side, AFSC's HCP training side) looks for only those subjects in its release."""
+        return replace(self, rows=tuple(r for r in self.rows if r[1] in splits))
+
+    def split_fn(self, root: Path | str) -> SplitFn:
+        """The file's split; one line naming the file when a listed subject is not among the root's."""
+        lookup = dict(self.rows)
+
+        def fn(subjects: list[Subject]) -> dict[str, "str | None"]:
+            found = {s.id for s in subjects}
+            missing = [sid for sid, _ in self.rows if sid not in found]
+            if missing:
+                here = ", ".join(sorted(found)[:3]) or "none"
+                raise DataError(self.path, f"{len(missing)} of its {len(self.rows)} subjects are not under {root} "
+                                           f"(e.g. {', '.join(missing[:3])}; the root holds e.g. {here}): list only "
+                                           "subjects of the release under --root, by the ids its adapter gives them")
+            return {s.id: lookup.get(s.id) for s in subjects}
+        return sourced(fn, f"{self.path} (--subjects: {self.describe()})")
 
 
 def union(*fns: SplitFn) -> SplitFn:
