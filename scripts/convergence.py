@@ -3,9 +3,10 @@
 A profile's default budget should sit where a method's validation loss flattens. This reads the per-epoch history
 that train.json keeps (``fit.history``) for every model of a table's runs in a run store and prints, per model, the
 validation loss (or, for a method without one, its main training loss, labelled ``train:<name>``) at ~10 evenly
-spaced epochs, the relative change over the last quarter of the epochs ((mean of the last quarter − mean of the
-quarter before) / |mean of the quarter before|) and a verdict: ``flat`` (|change| < 2 %), ``still falling`` or
-``rising``. Models trained before train.json kept the history get a line saying so.
+spaced epochs, the relative change over the last quarter of its last stage (of all stages when that one ran < 4
+epochs): (mean of the last quarter − mean of the quarter before) / |mean of the quarter before|, and a
+verdict: ``flat`` (|change| < 2 %), ``still falling`` or ``rising``. Models trained before train.json kept the
+history get a line saying so.
 
 Usage (after ``python -m benchmark table table1 --store runs``):
 ``python scripts/convergence.py --store runs --table table1 [--profile default] [--methods ae ...] [--csv PATH]
@@ -130,11 +131,18 @@ def report(curves: list[Curve]) -> list[str]:
             lines.append(f"{c.label} [{c.train_key[:10]}]: no training history in train.json (trained before it "
                          "was kept, or nothing trained by epochs)")
             continue
-        values = [v for _, _, v in c.rows]
+        # a last stage of >= 4 epochs is judged alone (ProxyAno's IRM learns another thing than its PEM); a short
+        # one (AFSC's one fine-tuning epoch with binary masks) with the stages before it
+        last_stage = c.rows[-1][0]
+        values = [v for s, _, v in c.rows if s == last_stage]
+        judged = last_stage if len(values) >= 4 else "all stages"
+        values = values if len(values) >= 4 else [v for _, _, v in c.rows]
         change = relative_change(values)
         shown = ", ".join(f"{e + 1}:{v:.4g}" for _, e, v in sampled(c.rows))
         pct = "n/a" if change is None else f"{100 * change:+.1f} %"
-        lines.append(f"{c.label} [{c.train_key[:10]}] {c.loss} over {len(c.rows)} epochs: {shown}")
+        stages = list(dict.fromkeys(s for s, _, _ in c.rows))
+        where = f" (stages {', '.join(stages)}; judged on {judged})" if len(stages) > 1 else ""
+        lines.append(f"{c.label} [{c.train_key[:10]}] {c.loss} over {len(c.rows)} epochs{where}: {shown}")
         lines.append(f"    last quarter vs the one before: {pct} -> {verdict(change)}")
     return lines
 

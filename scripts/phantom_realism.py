@@ -5,8 +5,9 @@ This script prints, per modality pair, one table with phantom / real / ratio / v
 
 - ``t1``: phantom T1 vs IXI T1 (``ra-ixi-dev``: 36 shared volumes, 11 central slices at 2 mm, RA's per-slice
   98th-percentile preparation); ``flair``: phantom FLAIR vs the tumour-free LGG FLAIR slices (``lgg_store``);
-  the phantom of ``--profile`` at 128 px, as the suite's tables store it. Healthy training slices throughout
-  (the AE rows: trained on train, measured on val).
+  the phantom of ``--profile`` at 128 px, scaled by its 98th percentile like the real sets (``--phantom-normalise
+  median``: as table1 stores it, which sets every brain median to 0.5 and so removes intensity spread by design).
+  Healthy training slices throughout (the AE rows: trained on train, measured on val).
 - Intensities (brain pixels): p5/25/50/75/95; 1-D Wasserstein (W1) distances between subjects within each set
   and between the sets (pooled and per subject pair).
 - Tissue contrast: a 3-class multi-Otsu split of each subject's brain pixels → class means by brightness,
@@ -359,12 +360,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-ae", action="store_true", help="skip the AE rows (no training)")
     ap.add_argument("--models", type=Path, default=DEFAULT_CACHE / "realism", help="trained AEs (reused)")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--phantom-normalise", choices=["p98", "median"], default="p98",
+                    help="the phantom's volume scaling: p98 (default) compares the generator under the percentile "
+                         "scaling the real sets use; median is the phantom as table1 stores it (recipe v2)")
     args = ap.parse_args(argv)
     device = pick_device(args.device)
     names = {"t1": "IXI T1 (ra-ixi-dev)", "flair": "LGG FLAIR tumour-free (lgg-dev)"}
     for modality in args.pairs:
         t0 = time.perf_counter()
-        ph_store = phantom_store(args.profile, modality=modality)
+        ph_store = phantom_store(args.profile, modality=modality, normalise=args.phantom_normalise)
         real_store, spacing = _real_store(modality, args.data)
         ph = slices_of("phantom", ph_store.split("train", label=0), scalp=False, spacing_mm=SPACING_MM)
         real = slices_of(names[modality], real_store.split("train", label=0), scalp=True, spacing_mm=spacing)
