@@ -17,6 +17,7 @@ Rows whose variant is ``oracle`` or ``GT`` (grey rows, sanity checks) are never 
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
@@ -805,6 +806,12 @@ def _tex_groups(t: Table, cols: list[int]) -> list[tuple[str, str]]:
     return out
 
 
+def _caption_text(title: str) -> str:
+    """A title that starts "Table 1 — …" without that prefix: LaTeX numbers the float itself, so the caption would
+    read "Table 1: Table 1 — …" (a paper's own table id, "IterMask2 Table 1 — …", stays: it names the source)."""
+    return re.sub(r"^Table\s+\S+\s+[—–-]+\s+", "", title)
+
+
 def latex_table(t: Table, wide: bool = False) -> str:
     """booktabs LaTeX from a built :class:`Table` (jinja2 with LaTeX-safe delimiters): ``table`` floats, or
     with ``wide`` ``table*`` floats spanning both columns of a two-column paper. Datasets / column groups
@@ -814,7 +821,7 @@ def latex_table(t: Table, wide: bool = False) -> str:
                              variable_end_string=")))", comment_start_string="((=", comment_end_string="=))",
                              trim_blocks=True, autoescape=False, keep_trailing_newline=True)
     blocks = _tex_blocks(t, wide)
-    title = _tex(t.title or t.table_id)
+    title = _tex(_caption_text(t.title or t.table_id))
     notes = list(t.footnotes)
     if t.deviations:
         notes.append("Deviations from each method's paper or official code (" + ", ".join(

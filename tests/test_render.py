@@ -250,3 +250,11 @@ def test_a_long_table_continues_in_floats_of_the_same_number():
     rows = [len(re.findall(r"^method\d\d ", f, flags=re.M)) for f in floats]
     assert len(floats) >= 3 and sum(rows) == 80  # 80 two-line rows are three pages' worth
     assert "Values: mean" in floats[-1] and "Values: mean" not in floats[0]
+
+
+def test_a_latex_caption_does_not_repeat_the_float_number():
+    data = _wide_and_long(2, groups=1)
+    own = R.latex_table(R.build_table(data, table_id="t", title="Table 1 — MNI phantom: lesions"))
+    assert r"\caption{MNI phantom: lesions}" in own  # LaTeX writes "Table 1:" itself
+    paper = R.latex_table(R.build_table(data, table_id="t", title="IterMask2 Table 1 — BraTS2021"))
+    assert r"\caption{IterMask2 Table 1 --- BraTS2021}" in paper  # a paper's table id names the source: kept
