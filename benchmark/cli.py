@@ -215,7 +215,6 @@ def _cmd_data_info(args: argparse.Namespace) -> int:
 
 def _cmd_data_prepare(args: argparse.Namespace) -> int:
     from datasets.info import prepare_report
-
     from datasets.splits import SubjectsFile
 
     print(prepare_report(args.dataset, Path(args.root) if args.root else None, recipe=args.recipe,

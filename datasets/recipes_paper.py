@@ -521,12 +521,11 @@ class MergedSetup:
         from pathlib import Path
 
         from datasets.base import DEFAULT_CACHE
-        from datasets.splits import SubjectsFile
+        from datasets.splits import subjects_for
         from datasets.store import SliceStore, merge_stores
 
-        own = (lambda sp: subset.only(*sp)) if isinstance(subset, SubjectsFile) else (lambda sp: subset)
         stores = [(SETUPS[sid].prepare(root, cache_dir=cache_dir, skip_bad=skip_bad, force=force, size=size,
-                                       subset=own(sp)), sp)
+                                       subset=subjects_for(subset, *sp)), sp)
                   for sid, sp in self.parts]
         key = hashlib.sha256("|".join(f"{st.fingerprint}:{','.join(sp)}" for st, sp in stores).encode()).hexdigest()
         path = Path(cache_dir or DEFAULT_CACHE / "stores") / f"merged-{self.id}-{key[:12]}"

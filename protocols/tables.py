@@ -405,12 +405,11 @@ def _cross_dataset(test_setup: str, table_id: str, needs: str) -> Callable[..., 
     test_store = _setup_store(test_setup, table_id, needs, miniature="afsc")
 
     def load(profile: str, root: Path | None, skip_bad: bool = False, subset: bool | SubjectsFile = False):
-        from datasets.splits import SubjectsFile
+        from datasets.splits import subjects_for
         from datasets.store import CrossDatasetStore
 
-        own = isinstance(subset, SubjectsFile)  # each release looks for the subjects of the splits it gives
-        return CrossDatasetStore(train_store(profile, root, skip_bad, subset.only("train", "val") if own else subset),
-                                 test_store(profile, root, skip_bad, subset.only("test") if own else subset),
+        return CrossDatasetStore(train_store(profile, root, skip_bad, subjects_for(subset, "train", "val")),
+                                 test_store(profile, root, skip_bad, subjects_for(subset, "test")),
                                  name=f"HCP → {test_setup}")
     return load
 

@@ -13,6 +13,7 @@ from methods.ae import AE
 from methods.ae_s import AES, AESConfig, SpatialAutoencoder, baur_widths
 from datasets.store import SliceStore
 from methods.blocks.baur import BaurDecoder
+from tests.behaviour import behaviour_phantom
 from tests.test_ae_behaviour import pixel_auroc
 
 TINY = dict(widths=(4, 8, 16, 16), batch_size=2, augment=False)
@@ -102,9 +103,8 @@ def t1_phantom(tmp_path_factory: pytest.TempPathFactory) -> SliceStore:
     """The 64-px T1 smoke phantom (36 healthy training slices, 36 test slices, 21 with lesions). T1, not the suite's
     FLAIR: there the lesions are the brightest tissue, so the input itself (and any untrained network's
     |x − c|) already ranks them first and no training gain could show."""
-    phantom = pytest.importorskip("datasets.phantom")
-    return phantom.phantom_store("smoke", scan=phantom.TIGHT_SCAN, normalise="p98",
-                                 size=64, modality="t1", cache_dir=tmp_path_factory.mktemp("phantom"))
+    pytest.importorskip("datasets.phantom")
+    return behaviour_phantom(size=64, modality="t1", cache_dir=tmp_path_factory.mktemp("phantom"))
 
 
 def before_and_after_training(method: Method, store: SliceStore) -> tuple[float, float]:

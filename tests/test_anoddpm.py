@@ -20,6 +20,7 @@ from methods.blocks.diffusion import DiffusionSchedule, RespacedSchedule, respac
 from methods.blocks.noise import generator_from, slice_generators
 from methods.blocks.simplex import simplex_noise
 from methods.blocks.unet import AttentionBlock, GroupNorm32, ResBlock
+from tests.behaviour import behaviour_phantom
 from tests.test_dae import _pixel_auroc, brains as disc_brains, gen
 
 TINY = dict(model_channels=4, channel_mult=(1, 2), attention_levels=(False, False), batch_size=2,
@@ -272,9 +273,8 @@ def test_training_makes_anoddpm_localise_lesions(tmp_path_factory):
     numbers. FLAIR rather than T1: on T1 the untrained map already sits at 0.60 pooled / 0.54 brain-only and the
     trained one gains only 0.12–0.15.
     """
-    phantom = pytest.importorskip("datasets.phantom")
-    store = phantom.phantom_store("smoke", scan=phantom.TIGHT_SCAN, normalise="p98",
-                                  modality="flair", size=32, cache_dir=tmp_path_factory.mktemp("phantom"))
+    pytest.importorskip("datasets.phantom")
+    store = behaviour_phantom(modality="flair", size=32, cache_dir=tmp_path_factory.mktemp("phantom"))
     torch.manual_seed(0)
     cfg = AnoDDPMConfig(model_channels=8, channel_mult=(1, 2, 2), attention_levels=(False, False, True),
                         epochs=63, batch_size=8, lr=2e-3, ema_decay=0.97, val_every=10**6, augment=False,

@@ -16,7 +16,7 @@ from benchmark.models import model_spec
 from benchmark.profiles import configure, get_profile
 from benchmark.trainer import StepContext, Trainer
 from methods.anogan import AnoGAN, AnoGANConfig, from_tanh, to_tanh
-from tests.behaviour import before_and_after_training
+from tests.behaviour import behaviour_phantom, before_and_after_training
 
 SMOKE = dict(configure(AnoGAN, get_profile("smoke")).to_dict())
 
@@ -208,9 +208,8 @@ def test_training_makes_g_reconstruct_healthy_slices(tmp_path_factory):
     about |x − 0.5|, which is smallest at the T1 lesions (0.22–0.55). Measured over seeds 0–2 (30 epochs, batch 8):
     healthy error 0.355 → 0.158–0.163 (× 0.44–0.46), pixel AUROC 0.07 → 0.50–0.62.
     """
-    phantom = pytest.importorskip("datasets.phantom")
-    store = phantom.phantom_store("smoke", scan=phantom.TIGHT_SCAN, normalise="p98",
-                                  modality="t1", size=32, cache_dir=tmp_path_factory.mktemp("phantom"))
+    pytest.importorskip("datasets.phantom")
+    store = behaviour_phantom(modality="t1", size=32, cache_dir=tmp_path_factory.mktemp("phantom"))
     torch.manual_seed(0)
     m = AnoGAN(AnoGANConfig(widths=(16, 32, 64), z_dim=32, epochs=30, batch_size=8, search_steps=20,
                             search_lr=1e-2), data=DataSpec.of(store))

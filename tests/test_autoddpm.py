@@ -30,6 +30,7 @@ from methods.ddpm import DDPM, DDPMConfig
 from tests.conftest import toy_slices
 from tests.test_anoddpm import Spy
 from tests.test_dae import _pixel_auroc
+from tests.behaviour import behaviour_phantom
 from tests.test_ddpm import TINY as TINY_DDPM, itermask2_like, lively
 
 D32 = DataSpec(32, 1)
@@ -252,9 +253,8 @@ def test_autoddpm_on_a_trained_ddpm_localises_lesions(tmp_path_factory):
     0.67 (ε̂ ≡ 0: the reconstruction is the slice plus noise residue, the map says little); trained DDPM 0.91 (seed 0;
     0.64–0.71 before the clipped background was reconstructed as itself).
     """
-    phantom = pytest.importorskip("datasets.phantom")
-    store = phantom.phantom_store("smoke", scan=phantom.TIGHT_SCAN, normalise="p98",
-                                  modality="flair", size=32, cache_dir=tmp_path_factory.mktemp("phantom"))
+    pytest.importorskip("datasets.phantom")
+    store = behaviour_phantom(modality="flair", size=32, cache_dir=tmp_path_factory.mktemp("phantom"))
     test = store.split("test")
     data = DataSpec.of(store)
     cfg = DDPMConfig(model_channels=8, channel_mult=(1, 2, 2), attention_levels=(False, False, True), epochs=45,

@@ -24,6 +24,7 @@ from benchmark.trainer import StepContext, Trainer
 from methods.blocks.kascenas_unet import ConvBlock, KascenasUNet, WSConv2d, middle_divisor, unet_widths
 from methods.blocks.noise import coarse_noise, generator_from
 from methods.dae import DAE, DAEConfig, cosine_factor, median5
+from tests.behaviour import behaviour_phantom
 
 PAPER_TABLES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paper_tables.csv"
 TINY = dict(depth=2, wf=2, batch_size=2)
@@ -335,9 +336,8 @@ def test_training_makes_the_dae_localise_lesions(tmp_path_factory):
     T1 rather than FLAIR: on FLAIR the lesions are the brightest tissue, so the untrained intensity-like map is
     already near the intensity floor (≈ 0.98) and says nothing about learning.
     """
-    phantom = pytest.importorskip("datasets.phantom")
-    store = phantom.phantom_store("smoke", scan=phantom.TIGHT_SCAN, normalise="p98",
-                                  modality="t1", size=32, cache_dir=tmp_path_factory.mktemp("phantom"))
+    pytest.importorskip("datasets.phantom")
+    store = behaviour_phantom(modality="t1", size=32, cache_dir=tmp_path_factory.mktemp("phantom"))
     torch.manual_seed(0)
     m = DAE(DAEConfig(depth=3, wf=3, lr=3e-3, epochs=25, batch_size=8, early_stop_patience=None,
                       cosine_t_max=None), data=DataSpec.of(store))

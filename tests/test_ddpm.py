@@ -22,6 +22,7 @@ from methods.blocks.noise import generator_from, slice_generators
 from methods.blocks.reconstruction import UnitRange
 from methods.ddpm import DDPM, DDPMConfig
 from tests.test_anoddpm import Spy
+from tests.behaviour import behaviour_phantom
 from tests.test_dae import _pixel_auroc, gen
 
 TINY = dict(model_channels=4, channel_mult=(1, 2), attention_levels=(False, False), batch_size=2, augment=False)
@@ -254,9 +255,8 @@ def test_training_makes_ddpm_localise_lesions(tmp_path_factory):
     Trained (UNet 8, 16, 16; Adam 2e-3, batch 8, 45 epochs = 180 steps, EMA 0.97; 5 respaced reverse steps) measured
     pooled 0.64–0.71, brain-only 0.79–0.83 over seeds 0–2.
     """
-    phantom = pytest.importorskip("datasets.phantom")
-    store = phantom.phantom_store("smoke", scan=phantom.TIGHT_SCAN, normalise="p98",
-                                  modality="flair", size=32, cache_dir=tmp_path_factory.mktemp("phantom"))
+    pytest.importorskip("datasets.phantom")
+    store = behaviour_phantom(modality="flair", size=32, cache_dir=tmp_path_factory.mktemp("phantom"))
     torch.manual_seed(0)
     cfg = DDPMConfig(model_channels=8, channel_mult=(1, 2, 2), attention_levels=(False, False, True), epochs=45,
                      batch_size=8, lr=2e-3, ema_decay=0.97, val_every=10**6, augment=False, score_steps=5)

@@ -28,6 +28,7 @@ from methods.blocks.encdec import EncoderDecoder
 from methods.blocks.reconstruction import max_of_mean_filtered
 from methods.draem import AFSCM_VARIANT, Draem, DraemConfig
 from methods.draem_g import DraemG, DraemGConfig
+from tests.behaviour import behaviour_phantom
 from tests.conftest import toy_slices
 
 D32 = DataSpec(32, 1)
@@ -296,9 +297,8 @@ def test_training_makes_draem_and_draem_g_localise_lesions(tmp_path_factory):
     epochs of 4 steps): segmentation pooled 0.84–0.94, residual brain-only 0.81–0.92 over seeds 0–2. T1 for the
     same reason as the DAE test: on FLAIR/T2 the lesions are bright, and an intensity-like residual is already good.
     """
-    phantom = pytest.importorskip("datasets.phantom")
-    store = phantom.phantom_store("smoke", scan=phantom.TIGHT_SCAN, normalise="p98",
-                                  modality="t1", size=32, cache_dir=tmp_path_factory.mktemp("phantom"))
+    pytest.importorskip("datasets.phantom")
+    store = behaviour_phantom(modality="t1", size=32, cache_dir=tmp_path_factory.mktemp("phantom"))
     torch.manual_seed(0)
     m = Draem(DraemConfig(rec_width=8, disc_width=8, lr=1e-3, epochs=25), data=DataSpec.of(store))
     test = store.split("test")

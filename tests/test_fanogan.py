@@ -18,7 +18,7 @@ from benchmark.trainer import StepContext, Trainer
 from methods.anogan import to_tanh
 from methods.blocks.wgan import WGANResBlock, WGANResEncoder, layer_norm, wgan_widths
 from methods.fanogan import FAnoGAN, FAnoGANConfig
-from tests.behaviour import before_and_after_training
+from tests.behaviour import behaviour_phantom, before_and_after_training
 
 SMOKE = dict(configure(FAnoGAN, get_profile("smoke")).to_dict())
 
@@ -255,9 +255,8 @@ def test_training_makes_g_of_e_reconstruct_healthy_slices(tmp_path_factory):
     batch 8, 120 WGAN-GP epochs = 480 critic / 96 G steps, 50 encoder epochs): healthy error 0.53 / 0.38 / 0.41 →
     0.16 / 0.20 / 0.18 (× 0.29–0.54), pixel AUROC 0.52 / 0.24 / 0.35 → 0.87 / 0.42 / 0.52 (+0.17 to +0.35).
     """
-    phantom = pytest.importorskip("datasets.phantom")
-    store = phantom.phantom_store("smoke", scan=phantom.TIGHT_SCAN, normalise="p98",
-                                  modality="t1", size=32, cache_dir=tmp_path_factory.mktemp("phantom"))
+    pytest.importorskip("datasets.phantom")
+    store = behaviour_phantom(modality="t1", size=32, cache_dir=tmp_path_factory.mktemp("phantom"))
     torch.manual_seed(0)
     m = FAnoGAN(FAnoGANConfig(dim=8, batch_size=8, epochs=120, encoder_epochs=50, encoder_steps=None),
                 data=DataSpec.of(store))

@@ -20,7 +20,7 @@ from methods.anogan import from_tanh, to_tanh
 from methods.blocks.gan import init_normal_
 from methods.ganomaly import GANomaly, GANomalyConfig
 from methods.sparse_gan import SparseGAN, SparseGANConfig
-from tests.behaviour import before_and_after_training
+from tests.behaviour import behaviour_phantom, before_and_after_training
 
 METHODS = {"ganomaly": GANomaly, "sparse-gan": SparseGAN}
 TINY = {"ngf": 4, "ndf": 4, "nz": 8, "batch_size": 4}
@@ -254,9 +254,8 @@ def test_training_makes_g_reconstruct_healthy_slices(name, tmp_path_factory):
     N(0, 0.02) weights, so x̂ ≈ tanh(0), mid grey, for every slice; its map is about |x − 0.5|, smallest at the T1
     lesions. Measured (seed 0, 30 epochs of 4–5 steps, lr 2e-3): healthy error 0.355 → 0.09 (GANomaly) / 0.10
     (Sparse-GAN), pixel AUROC 0.07 → 0.95 / 0.95."""
-    phantom = pytest.importorskip("datasets.phantom")
-    store = phantom.phantom_store("smoke", scan=phantom.TIGHT_SCAN, normalise="p98",
-                                  modality="t1", size=32, cache_dir=tmp_path_factory.mktemp("phantom"))
+    pytest.importorskip("datasets.phantom")
+    store = behaviour_phantom(modality="t1", size=32, cache_dir=tmp_path_factory.mktemp("phantom"))
     m = tiny(name, DataSpec.of(store), ngf=8, ndf=8, nz=16, epochs=30, batch_size=8, lr=2e-3)
     (before, auroc_before), (after, auroc_after) = before_and_after_training(m, store)
     assert after <= 0.5 * before and auroc_after - auroc_before >= 0.3, (before, after, auroc_before, auroc_after)

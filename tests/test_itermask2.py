@@ -17,6 +17,7 @@ from benchmark.trainer import Trainer
 from methods.blocks.masks import masked_fraction, random_patch_masks
 from methods.blocks.unet import AttentionBlock
 from methods.itermask2 import IterMask2
+from tests.behaviour import behaviour_phantom
 from tests.conftest import toy_slices
 
 REFERENCE = Path(os.environ.get("PHBENCH_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "reference"
@@ -396,9 +397,7 @@ def test_training_makes_itermask2_localise_lesions():
     """
     from sklearn.metrics import roc_auc_score
 
-    from datasets.phantom import TIGHT_SCAN, phantom_store
-
-    store = phantom_store("smoke", scan=TIGHT_SCAN, normalise="p98", modality="t1", size=64)
+    store = behaviour_phantom(modality="t1", size=64)
     train, val, test = store.split("train"), store.split("val"), store.split("test")
     cfg = IterMask2.Config(epochs=25, max_steps=None, batch_size=4, lr=1e-3, model_channels=8, channel_mult=(1, 2, 4),
                            num_res_blocks=1, attention_resolutions=(), hf_radius=7.5,

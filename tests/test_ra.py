@@ -24,6 +24,7 @@ from methods.blocks.anomaly_maps import clahe, gaussian_smooth, ra_anomaly_map
 from methods.blocks.augment import affine_params, affine_theta, random_affine
 from methods.blocks.introvae import IntroResDecoder, IntroResEncoder
 from methods.ra import RA, RAConfig, reversed_embedding_loss
+from tests.behaviour import behaviour_phantom
 
 PAPER_TABLES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paper_tables.csv"
 TINY = dict(channels=(8, 16, 16, 32, 32), z_dim=16, batch_size=2)
@@ -364,9 +365,8 @@ def test_training_makes_ra_localise_lesions(tmp_path_factory):
     augmentation, lr 3e-3 and one thread (≈ 0.35 s per step of 8 on a shared core); the full architecture is
     checked above.
     """
-    phantom = pytest.importorskip("datasets.phantom")
-    store = phantom.phantom_store("smoke", scan=phantom.TIGHT_SCAN, normalise="p98",
-                                  size=32, cache_dir=tmp_path_factory.mktemp("phantom"))
+    pytest.importorskip("datasets.phantom")
+    store = behaviour_phantom(size=32, cache_dir=tmp_path_factory.mktemp("phantom"))
     sdist = P.find_sdist()
     lpips_cfg = {"allow_random_lpips": True}
     if sdist is not None:

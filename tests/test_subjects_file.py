@@ -12,7 +12,7 @@ import pytest
 from benchmark.cli import main
 from benchmark.errors import DataError, PhbenchError
 from datasets.recipes_paper import SETUPS
-from datasets.splits import SubjectsFile
+from datasets.splits import SubjectsFile, subjects_for
 from tests.layouts import write_brats
 
 SPLITS = Path(__file__).resolve().parent.parent / "datasets" / "splits" / "itermask2"
@@ -120,3 +120,12 @@ def test_data_prepare_uses_the_file(root, own, tmp_path, capsys):
                  "--store", str(tmp_path / "stores"), "--subjects", str(copy), "--workers", "1"]) == 0
     out = capsys.readouterr().out
     assert "split: split.csv (train 3, val 1, test 2 subjects) (--subjects)" in out
+
+
+def test_each_release_of_a_multi_release_table_gets_the_rows_of_its_splits(tmp_path):
+    f = tmp_path / "split.csv"
+    f.write_text("subject,split\nhcp1,train\nhcp2,val\nbrats1,test\n")
+    own = SubjectsFile.read(f)
+    assert subjects_for(own, "train", "val").rows == (("hcp1", "train"), ("hcp2", "val"))
+    assert subjects_for(own, "test").rows == (("brats1", "test"),)
+    assert subjects_for(True, "test") is True and subjects_for(False, "train") is False  # --subset passes as is

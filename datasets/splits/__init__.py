@@ -195,6 +195,12 @@ class SubjectsFile:
         return sourced(fn, f"{self.path} (--subjects: {self.describe()})")
 
 
+def subjects_for(subset: "bool | SubjectsFile", *splits: str) -> "bool | SubjectsFile":
+    """``subset`` as one release of a multi-release table gets it: a :class:`SubjectsFile` keeps the rows of the
+    splits that release supplies (it looks for no other subject there); ``--subset``'s True / False passes as is."""
+    return subset.only(*splits) if isinstance(subset, SubjectsFile) else subset
+
+
 def union(*fns: SplitFn) -> SplitFn:
     """Each subject's split from the first function that assigns it one (lists of disjoint releases)."""
     def fn(subjects: list[Subject]) -> dict[str, "str | None"]:
