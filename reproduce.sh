@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for users and CI: creates .venv on first use, installs phbench, runs what is asked.
-#   ./reproduce.sh table1 [--profile default|smoke|paper] [...]   render a table (main job)
+#   ./reproduce.sh table1 [--profile default|gpu|smoke|paper] render a table (main job)
 #   ./reproduce.sh all [--executor slurm|local] [...]             every runnable table that needs no --root
-#                                                                 (default profile) as sweep jobs (phbench sweep --all)
+#                                                                 (default, or gpu on CUDA) as sweep jobs (phbench sweep --all)
 #   ./reproduce.sh test [pytest args]                             run the test suite
 #   ./reproduce.sh <any phbench subcommand> ...                   e.g. list, check, data info
 set -euo pipefail

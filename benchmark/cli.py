@@ -1,10 +1,11 @@
 """``phbench`` command line (also ``python -m benchmark``).
 
     phbench list                                   methods, datasets, tables
-    phbench table table1 [--profile default]       train/score/render a table (skips finished runs)
+    phbench table table1 [--profile auto]          train/score/render a table (skips finished runs); auto: gpu
+                                                   on a CUDA device, else default (also for render, figure, sweep)
     phbench check [TABLE ...] [--profile smoke]    re-run tables and compare with results/<profile>/<table>.csv
-    phbench render <table> [--profile default]     re-render a table from its finished runs
-    phbench figure <table> [--profile default]     qualitative figure of the table's trained methods
+    phbench render <table> [--profile auto]        re-render a table from its finished runs
+    phbench figure <table> [--profile auto]        qualitative figure of the table's trained methods
     phbench sweep TABLE... --executor slurm|local  tables as SLURM / local jobs (submitit); a rerun does what is missing
     phbench estimate TABLE... [--profile paper]    hours per table from measured throughput (results/throughput/)
     phbench data info <dataset> --root DIR         counts per split/label + a preview PNG
@@ -16,15 +17,38 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 import warnings
 from pathlib import Path
 
 from benchmark.errors import PhbenchError
+from benchmark.profiles import PROFILES
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results"
+AUTO = "auto"  # --profile of table, render, figure and sweep: "gpu" when the device is CUDA, else "default"
+
+
+def resolve_profile(args: argparse.Namespace) -> None:
+    """Replace ``--profile auto`` by "gpu" when the run's device (``--device``, PHBENCH_DEVICE, else CUDA when
+    present: ``pick_device``) is CUDA, else by "default", and say so on stderr when it is gpu: the same command gets
+    the GPU's budget on a GPU and the CPU's elsewhere. An explicit profile is left as it is."""
+    if getattr(args, "profile", None) != AUTO:
+        return
+    import torch
+
+    from benchmark.device import pick_device
+
+    try:
+        cuda = pick_device(args.device).type == "cuda"
+    except RuntimeError:  # CUDA named but absent here (a sweep's SLURM driver): the jobs run on it; else re-raised
+        cuda = torch.device(args.device or os.environ["PHBENCH_DEVICE"]).type == "cuda"
+    args.profile = "gpu" if cuda else "default"
+    if cuda:
+        print(f"phbench: CUDA device: profile gpu (default's data, a {PROFILES['gpu'].budget_scale}x budget, its own "
+              "run store); --profile default gives the CPU budget", file=sys.stderr)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -237,7 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "subject,split (train, val or test); the rendered table names it")
 
     def run_opts(sp: argparse.ArgumentParser, default_profile: str) -> None:
-        sp.add_argument("--profile", default=default_profile, choices=["smoke", "default", "paper"])
+        auto = default_profile == AUTO
+        sp.add_argument("--profile", default=default_profile, choices=[*PROFILES, AUTO] if auto else list(PROFILES),
+                        help="run profile (default auto: gpu when the device is CUDA, else default)" if auto
+                        else f"run profile (default {default_profile})")
         sp.add_argument("--store", default=str(REPO / "runs"), help="run store folder (default: runs/)")
         sp.add_argument("--out", default=str(REPO / "out" / "tables"), help="rendered tables folder")
         sp.add_argument("--device", default=None, help="cuda, cpu, cuda:1 (default: CUDA when present)")
@@ -250,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("table", help="run and render a table")
     t.add_argument("table_id")
-    run_opts(t, "default")
+    run_opts(t, AUTO)
     t.add_argument("--methods", nargs="+", default=None, help="only these methods")
     t.add_argument("--parts", nargs="+", default=None,
                    help="only these column groups of a multi-dataset table (a part's name or a word of it, e.g. brain)")
@@ -274,14 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("render", help="re-render a table from its finished runs (no training, no scoring)")
     r.add_argument("table_id")
-    run_opts(r, "default")
+    run_opts(r, AUTO)
     r.add_argument("--methods", nargs="+", default=None, help="only these methods")
     r.add_argument("--parts", nargs="+", default=None, help="only these column groups (as for table)")
     r.set_defaults(func=_cmd_render)
 
     f = sub.add_parser("figure", help="qualitative figure (input, ground truth, reconstruction, map per method)")
     f.add_argument("table_id")
-    run_opts(f, "default")
+    run_opts(f, AUTO)
     f.add_argument("--n", type=int, default=4, help="number of example slices (largest lesions, one per subject)")
     f.add_argument("--methods", nargs="+", default=None, help="only these methods")
     f.set_defaults(func=_cmd_figure)
@@ -289,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("sweep", help="run tables as SLURM or local jobs through submitit (reruns do what is missing)")
     w.add_argument("table_ids", nargs="*", help="tables to run")
     w.add_argument("--all", action="store_true", help="every runnable table that needs no --root")
-    run_opts(w, "default")
+    run_opts(w, AUTO)
     w.add_argument("--methods", nargs="+", default=None, help="only these methods")
     w.add_argument("--parts", nargs="+", default=None, help="only these column groups (as for table)")
     w.add_argument("--seeds", nargs="+", type=int, default=None, help="override the profile's seeds")
@@ -314,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("estimate", help="hours a table takes: its plan × measured throughput (no training)")
     e.add_argument("table_ids", nargs="+", help="tables (models and scored sets shared between them count once)")
-    e.add_argument("--profile", default="paper", choices=["smoke", "default", "paper"])
+    e.add_argument("--profile", default="paper", choices=list(PROFILES))
     e.add_argument("--throughput", default=None,
                    help="figures of scripts/bench_throughput.py --json (default results/throughput/cuda.json, "
                         "else cpu.json)")
@@ -358,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
     try:
+        resolve_profile(args)
         return int(args.func(args) or 0)
     except (PhbenchError, KeyError, NotImplementedError, FileNotFoundError) as err:
         if args.verbose:

@@ -35,7 +35,7 @@ def table_figure(table_id: str, *, profile: str = "default", store: str | Path =
     left out with a warning, and no trained model at all is an error naming the run store.
     """
     spec, prof = get_table(table_id), get_profile(profile)
-    data = spec.all_parts[0].store(profile, None if root is None else Path(root), skip_bad=skip_bad,
+    data = spec.all_parts[0].store(prof.data_name, None if root is None else Path(root), skip_bad=skip_bad,
                                    subset=subset)  # first part
     if isinstance(data, Folds):
         raise PhbenchError(f"{table_id}: its first column is cross-validated ({len(data.stores)} folds, one model "

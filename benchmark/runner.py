@@ -101,7 +101,7 @@ def planned_runs(spec_table, profile: str, root: str | Path | None = None, metho
     ``parts`` runs only some column groups (:func:`selected_parts`)."""
     prof = get_profile(profile)
     for part in selected_parts(spec_table, parts):
-        data = part.store(profile, None if root is None else Path(root), skip_bad=skip_bad, subset=subset)
+        data = part.store(prof.data_name, None if root is None else Path(root), skip_bad=skip_bad, subset=subset)
         for method_name, variant in spec_table.methods:
             if (methods and method_name not in methods) or part.skips(method_name, variant):
                 continue
@@ -136,9 +136,9 @@ def plan_run(spec_table, method_name: str, variant: str, seed: int, profile: Pro
         test = test.take(profile.max_test_slices)
     extra = overrides or {}
 
-    def part_overrides(cls: type) -> Mapping[str, Any]:  # a mapping, or profile name → mapping (paper-only budgets)
+    def part_overrides(cls: type) -> Mapping[str, Any]:  # a mapping, or data_name → mapping (paper-only budgets)
         o = extra.get(cls.name, {})
-        return o(profile.name) if callable(o) else o
+        return o(profile.data_name) if callable(o) else o
 
     model = model_spec(method_name, variant, lambda cls: configure(cls, profile, **part_overrides(cls)), train,
                        val, seed)

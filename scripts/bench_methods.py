@@ -358,7 +358,7 @@ def main() -> int:
     profile = get_profile(args.profile)
 
     t_all = time.perf_counter()
-    store = phantom_store(args.profile, modality=args.modality, size=args.size)
+    store = phantom_store(profile.data_name, modality=args.modality, size=args.size)
     header = machine_header(args, devices, store)
     print(f"phantom '{args.profile}' {args.modality} {args.size} px: {header['n_train']} train / "
           f"{header['n_test']} test slices; per method {args.warmup_steps} warm-up + ≤ {args.train_steps} timed "
