@@ -90,7 +90,7 @@ class AES(AE):
     name = "ae-s"
     Config = AESConfig
     variants: dict = {}  # AE's AFSC-table row is AE-D's only
-    version = 1
+    version = 2  # v2: channels_last networks via AE (float rounding; issue 21)
     min_size_multiple = 16  # ≥ 1 stage down to the 8×8 latent; the size must be 8·2^k (checked at build)
     info = MethodInfo(
         paper="Baur et al., MedIA 69:101952, 2021 (AE-S), as configured in Bercea et al. MIDL 2023 App. A",
@@ -110,8 +110,8 @@ class AES(AE):
     def __init__(self, config: AESConfig | None = None, **kw: Any):
         Method.__init__(self, config, **kw)  # AE.__init__ would build the dense network
         c = self.config
-        self.net = SpatialAutoencoder(self.data.channels, self.data.image_size, tuple(c.widths), c.latent_size,
-                                      c.dropout).to(self.device)
+        self.net = self.place(SpatialAutoencoder(self.data.channels, self.data.image_size, tuple(c.widths),
+                                                 c.latent_size, c.dropout))
 
     def training_step(self, batch: SliceBatch, step: StepContext) -> dict[str, float]:
         x = random_affine(batch.image, generator=step.generator) if self.config.augment else batch.image

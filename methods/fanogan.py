@@ -102,6 +102,7 @@ FANOGAN_DEVIATIONS = (
 @register_method
 class FAnoGAN(Method, Trainable):
     name = "f-anogan"
+    channels_last = True
     Config = FAnoGANConfig
     version = 1
     min_size_multiple = 8  # 4·2^k px with k ≥ 1 (checked at build)
@@ -145,8 +146,7 @@ class FAnoGAN(Method, Trainable):
         nets = (WGANResGenerator(c.z_dim, widths, ch, norm=nn.BatchNorm2d),
                 WGANResEncoder(ch, widths, 1, norm=layer_norm),
                 WGANResEncoder(ch, widths, c.z_dim, norm=nn.BatchNorm2d, out_activation=nn.Tanh))
-        self.generator, self.critic, self.encoder = (n.to(self.device, memory_format=torch.channels_last)
-                                                     for n in nets)
+        self.generator, self.critic, self.encoder = (self.place(n) for n in nets)
 
     def networks(self) -> dict[str, nn.Module]:
         return {"generator": self.generator, "critic": self.critic, "encoder": self.encoder}

@@ -106,7 +106,8 @@ def _shrink_ratio(prev: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
 class IterMask2(Method, Trainable):
     name = "itermask2"
     Config = IterMask2Config
-    version = 2  # v2: contract v2 (size and channels from the store; ablations as config fields)
+    version = 3  # v3: channels_last networks (float rounding; issue 21); v2: contract v2, ablations as fields
+    channels_last = True
     score_version = 2  # v2: scoring runs inference copies in chunks (issue 17): maps move by float rounding
     min_size_multiple = 16  # up to four stride-2 stages of the UNet
     # itermask2-table3 ablations (retrained) + the grey per-image-oracle rows (the default's weights)
@@ -185,10 +186,10 @@ class IterMask2(Method, Trainable):
         if c.score_chunk is not None and c.score_chunk < 0:
             raise ValueError(f"itermask2: score_chunk must be None or >= 0, got {c.score_chunk!r}")
         self._scoring_nets: dict[str, tuple[nn.Module, tuple, nn.Module]] = {}  # name → (source, weights, copy)
-        self.f1 = _build_unet(c, ch, ch, size).to(self.device)
+        self.f1 = self.place(_build_unet(c, ch, ch, size))
         self.f2: UNet | None = None
         if c.iterative:
-            self.f2 = _build_unet(c, ch * (2 if c.frequency_guidance else 1), ch, size).to(self.device)
+            self.f2 = self.place(_build_unet(c, ch * (2 if c.frequency_guidance else 1), ch, size))
 
     def networks(self) -> dict[str, nn.Module]:
         return {"f1": self.f1} if self.f2 is None else {"f1": self.f1, "f2": self.f2}

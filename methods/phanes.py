@@ -202,7 +202,8 @@ PHANES_DEVIATIONS = (
 class Phanes(Method, Trainable):
     name = "phanes"
     Config = PhanesConfig
-    version = 1
+    version = 2  # v2: channels_last networks (float rounding; issue 21)
+    channels_last = True
     min_size_multiple = 32  # RA's five AvgPool stages; the AOT generator needs a multiple of 4 and > 32 px
     channels_supported = (1,)  # G takes (image, mask) → 1 channel; LPIPS broadcasts one grey channel
     variants = {
@@ -249,9 +250,9 @@ class Phanes(Method, Trainable):
         super().__init__(config, **kw)
         c, ch, size = self.config, self.data.channels, self.data.image_size
         self.check_choices(mask_lpips=MASK_LPIPS, train_mask_lpips=MASK_LPIPS, threshold_rule=THRESHOLD_RULES)
-        self.generator = AOTGenerator(ch + 1, ch, c.gen_widths, c.aot_blocks, c.aot_rates).to(self.device)
+        self.generator = self.place(AOTGenerator(ch + 1, ch, c.gen_widths, c.aot_blocks, c.aot_rates))
         self.generator.check_size(size)
-        self.discriminator = SMPatchDiscriminator(ch, c.disc_widths).to(self.device)
+        self.discriminator = self.place(SMPatchDiscriminator(ch, c.disc_widths))
 
     # -- networks and helpers ------------------------------------------------------------------------------
     def networks(self) -> dict[str, nn.Module]:

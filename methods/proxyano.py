@@ -172,7 +172,8 @@ class MemoryEncDec(nn.Module):
 class ProxyAno(Method, Trainable):
     name = "proxyano"
     Config = ProxyAnoConfig
-    version = 1
+    version = 2  # v2: channels_last networks (float rounding; issue 21)
+    channels_last = True
     min_size_multiple = 8  # three poolings
     variants = {
         "2xEncDec+SI+mem+rep+lat": Variant({}, description="the final model (Table I 'Our Method', IV row 8, V latent)"),
@@ -220,14 +221,14 @@ class ProxyAno(Method, Trainable):
         self.two_modules = c.proxy != "none"
         if self.two_modules:
             p = proxy_channels(c.proxy, ch)
-            self.pem = MemoryEncDec(c, ch, p).to(self.device)
+            self.pem = self.place(MemoryEncDec(c, ch, p))
             irm_config = c.replace(memory="off")
-            self.irm: nn.Module | None = MemoryEncDec(irm_config, p, ch).to(self.device)
+            self.irm: nn.Module | None = self.place(MemoryEncDec(irm_config, p, ch))
         else:
-            self.pem = MemoryEncDec(c, ch, ch).to(self.device)  # the one EncDec: image → image
+            self.pem = self.place(MemoryEncDec(c, ch, ch))  # the one EncDec: image → image
             self.irm = None
-        self.discriminator = (PatchDiscriminator(ch, ndf=c.disc_width, n_layers=3, norm="none", spectral_norm=True)
-                              .to(self.device) if c.adversarial else None)
+        self.discriminator = (self.place(PatchDiscriminator(ch, ndf=c.disc_width, n_layers=3, norm="none",
+                                                            spectral_norm=True)) if c.adversarial else None)
         self.proxies: ProxyTable | None = None
         self._stage = "pem" if self.two_modules else "train"
         self._last_codes: torch.Tensor | None = None

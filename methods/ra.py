@@ -94,7 +94,8 @@ RA_DEVIATIONS = (
     "(variant 'paper weights') [spec open choice 1].",
     "bf16 autocast on CUDA for the networks; KL, SSE, reparameterisation and exp(ELBO) in fp32. Training noise "
     "comes from the global torch RNG on the device, as in the official trainer.",
-    "CPU profiles only: 'default' trains widths (16, 32, 64, 128, 128) for 2 epochs at lr 5e-4 and 'smoke' widths "
+    "CPU profiles only: 'default' trains widths (16, 32, 64, 128, 128) for 5 epochs (where table1's validation MSE "
+    "flattens) at lr 5e-4 and 'smoke' widths "
     "(8, 16, 32, 64, 64) with a random LPIPS trunk (always, so smoke numbers do not depend on the weights being "
     "present); the 'paper' profile keeps the spec's network and schedule.",
 )
@@ -115,7 +116,8 @@ RA_VARIANTS: dict[str, Variant] = {
 class RA(Method, Trainable):
     name = "ra"
     Config = RAConfig
-    version = 2  # v2: contract v2 (size from the store, validation always samples z)
+    version = 3  # v3: channels_last networks (float rounding; issue 21); v2: contract v2, validation samples z
+    channels_last = True
     variants = RA_VARIANTS
     min_size_multiple = 32  # five AvgPool stages
     info = MethodInfo(
@@ -128,10 +130,12 @@ class RA(Method, Trainable):
     )
     # CPU budgets. One full-width step (8 slices, 128 px) costs ~1.4 TFLOP (5 encoder + 8 decoder passes and two
     # backwards), so even one epoch of ~500 slices takes far more than minutes on 2 cores: the smaller profiles use
-    # narrower widths (FLOPs / 16 and / 64) and, for 'default', a 10× lr for its ~150 steps. 'paper' keeps the config.
+    # narrower widths (FLOPs / 16 and / 64) and, for 'default', a 10× lr for its ~360 steps. 'paper' keeps the config.
+    # 'default' epochs: table1's validation MSE (best-so-far, noisy) is 0.044, 0.094, 0.015, 0.034, 0.0094, 0.0099
+    # over epochs 1-6 (README), so 5.
     profile_overrides = {
         "smoke": {"epochs": 1, "force_random_lpips": True, "channels": (8, 16, 32, 64, 64)},
-        "default": {"epochs": 2, "early_stop_patience": None, "channels": (16, 32, 64, 128, 128), "lr": 5e-4},
+        "default": {"epochs": 5, "early_stop_patience": None, "channels": (16, 32, 64, 128, 128), "lr": 5e-4},
     }
 
     def __init__(self, config: RAConfig | None = None, **kw):
@@ -139,8 +143,8 @@ class RA(Method, Trainable):
         c, size, ch = self.config, self.data.image_size, self.data.channels
         args = dict(z_dim=c.z_dim, channels=tuple(c.channels), image_size=size,
                     official_projections=c.official_projections)
-        self.encoder = IntroResEncoder(ch, **args).to(self.device)
-        self.decoder = IntroResDecoder(ch, **args).to(self.device)
+        self.encoder = self.place(IntroResEncoder(ch, **args))
+        self.decoder = self.place(IntroResDecoder(ch, **args))
         self.scale = 1.0 / (size * size)  # the official "scale" = 1/(H·W)
 
     # -- networks ------------------------------------------------------------------------------------
