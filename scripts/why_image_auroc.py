@@ -7,7 +7,8 @@ For the phantom FLAIR test set of table1 (and, model-free, for lgg-dev's test sp
   (−|slice − the subject's middle slice|); and the mean intensity of lesion-free brain pixels per subject kind
   (per-volume 98th-percentile normalisation divides a lesion volume by a brighter reference);
 - per method (default ``ae`` and ``intensity``, the table1 runs' trained models, read from ``--store``): AUROC of
-  the native image score (reproduced from the maps by the first rule in ``RULES`` that matches the stored scores),
+  the native image score (the stored scores; reproduced from the maps by the first rule in ``RULES`` that matches
+  them, or labelled "the method's own" when none does, e.g. AFSC's score of another map),
   of an oracle (mean map inside the lesion; a lesion-free slice: mean map inside the brain), and of the native
   rule on the map with the lesion's pixels replaced by the slice's median lesion-free brain value ("outside");
   the lesion's share of the map's sum; Spearman correlations of the image score with brain area, centrality and
@@ -66,16 +67,19 @@ RULES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "max over the frame": lambda m, b: m.flatten(1).amax(1),
     "max of the 21×21 mean": lambda m, b: max_of_mean_filtered(m, 21),
     "mean inside the brain": lambda m, b: (m * (b > 0.5)).flatten(1).sum(1) / (b > 0.5).flatten(1).sum(1).clamp(min=1),
+    "Σ map / Σ soft brain": lambda m, b: m.flatten(1).sum(1) / b.float().flatten(1).sum(1).clamp(min=1e-8),
 }
+OWN = "the method's own"  # a score no rule of RULES reproduces (e.g. computed from another map than the stored one)
 
 
 def native_rule(s: ScoreSet) -> str:
-    """The rule of ``RULES`` that reproduces the method's image scores from its maps."""
+    """The rule of ``RULES`` that reproduces the method's image scores from its maps, else ``OWN`` (its stored scores
+    are still ranked; only the lesion-free re-scoring needs the rule)."""
     for name, rule in RULES.items():
         got = rule(s.maps.float(), s.brain)
         if torch.allclose(got, s.scores.float(), rtol=1e-4, atol=1e-6):
             return name
-    raise PhbenchError("none of the known image-score rules reproduces this method's scores from its maps")
+    return OWN
 
 
 def lesion_free_maps(maps: torch.Tensor, lesion: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
@@ -181,7 +185,7 @@ def method_rows(name: str, s: ScoreSet) -> tuple[list[list], str]:
     maps, brain, lesion = s.maps.float(), s.brain, s.lesion
     labels = s.labels.cpu().numpy()
     score = s.scores.float().cpu().numpy()
-    outside = RULES[rule](lesion_free_maps(maps, lesion, brain), brain).cpu().numpy()
+    outside = None if rule == OWN else RULES[rule](lesion_free_maps(maps, lesion, brain), brain).cpu().numpy()
     les, inb = lesion > 0.5, brain > 0.5
     in_lesion = ((maps * les).flatten(1).sum(1) / les.flatten(1).sum(1).clamp(min=1)).cpu().numpy()
     in_brain = ((maps * inb).flatten(1).sum(1) / inb.flatten(1).sum(1).clamp(min=1)).cpu().numpy()
@@ -194,7 +198,7 @@ def method_rows(name: str, s: ScoreSet) -> tuple[list[list], str]:
         has = pos & has_lesion
         rows.append([name, rule, p, f"{_auc(score, pos, neg):.3f}",
                      f"{_auc(oracle, has, neg):.3f}" if has.any() else "—",
-                     f"{_auc(outside, pos, neg):.3f}",
+                     "—" if outside is None else f"{_auc(outside, pos, neg):.3f}",
                      f"{100 * np.median(lesion_share[has]):.2f}" if has.any() else "—"])
     area = inb.flatten(1).sum(1).cpu().numpy().astype(float)
     mean_int = ((s.images.float().mean(1, keepdim=True) * inb).flatten(1).sum(1)
