@@ -5,12 +5,17 @@ that train.json keeps (``fit.history``) for every model of a table's runs in a r
 validation loss (or, for a method without one, its main training loss, labelled ``train:<name>``) at ~10 evenly
 spaced epochs, the relative change over the last quarter of its last stage (of all stages when that one ran < 4
 epochs): (mean of the last quarter − mean of the quarter before) / |mean of the quarter before|, and a
-verdict: ``flat`` (|change| < 2 %), ``still falling`` or ``rising``. Models trained before train.json kept the
-history get a line saying so.
+verdict: ``flat`` (|change| < 2 %), ``still falling`` or ``rising``; and the epoch where the curve flattens by the
+rule the default budgets follow: the first epoch whose loss is within ``--within`` (20 %) of the curve's lowest.
+On a run trained longer than its budget (``configure(cls, profile, epochs=N)``) that epoch is the budget to choose;
+on a curve still falling it is only a lower bound. Models trained before train.json kept the history get a line
+saying so.
 
 Usage (after ``python -m benchmark table table1 --store runs``):
 ``python scripts/convergence.py --store runs --table table1 [--profile default] [--methods ae ...] [--csv PATH]
-[--plot PATH.png]``.
+[--plot PATH.png]``. ``--longer ae:20 ra:6`` first trains the table's model of each method for that many epochs
+into ``--store`` (a scratch store: the models differ from the table's by their epoch budget only) and reports those
+curves instead: the evidence for a default budget.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from benchmark.registry import get_table  # noqa: E402
 from benchmark.runner import plan_run, planned_runs  # noqa: E402
 
 FLAT = 0.02  # |relative change| below this over the last quarter: flat
+WITHIN = 0.20  # the budget rule: the first epoch within 20 % of the curve's lowest loss
 POINTS = 10  # epochs shown per curve
 META = ("stage", "epoch")  # history keys that are not losses
 
@@ -90,6 +96,16 @@ def relative_change(values: list[float]) -> float | None:
     return (m_last - m_before) / abs(m_before)
 
 
+def flattens_at(values: list[float], within: float = WITHIN) -> int | None:
+    """The first epoch (1-based) whose loss is at most the curve's lowest + ``within`` × |lowest|: where the default
+    budgets stop (table1's AE 10, RA 5, AFSC 5, IterMask2 2, PHANES 1 epochs). None without a finite value."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return None
+    bound = min(finite) + within * abs(min(finite))
+    return next(i + 1 for i, v in enumerate(values) if math.isfinite(v) and v <= bound)
+
+
 def verdict(change: float | None) -> str:
     if change is None:
         return "too short to tell"
@@ -123,7 +139,29 @@ def table_curves(table: str, store: str | Path, profile: str = "default",
     return list(out.values())
 
 
-def report(curves: list[Curve]) -> list[str]:
+def train_longer(table: str, method: str, epochs: int, store: str | Path, profile: str = "default",
+                 device: str | None = None) -> Curve:
+    """The curve of the table's (first part's, seed-0 or first-seed) model of ``method`` trained for ``epochs``
+    epochs into ``store`` (reused when there already), everything else as the table runs it."""
+    from benchmark.device import pick_device
+    from benchmark.models import obtain
+
+    spec_table, prof = get_table(table), get_profile(profile)
+    for part, name, variant, seed, data, _ in planned_runs(spec_table, profile, None, [method]):
+        if variant:
+            continue
+        overrides = dict(part.overrides or {})
+        own = overrides.get(method, {})
+        overrides[method] = {**(own(prof.data_name) if callable(own) else own), "epochs": epochs}
+        plan = plan_run(spec_table, name, "", seed, prof, data, overrides, part.metrics or None)
+        models = ModelStore(Path(store) / profile)
+        obtain(plan.model, plan.train, plan.val, models, pick_device(device), progress=False)
+        history = models.read_training(plan.model).get("fit", {}).get("history") or []
+        return curve_from_history(method, f"{epochs} epochs", plan.model.train_key, history)
+    raise PhbenchError(f"{table} has no run of {method!r} without a variant")
+
+
+def report(curves: list[Curve], within: float = WITHIN) -> list[str]:
     """The printed lines: one block per model."""
     lines = []
     for c in curves:
@@ -143,7 +181,9 @@ def report(curves: list[Curve]) -> list[str]:
         stages = list(dict.fromkeys(s for s, _, _ in c.rows))
         where = f" (stages {', '.join(stages)}; judged on {judged})" if len(stages) > 1 else ""
         lines.append(f"{c.label} [{c.train_key[:10]}] {c.loss} over {len(c.rows)} epochs{where}: {shown}")
-        lines.append(f"    last quarter vs the one before: {pct} -> {verdict(change)}")
+        flat = flattens_at([v for _, _, v in c.rows], within)
+        lines.append(f"    last quarter vs the one before: {pct} -> {verdict(change)}; first epoch within "
+                     f"{100 * within:.0f} % of the lowest: {flat}")
     return lines
 
 
@@ -189,18 +229,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--table", default="table1")
     ap.add_argument("--profile", default="default")
     ap.add_argument("--methods", nargs="*", default=None)
+    ap.add_argument("--longer", nargs="+", default=None, metavar="METHOD:EPOCHS",
+                    help="train the table's model of METHOD for EPOCHS epochs into --store first and report those")
+    ap.add_argument("--device", default=None, help="for --longer (default: CUDA when present)")
+    ap.add_argument("--within", type=float, default=WITHIN,
+                    help="the budget rule's tolerance: first epoch within this fraction of the lowest loss")
     ap.add_argument("--csv", type=Path, default=None, help="write every curve point here")
     ap.add_argument("--plot", type=Path, default=None, help="PNG of the curves (needs matplotlib)")
     args = ap.parse_args(argv)
     try:
-        curves = table_curves(args.table, args.store, args.profile, args.methods)
+        if args.longer:
+            pairs = [item.rpartition(":") for item in args.longer]
+            if any(not m or not n.isdigit() or int(n) < 1 for m, _, n in pairs):
+                raise PhbenchError(f"--longer takes METHOD:EPOCHS with EPOCHS >= 1, got {' '.join(args.longer)}")
+            curves = [train_longer(args.table, m, int(n), args.store, args.profile, args.device) for m, _, n in pairs]
+        else:
+            curves = table_curves(args.table, args.store, args.profile, args.methods)
     except PhbenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if not curves:
         print(f"no trained model of {args.table} [{args.profile}] in {args.store}")
         return 1
-    print("\n".join(report(curves)))
+    print("\n".join(report(curves, args.within)))
     if args.csv is not None:
         write_csv(curves, args.csv)
         print(f"{args.csv}: written")

@@ -88,6 +88,33 @@ def test_verdict_of_the_last_quarter(values, expected):
     assert convergence.verdict(convergence.relative_change(values)) == expected
 
 
+@pytest.mark.parametrize("values, expected", [
+    ([10.0, 5.0, 2.0, 1.05, 1.0, 1.2], 4),  # 1.05 <= 1.2 × 1.0 < 2.0: the fourth epoch
+    ([0.044, 0.094, 0.0147, 0.0341, 0.00937, 0.00993], 5),  # table1's RA curve: noisy, flat from epoch 5
+    ([-1.0, -1.5, -2.0], 3),  # a negative lowest: within 20 % of |−2| means ≤ −1.6, so −1.5 is not
+    ([float("nan"), 3.0, 3.0], 2),
+    ([float("nan")], None),
+])
+def test_flattens_at_the_first_epoch_within_ten_percent_of_the_lowest(values, expected):
+    assert convergence.flattens_at(values) == expected
+
+
+def test_flattens_at_on_table1s_20_epoch_ae_curve():
+    ae = [2415, 1572, 1020, 839, 681, 584, 536, 489, 504, 443, 429, 444, 413, 422, 399, 393, 385, 399, 372, 396]
+    assert convergence.flattens_at(ae) == 10  # 443 <= 1.2 × 372 < 504
+    assert convergence.flattens_at(ae, within=0.10) == 15  # 399 <= 1.1 × 372 < 413
+
+
+def test_longer_trains_the_tables_model_for_that_many_epochs(tmp_path, capsys):
+    assert convergence.main(["--store", str(tmp_path), "--table", "table1", "--profile", "smoke",
+                             "--longer", "ae:3"]) == 0
+    out = capsys.readouterr().out
+    assert "ae/3 epochs" in out and "val_loss over 3 epochs" in out and "first epoch within 20 % of the lowest" in out
+    assert convergence.main(["--store", str(tmp_path), "--table", "table1", "--profile", "smoke",
+                             "--longer", "ae:0"]) == 1
+    assert "--longer takes METHOD:EPOCHS" in capsys.readouterr().err
+
+
 def test_curve_falls_back_to_the_training_loss():
     c = convergence.curve_from_history("m", "", "k", [{"stage": "train", "epoch": i, "loss": 1.0 / (i + 1)}
                                                        for i in range(3)])
