@@ -245,6 +245,9 @@ class Method(ABC):
     # networks built through ``place`` use channels_last memory format: convolutions then skip the NCHW ↔ blocked
     # reorders (oneDNN on CPU: 1.1–1.4× per training step on table1's methods; NHWC tensor cores on CUDA)
     channels_last: ClassVar[bool] = False
+    # config fields that count training length (epochs, steps, schedule periods tied to them): a profile's
+    # budget_scale (the gpu profile) multiplies them together, so a schedule keeps its shape when training is longer
+    budget_fields: ClassVar[tuple[str, ...]] = ("epochs", "max_steps")
 
     def __init__(self, config: MethodConfig | None = None, *, variant: str = "", device: torch.device | str = "cpu",
                  data: DataSpec | None = None, upstream: Mapping[str, "Method"] | None = None):

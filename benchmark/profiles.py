@@ -26,7 +26,7 @@ class Profile:
     seeds: tuple[int, ...] = (0,)
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method config overrides
     base: str | None = None  # the profile whose data, stores, phantom size and methods' profile_overrides this uses
-    budget_scale: int = 1  # multiplies each method config's epochs and max_steps (those not None)
+    budget_scale: int = 1  # multiplies each method config's budget fields (Method.budget_fields; those not None)
 
     @property
     def data_name(self) -> str:
@@ -58,7 +58,7 @@ def get_profile(name: str) -> Profile:
 
 def configure(method_cls: type, profile: Profile, **extra: Any):
     """The method's paper config with the profile's overrides (its base profile's per-method budgets), then the
-    profile's budget scale on epochs and max_steps (not early-stop patience), then the caller's overrides."""
+    profile's budget scale on the method's ``budget_fields`` (not early-stop patience), then the caller's overrides."""
     cfg = method_cls.Config()
     overrides: dict[str, Any] = {}
     if profile.epochs is not None:
@@ -66,7 +66,7 @@ def configure(method_cls: type, profile: Profile, **extra: Any):
     overrides.update(profile.method_overrides.get(method_cls.name, {}))
     overrides.update(getattr(method_cls, "profile_overrides", {}).get(profile.data_name, {}))
     if profile.budget_scale != 1:
-        budgets = {f: overrides.get(f, getattr(cfg, f)) for f in ("epochs", "max_steps")}
+        budgets = {f: overrides.get(f, getattr(cfg, f)) for f in method_cls.budget_fields}
         overrides.update({f: n * profile.budget_scale for f, n in budgets.items() if n is not None})
     overrides.update(extra)
     return cfg.replace(**overrides) if overrides else cfg

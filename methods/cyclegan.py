@@ -83,6 +83,7 @@ CYCLEGAN_DEVIATIONS = (
 @register_method
 class CycleGAN(Method, Trainable):
     name = "cycle-gan"
+    budget_fields = (*Method.budget_fields, "decay_epochs")
     Config = CycleGANConfig
     version = 1
     min_size_multiple = 4  # two stride-2 downsamplings, mirrored by stride-2 transposed convolutions

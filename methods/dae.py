@@ -129,6 +129,7 @@ def cosine_factor(step: int, t_max: int, unit_steps: int) -> float:
 @register_method
 class DAE(Method, Trainable):
     name = "dae"
+    budget_fields = (*Method.budget_fields, "cosine_t_max")  # the default's period is its 6 epochs of steps
     Config = DAEConfig
     version = 2  # 2: RA App. B augmentation on by default
     variants = DAE_VARIANTS

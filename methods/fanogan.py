@@ -102,6 +102,7 @@ FANOGAN_DEVIATIONS = (
 @register_method
 class FAnoGAN(Method, Trainable):
     name = "f-anogan"
+    budget_fields = (*Method.budget_fields, "encoder_epochs", "encoder_steps")
     channels_last = True
     Config = FAnoGANConfig
     version = 1

@@ -79,6 +79,7 @@ PIX2PIX_DEVIATIONS = (
 @register_method
 class Pix2Pix(Method, Trainable):
     name = "pix2pix"
+    budget_fields = (*Method.budget_fields, "decay_epochs")
     Config = Pix2PixConfig
     version = 1
     info = MethodInfo(

@@ -29,6 +29,19 @@ def test_gpu_scales_epochs_and_step_budgets_of_the_default_configs():
     assert configure(get_method("ae"), GPU, epochs=5).epochs == 5  # the caller's overrides come after the scale
 
 
+@pytest.mark.parametrize("name, schedule", [("dae", "cosine_t_max"), ("pix2pix", "decay_epochs"),
+                                            ("cycle-gan", "decay_epochs"), ("f-anogan", "encoder_epochs")])
+def test_schedules_tied_to_the_budget_scale_with_it(name, schedule):
+    """A schedule counted in epochs or steps keeps its shape: DAE's cosine period, the linear-decay epochs of pix2pix
+    and CycleGAN, f-AnoGAN's encoder stage."""
+    cls = get_method(name)
+    base, scaled = configure(cls, DEFAULT), configure(cls, GPU)
+    assert schedule in cls.budget_fields
+    assert getattr(base, schedule) and getattr(scaled, schedule) == 4 * getattr(base, schedule)
+    assert scaled.epochs == 4 * base.epochs
+    cls(scaled)  # still a valid config (pix2pix and CycleGAN check decay_epochs <= epochs)
+
+
 def test_the_scale_leaves_early_stop_patience():
     """No default budget sets a patience (they train to the end), so a profile gives ProxyAno one to keep."""
     patient = Profile("patient", epochs=None, max_train_slices=None, max_test_slices=None, base="default",
