@@ -41,6 +41,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from benchmark.errors import PhbenchError
+from benchmark.profiles import get_profile
 
 REPO = Path(__file__).resolve().parent.parent
 THROUGHPUT_DIR = REPO / "results" / "throughput"
@@ -211,6 +212,7 @@ class Figure:
     device: str
     mean_passes: float | None = None  # a data-dependent scorer's mean passes per slice when measured (IterMask2)
     load: float | None = None  # the machine's 1-min load average when it was measured
+    profile: str | None = None  # the profile whose configs (networks, widths) were measured
 
 
 @dataclass
@@ -254,13 +256,15 @@ class Throughput:
                         for r in mine})
         return cls(path, doc.get("header", {}), mine, " / ".join(names))
 
-    def figure(self, method: str, variant: str, size: int) -> tuple[Figure | None, str]:
-        """The figure of ``method``/``variant`` (else of its default variant) nearest ``size`` px, and a note when it
-        is not the row's own; None when the method was not measured."""
+    def figure(self, method: str, variant: str, size: int, profile: str | None = None) -> tuple[Figure | None, str]:
+        """The figure of ``method``/``variant`` (else of its default variant) nearest ``size`` px, from rows measured
+        with ``profile``'s configs where there are any, and a note when it is not the row's own; None when the method
+        was not measured."""
         label = method + (f"/{variant}" if variant else "")
         rows = [r for r in self.rows if r["method"] == label] or [r for r in self.rows if r["method"] == method]
         if not rows:
             return None, ""
+        rows = [r for r in rows if r.get("profile") == profile] or rows
         row = min(rows, key=lambda r: (abs(int(r.get("size", size)) - size), -int(r.get("train_steps") or 0)))
         note = "" if row["method"] == label else f"{label}: the figure of {row['method']}"
         train = row.get("train_sps")
@@ -270,7 +274,7 @@ class Throughput:
                       1.0 / float(row["score_sps"]), calib / n_cal if calib is not None and n_cal else None,
                       row.get("score_passes"), int(row.get("train_steps") or 0),
                       str(row.get("device_name") or row.get("device")), row.get("mean_passes"),
-                      row.get("load_avg")), note
+                      row.get("load_avg"), row.get("profile")), note
 
 
 def default_throughput() -> Path:
@@ -436,7 +440,6 @@ def _planned(spec: Any, profile: str, root: str | Path | None, methods: list[str
 def estimate(tables: list[str], throughput: Throughput, *, profile: str = "paper", root: str | Path | None = None,
              methods: list[str] | None = None, seeds: list[int] | None = None) -> Estimate:
     """The hours each table's runs take at ``throughput``'s speeds (module docstring: what is counted)."""
-    from benchmark.profiles import get_profile
     from benchmark.registry import get_table
     from benchmark.runner import plan_run
     from benchmark.scoring import slice_key
@@ -486,7 +489,8 @@ def _add(out: Estimate, line: Line, model: Any, train: int, score: int, calibrat
     if line.train_h is None:
         return
     size = model.data.image_size
-    fig, note = out.throughput.figure(model.method, model.variant, size)
+    configs = get_profile(out.profile).data_name  # whose networks the run trains (gpu: default's)
+    fig, note = out.throughput.figure(model.method, model.variant, size, configs)
     if fig is None:
         out.missing[_label(model)] = (f"no figure for {model.method} in {out.throughput.path} (measure it: "
                                       f"scripts/bench_throughput.py --methods {model.method} --update --json "
@@ -498,6 +502,10 @@ def _add(out: Estimate, line: Line, model: Any, train: int, score: int, calibrat
     if note:
         out.note("the default variant's figure (the variant was not measured)", _label(model))
     scale = (size / fig.size) ** 2
+    if fig.profile and fig.profile != configs:
+        out.note(f"measured with the {fig.profile} profile's networks, not the {configs} profile's, which this run "
+                 f"trains: the hours are for those networks (measure these: scripts/bench_throughput.py --profile "
+                 f"{configs} --update --json {out.throughput.path})", fig.label)
     if fig.size != size:
         out.note(f"measured at {fig.size} px, scaled by the pixel count to {size} px", fig.label)
     if train and fig.train_s is None:

@@ -126,3 +126,21 @@ def test_bad_throughput_files_are_one_line(tmp_path, capsys):
     assert main(["estimate", "table1", "--profile", "smoke", "--methods", "ae", "--throughput",
                  str(fake(tmp_path, ("ae",)))]) == 0
     assert "### table1" in capsys.readouterr().out
+
+
+def test_rows_of_the_runs_own_profile_are_preferred_and_others_are_flagged(tmp_path):
+    """A figure measured with another profile's networks prices a run only when no row of its own profile exists,
+    and the report says so (the gpu profile trains default's networks)."""
+    path = fake(tmp_path, ("ae",))
+    doc = json.loads(path.read_text())
+    doc["rows"][0]["profile"] = "paper"
+    path.write_text(json.dumps(doc))
+    flagged = report(estimate(["table1"], Throughput.load(path), profile="smoke", methods=["ae"]))
+    assert "measured with the paper profile's networks, not the smoke profile's" in flagged
+    own = dict(doc["rows"][0], profile="smoke", train_sps=TRAIN_SPS / 2)
+    doc["rows"].append(own)
+    path.write_text(json.dumps(doc))
+    est = estimate(["table1"], Throughput.load(path), profile="smoke", methods=["ae"])
+    slices = est.tables[0].lines["ae"].train_slices
+    assert est.tables[0].lines["ae"].train_h == pytest.approx(slices / (TRAIN_SPS / 2) / 3600)
+    assert "networks, not the" not in report(est)
