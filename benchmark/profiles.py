@@ -3,11 +3,11 @@
 - ``smoke``: seconds per method, CPU; used by CI and the tests.
 - ``default``: the embedded data; a few minutes per method on 2 CPU cores.
 - ``paper``: the paper's settings (config defaults untouched); needs a GPU and the real data.
-- ``gpu``: ``default``'s data, stores and networks with a 4x longer budget (epochs and step budgets); ``phbench
-  table`` picks it when the device is CUDA. Why: the default budgets are bounded by table1's 20 minutes on 2 CPU
-  cores, not converged; on CPU, table1's AE, RA and AFSC curves flattened at 1.7-2.5x their default epochs (README),
-  and a GPU has time for more. The factor 4 is an assumption: neither its run time nor its curves have been measured
-  on a GPU yet.
+- ``gpu``: ``default``'s data, stores and networks with a 4x longer budget (``Method.budget_fields``); ``phbench
+  table`` picks it when the device is CUDA. Why: the default budgets are the first epoch within 20 % of a longer
+  run's lowest validation loss, a rule loose enough to keep table1 under 20 minutes on 2 CPU cores, and a GPU has
+  time to train further down those curves. The factor 4 is an assumption: neither its run time nor its curves have
+  been measured on a GPU yet.
 """
 
 from __future__ import annotations

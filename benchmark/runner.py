@@ -111,6 +111,13 @@ def planned_runs(spec_table, profile: str, root: str | Path | None = None, metho
                 yield part, method_name, variant, seed, data, label
 
 
+def part_overrides_for(overrides: Mapping[str, Any] | None, method_name: str, profile: Profile) -> Mapping[str, Any]:
+    """The config fields a table part sets for ``method_name``: a mapping, or a function of the profile's data name
+    (budgets that only the paper profile sets)."""
+    o = (overrides or {}).get(method_name, {})
+    return o(profile.data_name) if callable(o) else o
+
+
 def plan_run(spec_table, method_name: str, variant: str, seed: int, profile: Profile, store_data,
              overrides: Mapping[str, Mapping[str, Any]] | None = None,
              metrics: tuple[str, ...] | None = None) -> PlannedRun:
@@ -134,13 +141,8 @@ def plan_run(spec_table, method_name: str, variant: str, seed: int, profile: Pro
         train = train.take(profile.max_train_slices)
     if profile.max_test_slices:
         test = test.take(profile.max_test_slices)
-    extra = overrides or {}
-
-    def part_overrides(cls: type) -> Mapping[str, Any]:  # a mapping, or data_name → mapping (paper-only budgets)
-        o = extra.get(cls.name, {})
-        return o(profile.data_name) if callable(o) else o
-
-    model = model_spec(method_name, variant, lambda cls: configure(cls, profile, **part_overrides(cls)), train,
+    model = model_spec(method_name, variant,
+                       lambda cls: configure(cls, profile, **part_overrides_for(overrides, cls.name, profile)), train,
                        val, seed)
     run = RunSpec(method_name, variant, model.config.to_dict(), store_data.fingerprint, spec_table.protocol_id,
                   seed, model.train_key, model.score_key, table_id=spec_table.table_id,

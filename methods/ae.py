@@ -85,7 +85,7 @@ class AE(AFSCmHost, Method, Trainable):
     # Epoch budgets of the smaller profiles (the paper profile keeps the config's 1500). "default": on table1's
     # phantom (generator v3, recipe v2) the validation L1 of a 20-epoch run is 504 at 9, 443 at 10, 372 at its lowest
     # (19): epoch 10 is the first within 20 % of the lowest, the suite's budget rule (scripts/convergence.py --longer,
-    # README), ~13 s each on 2 quiet cores.
+    # README), ~12 s each on 2 quiet cores.
     profile_overrides = {"smoke": {"epochs": 1}, "default": {"epochs": 10, "early_stop_patience": None}}
 
     def __init__(self, config: AEConfig | None = None, **kw):

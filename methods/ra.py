@@ -131,7 +131,7 @@ class RA(Method, Trainable):
     # CPU budgets. One full-width step (8 slices, 128 px) costs ~1.4 TFLOP (5 encoder + 8 decoder passes and two
     # backwards), so even one epoch of ~500 slices takes far more than minutes on 2 cores: the smaller profiles use
     # narrower widths (FLOPs / 16 and / 64) and, for 'default', a 10× lr for its ~360 steps. 'paper' keeps the config.
-    # 'default' epochs: table1's validation MSE (best-so-far, noisy) is 0.044, 0.094, 0.015, 0.034, 0.0094, 0.0099
+    # 'default' epochs: table1's validation MSE (noisy) is 0.044, 0.094, 0.015, 0.034, 0.0094, 0.0099
     # over epochs 1-6 (README): epoch 5 is the first within 20 % of the lowest, the suite's budget rule.
     profile_overrides = {
         "smoke": {"epochs": 1, "force_random_lpips": True, "channels": (8, 16, 32, 64, 64)},

@@ -34,7 +34,7 @@ from benchmark.errors import PhbenchError  # noqa: E402
 from benchmark.models import ModelStore  # noqa: E402
 from benchmark.profiles import get_profile  # noqa: E402
 from benchmark.registry import get_table  # noqa: E402
-from benchmark.runner import plan_run, planned_runs  # noqa: E402
+from benchmark.runner import part_overrides_for, plan_run, planned_runs  # noqa: E402
 
 FLAT = 0.02  # |relative change| below this over the last quarter: flat
 WITHIN = 0.20  # the budget rule: the first epoch within 20 % of the curve's lowest loss
@@ -150,9 +150,8 @@ def train_longer(table: str, method: str, epochs: int, store: str | Path, profil
     for part, name, variant, seed, data, _ in planned_runs(spec_table, profile, None, [method]):
         if variant:
             continue
-        overrides = dict(part.overrides or {})
-        own = overrides.get(method, {})
-        overrides[method] = {**(own(prof.data_name) if callable(own) else own), "epochs": epochs}
+        overrides = {**(part.overrides or {}), method: {**part_overrides_for(part.overrides, method, prof),
+                                                        "epochs": epochs}}
         plan = plan_run(spec_table, name, "", seed, prof, data, overrides, part.metrics or None)
         models = ModelStore(Path(store) / profile)
         obtain(plan.model, plan.train, plan.val, models, pick_device(device), progress=False)

@@ -8,7 +8,7 @@ For the phantom FLAIR test set of table1 (and, model-free, for lgg-dev's test sp
   (per-volume 98th-percentile normalisation divides a lesion volume by a brighter reference);
 - per method (default ``ae`` and ``intensity``, the table1 runs' trained models, read from ``--store``): AUROC of
   the native image score (the stored scores; reproduced from the maps by the first rule in ``RULES`` that matches
-  them, or labelled "the method's own" when none does, e.g. AFSC's score of another map),
+  them, or labelled "the method's own" when none does, e.g. ProxyAno's latent-distance score),
   of an oracle (mean map inside the lesion; a lesion-free slice: mean map inside the brain), and of the native
   rule on the map with the lesion's pixels replaced by the slice's median lesion-free brain value ("outside");
   the lesion's share of the map's sum; Spearman correlations of the image score with brain area, centrality and
