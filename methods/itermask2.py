@@ -163,9 +163,9 @@ class IterMask2(Method, Trainable):
             "The smoke and default profiles use a narrow UNet (base width 8, mult (1,2,4), one residual block "
             "per level, attention only in the middle block) so they fit the CPU budget. The default profile "
             "also trains two epochs of batch 8 at lr 2e-3 (where table1's validation loss flattens) and skips the "
-            "§9 oracle mask search, whose extras the protocol does not read (it uses the per-image best threshold on the maps). The paper profile keeps "
-            "every config default (base width 32, mult (1,1,2,3,4), lr 1e-4, 90k steps) [assumption: compute "
-            "budget].",
+            "§9 oracle mask search, whose extras the protocol does not read (it uses the per-image best threshold "
+            "on the maps). The paper profile keeps every config default (base width 32, mult (1,1,2,3,4), lr "
+            "1e-4, 90k steps) [assumption: compute budget].",
         ),
         code="github.com/ZiyunLiang/IterMask2 @1eca1d6228ab509f71c867c0afc3b2c7bd4db79f",
     )
