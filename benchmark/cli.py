@@ -384,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not args.verbose:
         warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+    from benchmark.device import retain_cpu_heap
+
+    retain_cpu_heap()  # before any tensor exists: the allocator settings hold for the whole run
     try:
         resolve_profile(args)
         return int(args.func(args) or 0)

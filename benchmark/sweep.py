@@ -188,13 +188,14 @@ class Job(submitit.helpers.Checkpointable):
     def __call__(self) -> list[str]:
         import torch
 
-        from benchmark.device import pick_device
+        from benchmark.device import pick_device, retain_cpu_heap
         from benchmark.models import ModelStore, obtain
         from benchmark.profiles import get_profile
         from benchmark.registry import get_table
         from benchmark.runner import run_one
         from benchmark.runstore import RunStore
 
+        retain_cpu_heap()
         if self.threads:
             torch.set_num_threads(self.threads)
         found = self.find()

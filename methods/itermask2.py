@@ -14,7 +14,9 @@ and seeds).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
+from typing import Callable, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -22,13 +24,15 @@ from torch import nn
 
 from benchmark.contract import (Method, MethodConfig, MethodInfo, ScoreOutput, SliceBatch, Trainable, Variant, runtime,
                                 scoring)
-from benchmark.device import autocast
+from benchmark.device import autocast, map_on_cpu_threads
 from benchmark.registry import register_method
 from benchmark.trainer import Stage, StepContext
 from methods.blocks.frequency import highpass
 from methods.blocks.masks import random_patch_masks
 from methods.blocks.noise import normal_from, slice_generators
 from methods.blocks.unet import UNet, inference_copy
+
+_T = TypeVar("_T")
 
 # A narrow 3-level UNet (attention only in the middle block) for the CPU profiles and tests.
 _VAL_SEED = 0x7A1  # offsets the validation masks' seeds from calibration's and scoring's
@@ -76,11 +80,15 @@ class IterMask2Config(MethodConfig):
     # "fast" = methods.blocks.unet.inference_copy (channels-last, 4-D attention, BatchNorm folded), "plain" =
     # the trained modules themselves (the code before issue 17)
     score_networks: str = runtime("fast")
-    # slices per network call at scoring: None = on CPU 4 on one torch thread, 8 per thread with several (the
-    # narrow 128-px UNets' activations then stay in cache: per slice, one call on 32 slices costs ~2x as much;
-    # several threads need enough work per call, or a thread that another process preempts stalls the others
-    # at every op); the whole batch on other devices. 0 = the whole batch
+    # slices per network call at scoring: None = 4 on the CPU (the narrow 128-px UNets' activations then stay in
+    # cache: per slice, one call on 32 slices costs ~2x as much), each call on a single-threaded worker, one per
+    # torch thread (intra-op threads wait at every small op's barrier); the whole batch on other devices.
+    # 0 = the whole batch
     score_chunk: int | None = runtime(None)
+    # slices per score batch (the suite's default is 32): a slice leaves the batch when its mask stops
+    # shrinking, so a larger batch keeps the chunks full for longer (~10 % faster on 2 CPU cores than 32);
+    # slice noise is seeded per slice, so the maps do not depend on it
+    score_batch_size: int = runtime(256)
 
 
 def _build_unet(c: IterMask2Config, in_channels: int, out_channels: int, image_size: int) -> UNet:
@@ -108,7 +116,7 @@ class IterMask2(Method, Trainable):
     Config = IterMask2Config
     version = 3  # v3: channels_last networks (float rounding; issue 21); v2: contract v2, ablations as fields
     channels_last = True
-    score_version = 2  # v2: scoring runs inference copies in chunks (issue 17): maps move by float rounding
+    score_version = 3  # v2/v3: scoring runs inference copies in chunks (issue 17): maps move by float rounding
     min_size_multiple = 16  # up to four stride-2 stages of the UNet
     # itermask2-table3 ablations (retrained) + the grey per-image-oracle rows (the default's weights)
     variants = {
@@ -158,8 +166,9 @@ class IterMask2(Method, Trainable):
             "The UNet is rewritten in the guided-diffusion layout. The unused time-embedding MLP is dropped, "
             "and attention uses scaled_dot_product_attention (same maths). On CUDA, training and inference run "
             "under bf16 autocast, while FFT and BatchNorm stay in fp32 (the official code is all fp32). Scoring "
-            "runs channels-last copies with eval-mode BatchNorm folded into the adjacent convolutions (same "
-            "maths, other float rounding) [assumption].",
+            "runs channels-last copies: eval-mode BatchNorm folded into the adjacent convolutions or applied as "
+            "one multiply-add, each up block's first conv as one stride-2 transposed conv of the low-resolution "
+            "input (same maths, other float rounding) [assumption].",
             "The smoke and default profiles use a narrow UNet (base width 8, mult (1,2,4), one residual block "
             "per level, attention only in the middle block) so they fit the CPU budget. The default profile "
             "also trains two epochs of batch 8 at lr 2e-3 (where table1's validation loss flattens) and skips the "
@@ -173,9 +182,9 @@ class IterMask2(Method, Trainable):
     # the config defaults. "default": two epochs of batch 8 (~144 steps on its 576 slices) at lr 2e-3: table1's
     # validation loss (mse_f1 + mse_f2) is 0.0123, 0.0022, 0.0018, then 0.0030, 0.0031 over epochs 1-5, so epoch 2
     # is the first within 20 % of the lowest, the suite's budget rule (README).
-    # Scoring (scripts/bench_itermask2.py, table1's default model, ~16 f2 passes per slice, shared CPU at load
-    # 1.3-4.2): one torch thread 27 ms per slice-pass (64 slices in 27.8 s; 69.2 s before issue 17's inference
-    # copies and chunks).
+    # Scoring (scripts/bench_itermask2.py --slices 0 --threads 2, quiet, table1's default model, 16.4 f2 passes
+    # per slice): all 288 test slices in 41.6-44.3 s (8.8-9.4 ms per slice-pass); the code before issue 17
+    # took 115.8-126.7 s in a fresh process (24.5-26.8 ms).
     profile_overrides = {
         "smoke": {"epochs": 1, "max_steps": None, "batch_size": 8, "max_iters": 5, "oracle_max_passes": 1, **_NARROW},
         "default": {"epochs": 2, "max_steps": None, "batch_size": 8, "lr": 2e-3, "oracle_search": False, **_NARROW},
@@ -206,11 +215,25 @@ class IterMask2(Method, Trainable):
         return torch.cat([x_tilde, x_hf], dim=1) if self.config.frequency_guidance else x_tilde
 
     def _run(self, net: nn.Module, inp: torch.Tensor, chunk: int = 0) -> torch.Tensor:
-        """``net(inp)`` as fp32 (bf16 autocast on CUDA), ``chunk`` slices per call (0: all at once)."""
-        with autocast(self.device, self.config.amp):
-            if not 0 < chunk < inp.shape[0]:
-                return net(inp).float()
-            return torch.cat([net(part).float() for part in inp.split(chunk)])
+        """``net(inp)`` as fp32 (bf16 autocast on CUDA), in parts of ≤ ``chunk`` slices (0: all at once)."""
+        return torch.cat(self._in_parts(lambda part: self._forward(net, inp[part]), inp.shape[0], chunk))
+
+    def _forward(self, net: nn.Module, inp: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.config.amp):  # autocast is per thread: entered where the net runs
+            return net(inp).float()
+
+    def _in_parts(self, fn: Callable[[slice], _T], n: int, chunk: int) -> list[_T]:
+        """``fn`` over consecutive parts of ``range(n)`` of ≤ ``chunk`` slices (0: one part), in order. On the CPU
+        the parts run on single-threaded workers, one per torch thread, each given the same number of parts
+        (``benchmark.device.map_on_cpu_threads``)."""
+        if chunk <= 0 or n <= 1:
+            return [fn(slice(0, n))]
+        if self.device.type != "cpu":
+            return [fn(slice(i, i + chunk)) for i in range(0, n, chunk)]
+        workers = torch.get_num_threads()
+        k = min(n, workers * math.ceil(n / (chunk * workers)))
+        ends = [n * (i + 1) // k for i in range(k)]
+        return map_on_cpu_threads(fn, [slice(a, b) for a, b in zip([0, *ends[:-1]], ends)])
 
     def _device_generator(self, seed: int, device: torch.device) -> torch.Generator:
         return torch.Generator(device=device).manual_seed(int(seed) % (2**63))
@@ -296,8 +319,7 @@ class IterMask2(Method, Trainable):
     def _score_chunk(self) -> int:
         chunk = self.config.score_chunk
         if chunk is None:
-            threads = torch.get_num_threads()
-            return (4 if threads == 1 else 8 * threads) if self.device.type == "cpu" else 0
+            return 4 if self.device.type == "cpu" else 0
         return chunk
 
     def _scoring_net(self, name: str) -> nn.Module:
@@ -325,12 +347,21 @@ class IterMask2(Method, Trainable):
         return _kth_smallest_per_image(e1.flatten(1), k)
 
     def _f2_pass(self, x, x_hf, mask, rows, gens):
-        """One f2 pass on images ``rows``: returns (raw reconstruction, squared error of the pasted image)."""
-        xi, mi = x[rows], mask[rows]
-        eps = normal_from(gens, x.shape[1:], rows, x.device)
-        r = self._run(self._scoring_net("f2"), self._f2_input(xi, mi, eps, x_hf[rows]), self._score_chunk())
-        pasted = mi * r + (1 - mi) * xi
-        return r, ((xi - pasted) ** 2).sum(1, keepdim=True)
+        """One f2 pass on images ``rows``: returns (raw reconstruction, squared error of the pasted image). Each
+        part of the rows draws its noise, runs f2 and pastes on its own worker (every slice has its own
+        generator, so the draws do not depend on the split)."""
+        net = self._scoring_net("f2")
+
+        def part(sel: slice) -> tuple[torch.Tensor, torch.Tensor]:
+            picks = rows[sel]
+            xi, mi = x[picks], mask[picks]
+            eps = normal_from(gens, x.shape[1:], picks, x.device)
+            r = self._forward(net, self._f2_input(xi, mi, eps, x_hf[picks]))
+            pasted = mi * r + (1 - mi) * xi
+            return r, ((xi - pasted) ** 2).sum(1, keepdim=True)
+
+        outs = self._in_parts(part, len(rows), self._score_chunk())
+        return torch.cat([r for r, _ in outs]), torch.cat([e for _, e in outs])
 
     def refine(self, x, brain, x_hf, e1, tau: float, gens) -> dict[str, torch.Tensor]:
         """The iterative mask shrinking of spec §7, batched with a per-image "still running" flag."""

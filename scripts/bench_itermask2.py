@@ -6,11 +6,15 @@ read from the run store ``--store`` (``runs/`` like the CLI) or trained there fi
 Each mode scores the same test slices (``--slices``, spread over the split like ``SliceSet.take``; 0 = all 288)
 with ``benchmark.scoring.score_slices`` at the config's ``score_batch_size``:
 
-- ``before``: ``score_networks="plain", score_chunk=0`` -- the trained modules, each score batch in one call per
-  pass (the code before issue 17);
+- ``before``: the code before issue 17 -- the trained modules in the contiguous (NCHW) format they had before
+  IterMask2 v3 (``score_networks="plain"``), each score batch of 32 slices in one call per pass;
 - ``fast``: the defaults -- ``methods.blocks.unet.inference_copy`` of f1 and f2 (channels-last, 4-D attention,
-  BatchNorm folded, in-place activations), ``score_chunk`` slices per network call (CPU: 4 on one thread, 8 per
-  thread with several; ``--chunk`` sets it).
+  BatchNorm folded, in-place activations, up blocks' first conv as one transposed conv, 1×1 convs through
+  oneDNN), ``score_chunk`` slices per network call (CPU: 4, ``--chunk`` sets it) on one single-threaded worker
+  per torch thread, score batches of ``score_batch_size`` (256) slices.
+
+The process keeps freed memory in its heap like the CLI (``benchmark.device.retain_cpu_heap``) unless
+``--malloc default``; that setting holds for both modes, so the code before issue 17 ran with ``default``.
 
 Modes alternate within each repeat, so a busy neighbour slows them alike; the best of ``--repeats`` wall times is
 compared, next to the process CPU time and the 1-minute load average (the machine may be shared). With a subset,
@@ -18,7 +22,7 @@ the full-set time is extrapolated per slice and labelled so. Every mode's final 
 ``before``'s, and its maps match within 1e-5 (the script exits 1 otherwise).
 
 Usage: .venv/bin/python scripts/bench_itermask2.py [--slices 64] [--repeats 3] [--store runs] [--threads N]
-       [--chunk N]
+       [--chunk N] [--malloc retain|default]
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
+from benchmark.device import retain_cpu_heap  # noqa: E402
 from benchmark.models import ModelStore, obtain  # noqa: E402
 from benchmark.profiles import get_profile  # noqa: E402
 from benchmark.registry import get_table  # noqa: E402
@@ -41,7 +46,7 @@ from benchmark.runner import plan_run, planned_runs  # noqa: E402
 from benchmark.scoring import Scores, score_slices  # noqa: E402
 from methods.itermask2 import IterMask2  # noqa: E402
 
-MODES = {"before": {"score_networks": "plain", "score_chunk": 0}, "fast": {"score_networks": "fast"}}
+MODES = {"before": {"score_networks": "plain", "score_chunk": 0, "score_batch_size": 32}, "fast": {}}
 MAP_ATOL = 1e-5
 
 
@@ -50,9 +55,9 @@ def table1_model(store: Path, device: torch.device) -> tuple[IterMask2, object]:
     spec, profile = get_table("table1"), get_profile("default")
     part, name, variant, seed, data, _ = next(planned_runs(spec, "default", methods=["itermask2"]))
     plan = plan_run(spec, name, variant, seed, profile, data)
-    models = ModelStore(store)
+    models = ModelStore(store / "default")  # the CLI's run store of the default profile: table1's own model
     if not models.is_trained(plan.model):
-        print(f"training table1's itermask2 into {store} (default profile; minutes on 2 cores)", flush=True)
+        print(f"training table1's itermask2 into {store / 'default'} (minutes on 2 cores)", flush=True)
     got = obtain(plan.model, plan.train, plan.val, models, device, progress=False)
     return got.method, plan.test
 
@@ -62,6 +67,13 @@ def variant_of(method: IterMask2, **runtime_fields) -> IterMask2:
     out = IterMask2(method.config.replace(**runtime_fields), data=method.data, device=method.device)
     out.load_state_dict(method.state_dict())
     return out
+
+
+def in_nchw(method: IterMask2) -> IterMask2:
+    """``method`` with its networks back in the contiguous (NCHW) format they had before IterMask2 v3."""
+    for net in method.networks().values():
+        net.to(memory_format=torch.contiguous_format)
+    return method
 
 
 def compare(ref: Scores, got: Scores) -> dict[str, object]:
@@ -78,7 +90,10 @@ def main() -> int:
                     help="run store with table1's default-profile models (default: runs/)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--chunk", type=int, default=None, help="score_chunk of the fast modes (default: the config's)")
+    ap.add_argument("--malloc", choices=("retain", "default"), default="retain",
+                    help="retain: keep freed memory in the heap, as the CLI does; default: glibc's own settings")
     args = ap.parse_args()
+    heap = "retained" if args.malloc == "retain" and retain_cpu_heap() else "glibc default"
     if args.threads:
         torch.set_num_threads(args.threads)
     method, test = table1_model(Path(args.store), torch.device("cpu"))
@@ -86,6 +101,7 @@ def main() -> int:
     if 0 < args.slices < n_all:
         test = test.take(args.slices)
     runs = {m: variant_of(method, **kw) for m, kw in MODES.items()}
+    in_nchw(runs["before"])
     if args.chunk is not None:
         runs["fast"] = variant_of(method, **MODES["fast"], score_chunk=args.chunk)
     walls: dict[str, list[float]] = {m: [] for m in MODES}
@@ -93,7 +109,7 @@ def main() -> int:
     scores: dict[str, Scores] = {}
     loads = [os.getloadavg()[0]]
     print(f"{len(test)} of {n_all} test slices, {torch.get_num_threads()} threads, fast: {runs['fast']._score_chunk()} "
-          f"slices per network call, τ = {method.calibration['tau']:.5f}", flush=True)
+          f"slices per network call, τ = {method.calibration['tau']:.5f}, heap: {heap}", flush=True)
     for r in range(args.repeats):
         for m in MODES:
             c0, t0 = time.process_time(), time.perf_counter()

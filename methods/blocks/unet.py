@@ -82,6 +82,7 @@ class ResBlock(nn.Module):
         self.out_conv = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
         self.inplace = False  # set by ``inference_copy`` (no autograd): activations are overwritten, not copied
+        self.in_conv_upsamples = False  # set by ``inference_copy``: in_conv is an _UpsampledConv3x3 (up blocks)
 
     def _resample(self, x: torch.Tensor) -> torch.Tensor:
         if self.up:
@@ -91,7 +92,9 @@ class ResBlock(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        h = self._resample(F.silu(self.in_norm(x), inplace=self.inplace))  # a norm's output is a new tensor
+        h = F.silu(self.in_norm(x), inplace=self.inplace)  # a norm's output is a new tensor
+        if not self.in_conv_upsamples:
+            h = self._resample(h)
         x = self._resample(x)
         h = self.in_conv(h)
         h = self.out_norm(h)
@@ -242,6 +245,69 @@ def _batchnorm_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     return a, bn.bias.float() - bn.running_mean.float() * a
 
 
+class _UpsampledConv3x3(nn.Module):
+    """``conv(nearest_upsample_2x(h))`` of a 3×3, padding-1 ``conv``, as one stride-2 transposed conv of ``h``.
+
+    Why: an up block's first conv ran on the ×2-upsampled activation, whose 2×2 pixel blocks are copies, so
+    most of its products were repeats. Output row 2i sees rows i−1 (kernel row 0) and i (rows 1+2) of ``h``,
+    row 2i+1 sees rows i (rows 0+1) and i+1 (row 2), and the same for columns: that is a 4×4, stride-2,
+    padding-1 transposed conv whose taps are those row/column sums (2.25× fewer products, no 4×-size
+    upsampled tensor; same maths, other float rounding). Zero padding of the upsampled image is zero padding
+    of ``h``.
+    """
+
+    # row k of the 4×4 kernel (input row r → output row 2r + k − 1) sums these rows of the 3×3 kernel
+    _TAPS = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.stride != (1, 1) or conv.groups != 1:
+            raise ValueError(f"_UpsampledConv3x3 needs a 3×3, padding-1, stride-1 conv, got {conv}")
+        w = conv.weight.detach()
+        taps = self._TAPS.to(w)
+        weight = torch.einsum("ka,oiab,lb->iokl", taps, w, taps)  # [in, out, 4, 4], conv_transpose2d's layout
+        self.weight = nn.Parameter(weight.contiguous(memory_format=torch.channels_last), requires_grad=False)
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(h, self.weight, self.bias, stride=2, padding=1)
+
+
+class _ChannelAffine(nn.Module):
+    """An eval-mode BatchNorm that no linear layer could absorb, as one ``shift + x·scale`` (``torch.addcmul``).
+
+    Why: PyTorch's CPU batch-norm kernel on channels-last activations whose width is not a multiple of 16 (the
+    decoder's concatenations) takes ~2× the time of one fused multiply-add pass. Computed in fp32 and returned
+    in the input's dtype, as ``BatchNorm32`` does (same maths, other float rounding).
+    """
+
+    def __init__(self, bn: nn.BatchNorm2d):
+        super().__init__()
+        a, s = _batchnorm_affine(bn)
+        self.scale = nn.Parameter(a.view(1, -1, 1, 1), requires_grad=False)
+        self.shift = nn.Parameter(s.view(1, -1, 1, 1), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift, x.float(), self.scale).to(x.dtype)
+
+
+class _PointwiseConv(nn.Module):
+    """A 1×1 conv through oneDNN on the CPU (``torch.mkldnn_convolution``), elsewhere ``F.conv2d``.
+
+    Why: for float32 1×1 convs PyTorch's CPU dispatch skips oneDNN for a generic GEMM, which on the narrow
+    channels-last 128-px activations of the CPU profiles is ~3× slower (the same sums, other float rounding).
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.weight, self.bias = conv.weight, conv.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+            return torch.mkldnn_convolution(x, self.weight, self.bias, [0, 0], [1, 1], [1, 1], 1)
+        return F.conv2d(x, self.weight, self.bias)
+
+
 @torch.no_grad()
 def inference_copy(net: nn.Module) -> nn.Module:
     """A frozen eval-mode copy of ``net`` for many scoring passes; ``copy(x)`` equals ``net.eval()(x)`` up to
@@ -252,11 +318,16 @@ def inference_copy(net: nn.Module) -> nn.Module:
     (oneDNN's native layout, cuDNN's preferred one under bf16), runs every :class:`AttentionBlock` on its 4-D
     path (fused SDPA kernel) and folds each BatchNorm that directly follows or precedes a linear layer (a
     ResBlock's norm after its first conv, an attention block's norm before qkv) into that layer, since eval-mode
-    BatchNorm is a per-channel affine map; GroupNorm depends on the sample and stays. ResBlocks apply SiLU and
-    the residual sum in place: fewer fresh multi-MB activations, whose page faults cost a CPU forward ~10 %.
+    BatchNorm is a per-channel affine map; the other BatchNorms become one multiply-add (:class:`_ChannelAffine`);
+    GroupNorm depends on the sample and stays. ResBlocks apply SiLU and the residual sum in place: fewer fresh
+    multi-MB activations, whose page faults cost a CPU forward ~10 %. An up block's first conv runs at the low
+    resolution (:class:`_UpsampledConv3x3`) and 1×1 skip convs go through oneDNN (:class:`_PointwiseConv`):
+    together with the affine norms, 1.09× per CPU forward of the narrow 128-px UNet (issue 17).
     """
     out = copy.deepcopy(net).eval().requires_grad_(False)
     for module in out.modules():
+        if isinstance(module, UNet) and _foldable(module.out[0]):  # the head: norm → SiLU → conv
+            module.out[0], module.out[1] = _ChannelAffine(module.out[0]), nn.SiLU(inplace=True)
         if isinstance(module, ResBlock):
             module.inplace = True
             if _foldable(module.out_norm):
@@ -265,6 +336,12 @@ def inference_copy(net: nn.Module) -> nn.Module:
                 conv.bias.copy_(conv.bias * a + s)
                 conv.weight.mul_(a.view(-1, 1, 1, 1))
                 module.out_norm = nn.Identity()
+            if _foldable(module.in_norm):
+                module.in_norm = _ChannelAffine(module.in_norm)
+            if module.up:
+                module.in_conv, module.in_conv_upsamples = _UpsampledConv3x3(module.in_conv), True
+            if isinstance(module.skip, nn.Conv2d):
+                module.skip = _PointwiseConv(module.skip)
         if isinstance(module, AttentionBlock):
             module.spatial = True
             if _foldable(module.norm):
