@@ -42,9 +42,9 @@ def retain_cpu_heap() -> bool:
     """Keep freed CPU tensor memory in the process heap (glibc ``mallopt``); True where it was set.
 
     Why: torch frees each multi-MB CPU activation back to glibc, which returns the top of its heap to the OS
-    beyond a small threshold, so the next forward page-faults the same megabytes in again. Measured on 2 cores:
-    a narrow 128-px UNet forward on one thread 1.15× faster, IterMask2's scoring 1.03–1.05×, CPU training
-    steps 1.01–1.03× (scripts/bench_throughput.py), for 2–7 % more peak memory. Blocks under 32 MB now come
+    beyond a small threshold, so the next forward page-faults the same megabytes in again. Measured on 2 cores
+    in fresh processes: table1's AE trains 1.23× and IterMask2 1.14× faster, IterMask2 scores 1.03× faster,
+    for up to 7 % more peak memory (a narrow 128-px UNet forward on one thread: 1.15×). Blocks under 32 MB now come
     from the heap, which keeps up to 1 GB of freed memory at its top and grows 64 MB at a time. It changes no
     result. Called by the CLI and sweep jobs; ``PHBENCH_MALLOC=default`` (or a libc other than glibc) leaves
     the allocator as it is.
