@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
     from benchmark.device import retain_cpu_heap
 
-    retain_cpu_heap()  # before any tensor exists: the allocator settings hold for the whole run
+    retain_cpu_heap()  # process-wide and idempotent: the settings hold for the rest of the run
     try:
         resolve_profile(args)
         return int(args.func(args) or 0)

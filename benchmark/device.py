@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import math
 import os
 import random
 import sys
@@ -61,6 +62,18 @@ def retain_cpu_heap() -> bool:
 
 _Part = TypeVar("_Part")
 _Out = TypeVar("_Out")
+
+
+def parts_for_cpu_threads(n: int, chunk: int) -> list[slice]:
+    """``range(n)`` as consecutive slices of ≤ ``chunk`` items, as many as gives every worker of
+    :func:`map_on_cpu_threads` (one per torch thread) the same number of parts (or n parts of one).
+
+    Why: the workers of one call finish together only if none holds an extra part; the sizes differ by one at most.
+    """
+    workers = torch.get_num_threads()
+    k = min(n, workers * math.ceil(n / (chunk * workers)))
+    ends = [n * (i + 1) // k for i in range(k)]
+    return [slice(a, b) for a, b in zip([0, *ends[:-1]], ends)]
 
 
 def map_on_cpu_threads(fn: Callable[[_Part], _Out], parts: Sequence[_Part]) -> list[_Out]:

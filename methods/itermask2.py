@@ -14,7 +14,6 @@ and seeds).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Callable, TypeVar
 
@@ -24,7 +23,7 @@ from torch import nn
 
 from benchmark.contract import (Method, MethodConfig, MethodInfo, ScoreOutput, SliceBatch, Trainable, Variant, runtime,
                                 scoring)
-from benchmark.device import autocast, map_on_cpu_threads
+from benchmark.device import autocast, map_on_cpu_threads, parts_for_cpu_threads
 from benchmark.registry import register_method
 from benchmark.trainer import Stage, StepContext
 from methods.blocks.frequency import highpass
@@ -225,15 +224,12 @@ class IterMask2(Method, Trainable):
     def _in_parts(self, fn: Callable[[slice], _T], n: int, chunk: int) -> list[_T]:
         """``fn`` over consecutive parts of ``range(n)`` of ≤ ``chunk`` slices (0: one part), in order. On the CPU
         the parts run on single-threaded workers, one per torch thread, each given the same number of parts
-        (``benchmark.device.map_on_cpu_threads``)."""
+        (``benchmark.device.parts_for_cpu_threads`` and ``map_on_cpu_threads``)."""
         if chunk <= 0 or n <= 1:
             return [fn(slice(0, n))]
         if self.device.type != "cpu":
             return [fn(slice(i, i + chunk)) for i in range(0, n, chunk)]
-        workers = torch.get_num_threads()
-        k = min(n, workers * math.ceil(n / (chunk * workers)))
-        ends = [n * (i + 1) // k for i in range(k)]
-        return map_on_cpu_threads(fn, [slice(a, b) for a, b in zip([0, *ends[:-1]], ends)])
+        return map_on_cpu_threads(fn, parts_for_cpu_threads(n, chunk))
 
     def _device_generator(self, seed: int, device: torch.device) -> torch.Generator:
         return torch.Generator(device=device).manual_seed(int(seed) % (2**63))

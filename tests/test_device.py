@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from benchmark.device import map_on_cpu_threads, retain_cpu_heap
+from benchmark.device import map_on_cpu_threads, parts_for_cpu_threads, retain_cpu_heap
 
 
 @pytest.fixture
@@ -66,6 +66,16 @@ def test_an_error_in_a_part_propagates_and_the_threads_are_restored(two_threads)
     with pytest.raises(ValueError, match="part 3 is bad"):
         map_on_cpu_threads(fn, list(range(5)))
     assert torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("n,chunk,workers", [(10, 4, 2), (32, 4, 2), (3, 4, 2), (7, 2, 3), (5, 4, 1)])
+def test_parts_are_even_across_workers(n, chunk, workers, monkeypatch):
+    """Parts of ≤ chunk items covering range(n) in order, the same number for every worker."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: workers)
+    parts = [(p.start, p.stop) for p in parts_for_cpu_threads(n, chunk)]
+    assert [a for a, _ in parts] == [0, *[b for _, b in parts[:-1]]] and parts[-1][1] == n
+    assert all(0 < b - a <= chunk for a, b in parts)
+    assert len(parts) == n or len(parts) % workers == 0
 
 
 def test_retain_cpu_heap_opt_out(monkeypatch):

@@ -346,18 +346,6 @@ def test_fast_scoring_equals_the_trained_modules_up_to_rounding(variant):
     assert set(fast._scoring_nets) == {"f1", "f2"} and not plain._scoring_nets  # each ran its own path
 
 
-@pytest.mark.parametrize("n,chunk,workers", [(10, 4, 2), (32, 4, 2), (3, 4, 2), (7, 2, 3), (5, 4, 1)])
-def test_scoring_parts_are_even_across_workers(n, chunk, workers, monkeypatch):
-    """Parts of ≤ chunk slices covering the rows in order, the same number for every worker."""
-    m = tiny()
-    monkeypatch.setattr(torch, "get_num_threads", lambda: workers)
-    monkeypatch.setattr("methods.itermask2.map_on_cpu_threads", lambda fn, parts: [fn(p) for p in parts])
-    parts = m._in_parts(lambda sel: (sel.start, sel.stop), n, chunk)
-    assert [a for a, _ in parts] == [0, *[b for _, b in parts[:-1]]] and parts[-1][1] == n
-    assert all(0 < b - a <= chunk for a, b in parts)
-    assert len(parts) == n or len(parts) % workers == 0
-
-
 def test_scoring_on_two_worker_threads_equals_one_thread():
     """The CPU workers (one per torch thread) change nothing: masks and pass counts equal, maps within rounding."""
     m = randomised(tiny(num_heads=2, max_iters=8, score_chunk=2))
