@@ -19,6 +19,7 @@ from methods.blocks.unet import AttentionBlock
 from methods.itermask2 import IterMask2
 from tests.behaviour import behaviour_phantom
 from tests.conftest import toy_slices
+from tests.test_unet import randomise_unet
 
 REFERENCE = Path(os.environ.get("PHBENCH_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "reference"
 # Tiny networks so that every contract check runs in seconds on a loaded 2-core CPU.
@@ -308,14 +309,10 @@ def randomised(m: IterMask2, seed: int = 0) -> IterMask2:
     """Every weight and BatchNorm statistic random (the zero-initialised heads and residual branches too), so
     that every layer -- the folded norms, the 4-D attention and its head order, f2's noise -- reaches the maps."""
     g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for net in m.networks().values():
-            for p in net.parameters():
-                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    for net in m.networks().values():
+        randomise_unet(net, g, weight_std=0.2, mean_std=0.1)
+        with torch.no_grad():
             for mod in net.modules():
-                if isinstance(mod, nn.BatchNorm2d):
-                    mod.running_mean.copy_(0.1 * torch.randn(mod.running_mean.shape, generator=g))
-                    mod.running_var.copy_(0.5 + torch.rand(mod.running_var.shape, generator=g))
                 if isinstance(mod, AttentionBlock):  # sharp attention: q·k logits of order 10, not a plain mean
                     mod.qkv.weight.mul_(10.0)
     return m

@@ -58,17 +58,17 @@ def test_bf16_autocast_keeps_batchnorm_fp32():
 # the inference copy's rewritten layers (issue 17): the same maps up to float rounding
 
 
-def _randomised(net: UNet, seed: int = 0) -> UNet:
-    """Every weight and BatchNorm statistic random (zero-initialised convs too), so that each layer matters."""
-    g = torch.Generator().manual_seed(seed)
+def randomise_unet(net: UNet, g: torch.Generator, weight_std: float = 0.3, mean_std: float = 0.2) -> UNet:
+    """Every weight and BatchNorm statistic drawn from ``g`` (zero-initialised convs too), so that each layer
+    matters: weights N(0, weight_std²), running means N(0, mean_std²), running variances U(0.5, 1.5)."""
     with torch.no_grad():
         for p in net.parameters():
-            p.copy_(0.3 * torch.randn(p.shape, generator=g))
+            p.copy_(weight_std * torch.randn(p.shape, generator=g))
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
+                m.running_mean.copy_(mean_std * torch.randn(m.running_mean.shape, generator=g))
                 m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
-    return net.eval()
+    return net
 
 
 @pytest.mark.parametrize("size", [(5, 7), (8, 8)])
@@ -112,7 +112,7 @@ def test_pointwise_conv_is_the_1x1_conv():
 def test_inference_copy_equals_the_eval_network(norm):
     """Every rewrite at once (folded norms, affine norms, transposed up-convs, oneDNN 1×1 skips, 4-D attention,
     in-place activations) on a network with up and down blocks, concatenation skips and attention."""
-    net = _randomised(UNet(in_channels=2, norm=norm, **TINY))
+    net = randomise_unet(UNet(in_channels=2, norm=norm, **TINY), torch.Generator().manual_seed(0)).eval()
     fast = inference_copy(net)
     kinds = {type(m).__name__ for m in fast.modules()}
     if norm == "batch":
